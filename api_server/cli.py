@@ -1,0 +1,92 @@
+"""`jobhive-server`: loads the endpoints and serves them."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from aiohttp import web
+
+from api_server.app import create_app
+from api_server.config import ConfigError, load_endpoints, load_server_config
+
+log = logging.getLogger("jobhive.server")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="jobhive-server", description="Serve the job queues of the endpoints in a folder."
+    )
+    parser.add_argument("-H", "--host", help="address to bind (default 127.0.0.1)")
+    parser.add_argument("-p", "--port", type=int, help="port to bind (default 7777)")
+    parser.add_argument(
+        "-c",
+        "--endpoints",
+        dest="endpoints_dir",
+        help="folder of NAME/endpoint.toml (default ./endpoints)",
+    )
+    parser.add_argument("--config", type=Path, help="server.toml with a [SERVER] table")
+    parser.add_argument("--store", help="job store: sqlite:PATH (default sqlite:jobhive.sqlite3)")
+    parser.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument(
+        "--dev",
+        action="store_true",
+        help="development: DEBUG logs and an access log line per request",
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    try:
+        config = load_server_config(
+            args.config,
+            host=args.host,
+            port=args.port,
+            endpoints_dir=args.endpoints_dir,
+            store=args.store,
+            log_level="DEBUG" if args.dev else args.log_level,
+        )
+        endpoints = load_endpoints(Path(config.endpoints_dir))
+    except ConfigError as e:
+        print(f"jobhive-server: {e}", file=sys.stderr)
+        raise SystemExit(2) from e
+    logging.basicConfig(
+        level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    app = create_app(config, endpoints)
+    print(
+        f"jobhive-server: endpoints {', '.join(endpoints) or 'none'}; store {config.store}",
+        flush=True,
+    )
+    asyncio.run(serve(app, config.host, config.port, access_log=args.dev))
+
+
+async def serve(app: web.Application, host: str, port: int, access_log: bool) -> None:
+    """Serves until SIGINT or SIGTERM, then shuts down cleanly (the store flushes)."""
+    runner = web.AppRunner(
+        app,
+        handler_cancellation=True,  # a client that hangs up ends its long-poll at once
+        access_log=logging.getLogger("aiohttp.access") if access_log else None,
+    )
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port).start()
+        bound_host, bound_port = runner.addresses[0][:2]  # the real port when port was 0
+        print(f"jobhive-server: listening on http://{bound_host}:{bound_port}", flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        await stop.wait()
+        print("jobhive-server: shutting down", flush=True)
+    finally:
+        await runner.cleanup()
+
+
+if __name__ == "__main__":
+    main()

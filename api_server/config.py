@@ -1,0 +1,371 @@
+"""Server and endpoint configuration: one frozen dataclass per TOML table.
+
+`load_endpoints(dir)` reads every `endpoints/NAME/endpoint.toml`; `load_server_config(path)` reads
+the optional server.toml. Both check every key against the dataclass it fills and refuse the whole
+configuration with one line per problem (file, key, reason) when anything is unknown or mistyped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from api_server.fields import FIELD_TYPES, FieldError, FieldSpec
+
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+class ConfigError(Exception):
+    """A configuration was refused; `problems` holds one 'file: key: reason' line each."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("invalid configuration:\n  " + "\n  ".join(problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """The `[SERVER]` table of server.toml; the command line overrides it.
+
+    Args:
+        host (str): the address to bind.
+        port (int): the TCP port to bind.
+        endpoints_dir (str): the folder with one `NAME/endpoint.toml` per endpoint.
+        store (str): `sqlite:PATH` (default) for the embedded durable store.
+        max_body_bytes (int): the largest request body; an endpoint may set a smaller one.
+        worker_poll_max_s (float): the longest a worker's job poll is held open.
+        client_wait_max_s (float): the longest `?wait=` a client may ask for.
+        sweep_interval_s (float): how often expired leases and results are swept.
+        worker_seen_ttl_s (float): a worker unseen this long drops out of `/api/v1/status`.
+        sse_keepalive_s (float): how often an idle event stream gets a comment line.
+        log_level (str): DEBUG, INFO, WARNING or ERROR.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 7777
+    endpoints_dir: str = "endpoints"
+    store: str = "sqlite:jobhive.sqlite3"
+    max_body_bytes: int = 32 * 1024 * 1024
+    worker_poll_max_s: float = 30.0
+    client_wait_max_s: float = 300.0
+    sweep_interval_s: float = 0.5
+    worker_seen_ttl_s: float = 120.0
+    sse_keepalive_s: float = 15.0
+    log_level: str = "INFO"
+
+
+@dataclass(frozen=True)
+class EndpointSection:
+    """`[ENDPOINT]`: what the endpoint is and how its jobs are kept.
+
+    Args:
+        name (str): the endpoint's name in URLs; defaults to its folder's name.
+        title, description (str): shown in listings and on the demo page.
+        version (int): the endpoint's own version, for clients to notice changes.
+        route (str): where the endpoint's demo page is served; defaults to `/NAME`.
+        max_queue_length (int): queued jobs beyond this are refused with 429.
+        lease_s (float): a worker that sends no progress for this long loses the job, which is
+            queued again.
+        job_timeout_s (float): a job running longer than this (per attempt) fails.
+        max_attempts (int): leases that may expire before the job fails.
+        result_ttl_s (float): how long a finished job stays readable.
+        max_body_bytes (int | None): the largest job submission; None takes the server's.
+    """
+
+    name: str = ""
+    title: str = ""
+    description: str = ""
+    version: int = 1
+    route: str = ""
+    max_queue_length: int = 1000
+    lease_s: float = 60.0
+    job_timeout_s: float = 3600.0
+    max_attempts: int = 3
+    result_ttl_s: float = 3600.0
+    max_body_bytes: int | None = None
+
+
+@dataclass(frozen=True)
+class WorkerSection:
+    """`[WORKER]`: who may take this endpoint's jobs.
+
+    Args:
+        job_type (str): what workers ask for; defaults to the endpoint's name.
+        auth_keys (tuple[str, ...]): worker keys accepted (at least one).
+        max_batch (int): the most jobs one worker poll is granted.
+    """
+
+    job_type: str = ""
+    auth_keys: tuple[str, ...] = ()
+    max_batch: int = 16
+
+
+@dataclass(frozen=True)
+class ClientsSection:
+    """`[CLIENTS]`: who may submit jobs, and how fast.
+
+    Args:
+        auth_keys (tuple[str, ...]): client keys accepted; empty means open to anyone.
+        rate_limit_per_s (float): sustained submissions per second per client (per key, or per
+            address when open); 0 turns the limit off.
+        rate_burst (int): submissions a client may make at once before the rate applies.
+    """
+
+    auth_keys: tuple[str, ...] = ()
+    rate_limit_per_s: float = 20.0
+    rate_burst: int = 40
+
+
+@dataclass(frozen=True)
+class StaticSection:
+    """`[STATIC]`: an optional custom demo page (HTML file in the endpoint's folder)."""
+
+    page: str = ""
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One endpoint, as loaded from `endpoints/NAME/endpoint.toml`."""
+
+    endpoint: EndpointSection
+    worker: WorkerSection
+    clients: ClientsSection
+    static: StaticSection
+    inputs: Mapping[str, FieldSpec] = field(default_factory=dict)
+    outputs: Mapping[str, FieldSpec] = field(default_factory=dict)
+    progress_outputs: Mapping[str, FieldSpec] = field(default_factory=dict)
+    folder: Path = Path()
+
+    @property
+    def name(self) -> str:
+        return self.endpoint.name
+
+    @property
+    def job_type(self) -> str:
+        return self.worker.job_type
+
+    @property
+    def media_fields(self) -> bool:
+        return any(spec.binary for spec in self.inputs.values())
+
+    def schema(self) -> dict[str, Any]:
+        """The endpoint as JSON for `GET /api/v1/endpoints/{name}` (keys are never shown)."""
+        section = dataclasses.asdict(self.endpoint)
+        return {
+            **section,
+            "job_type": self.job_type,
+            "client_auth": bool(self.clients.auth_keys),
+            "inputs": {name: spec.schema() for name, spec in self.inputs.items()},
+            "outputs": {name: spec.schema() for name, spec in self.outputs.items()},
+            "progress_outputs": {n: s.schema() for n, s in self.progress_outputs.items()},
+        }
+
+
+_SECTIONS = {"ENDPOINT", "WORKER", "CLIENTS", "INPUTS", "OUTPUTS", "PROGRESS", "STATIC"}
+
+
+def _type_ok(value: Any, hint: Any) -> bool:
+    """Whether a TOML value fits a dataclass field's annotation (the few kinds we use)."""
+    if hint is Any:
+        return True
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_ok(value, arg) for arg in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if origin is tuple:
+        (item, _) = typing.get_args(hint)
+        return isinstance(value, list) and all(_type_ok(v, item) for v in value)
+    if hint is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, hint)
+
+
+def _type_text(hint: Any) -> str:
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+
+
+def build(cls: type, table: Any, where: str, problems: list[str], **fixed: Any) -> Any:
+    """Builds a frozen dataclass from a TOML table, adding a problem line per bad key.
+
+    Args:
+        cls (type): the dataclass to fill.
+        table (Any): the parsed TOML table (anything else is a problem).
+        where (str): "file: SECTION" prefix for problem lines.
+        problems (list[str]): collects the problems found.
+        **fixed: values that do not come from the table (a field's name).
+
+    Returns:
+        Any: the instance, or None when the table had problems.
+    """
+    if not isinstance(table, dict):
+        problems.append(f"{where}: must be a table")
+        return None
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls) if f.init} - fixed.keys()
+    found = len(problems)
+    for key in table.keys() - known:
+        problems.append(f"{where}.{key}: unknown key (known: {', '.join(sorted(known))})")
+    values = dict(fixed)
+    for key in table.keys() & known:
+        value = table[key]
+        if not _type_ok(value, hints[key]):
+            problems.append(f"{where}.{key}: must be {_type_text(hints[key])} (got {value!r})")
+            continue
+        values[key] = tuple(value) if isinstance(value, list) else value
+    if len(problems) > found:
+        return None
+    try:
+        return cls(**values)
+    except (TypeError, ValueError) as e:
+        problems.append(f"{where}: {e}")
+        return None
+
+
+def _load_fields(table: Any, where: str, problems: list[str]) -> dict[str, FieldSpec]:
+    if not isinstance(table, dict):
+        problems.append(f"{where}: must be a table of fields")
+        return {}
+    specs: dict[str, FieldSpec] = {}
+    for name, spec_table in table.items():
+        here = f"{where}.{name}"
+        if not NAME_PATTERN.match(name):
+            problems.append(f"{here}: field names use letters, digits, '_', '.', '-'")
+            continue
+        if not isinstance(spec_table, dict) or "type" not in spec_table:
+            problems.append(f"{here}: must be a table with a 'type' key")
+            continue
+        type_name = spec_table["type"]
+        cls = FIELD_TYPES.get(type_name) if isinstance(type_name, str) else None
+        if cls is None:
+            problems.append(
+                f"{here}.type: unknown type {type_name!r} (known: {', '.join(FIELD_TYPES)})"
+            )
+            continue
+        rest = {k: v for k, v in spec_table.items() if k != "type"}
+        spec = build(cls, rest, here, problems, name=name)
+        if spec is None:
+            continue
+        if spec.default is not None:
+            try:
+                spec.check(spec.default)
+            except FieldError as e:
+                problems.append(f"{here}.default: {e}")
+                continue
+        specs[name] = spec
+    return specs
+
+
+def load_endpoint(path: Path) -> Endpoint:
+    """Loads one endpoint.toml; raises ConfigError with every problem found."""
+    problems: list[str] = []
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+        raise ConfigError([f"{path}: cannot be read as TOML ({e})"]) from e
+    for section in data.keys() - _SECTIONS:
+        problems.append(
+            f"{path}: [{section}]: unknown section (known: {', '.join(sorted(_SECTIONS))})"
+        )
+    progress = data.get("PROGRESS", {})
+    if isinstance(progress, dict) and progress.keys() - {"OUTPUTS"}:
+        problems.append(f"{path}: [PROGRESS]: only [PROGRESS.OUTPUTS] may be set")
+    folder_name = path.parent.name
+    endpoint = build(EndpointSection, data.get("ENDPOINT", {}), f"{path}: ENDPOINT", problems)
+    worker = build(WorkerSection, data.get("WORKER", {}), f"{path}: WORKER", problems)
+    clients = build(ClientsSection, data.get("CLIENTS", {}), f"{path}: CLIENTS", problems)
+    static = build(StaticSection, data.get("STATIC", {}), f"{path}: STATIC", problems)
+    inputs = _load_fields(data.get("INPUTS", {}), f"{path}: INPUTS", problems)
+    outputs = _load_fields(data.get("OUTPUTS", {}), f"{path}: OUTPUTS", problems)
+    progress_outputs = _load_fields(
+        progress.get("OUTPUTS", {}) if isinstance(progress, dict) else {},
+        f"{path}: PROGRESS.OUTPUTS",
+        problems,
+    )
+    if endpoint is not None:
+        name = endpoint.name or folder_name
+        if not NAME_PATTERN.match(name):
+            problems.append(f"{path}: ENDPOINT.name: {name!r} is not a valid endpoint name")
+        endpoint = dataclasses.replace(
+            endpoint, name=name, title=endpoint.title or name, route=endpoint.route or f"/{name}"
+        )
+        _check_positive(endpoint, path, problems)
+    if worker is not None:
+        if not worker.auth_keys:
+            problems.append(f"{path}: WORKER.auth_keys: at least one worker key is required")
+        if worker.max_batch < 1:
+            problems.append(f"{path}: WORKER.max_batch: must be at least 1")
+        if endpoint is not None:
+            worker = dataclasses.replace(worker, job_type=worker.job_type or endpoint.name)
+    if static is not None and static.page and not (path.parent / static.page).is_file():
+        problems.append(f"{path}: STATIC.page: no file {static.page!r} beside endpoint.toml")
+    if problems:
+        raise ConfigError(problems)
+    return Endpoint(
+        endpoint=endpoint,
+        worker=worker,
+        clients=clients,
+        static=static,
+        inputs=inputs,
+        outputs=outputs,
+        progress_outputs=progress_outputs,
+        folder=path.parent,
+    )
+
+
+def _check_positive(section: EndpointSection, path: Path, problems: list[str]) -> None:
+    for key in ("max_queue_length", "lease_s", "job_timeout_s", "max_attempts", "result_ttl_s"):
+        if getattr(section, key) <= 0:
+            problems.append(f"{path}: ENDPOINT.{key}: must be greater than 0")
+    if section.max_body_bytes is not None and section.max_body_bytes <= 0:
+        problems.append(f"{path}: ENDPOINT.max_body_bytes: must be greater than 0")
+
+
+def load_endpoints(folder: Path) -> dict[str, Endpoint]:
+    """Loads every `folder/*/endpoint.toml`; refuses the lot if any one is broken.
+
+    Returns:
+        dict[str, Endpoint]: the endpoints by name.
+    """
+    if not folder.is_dir():
+        raise ConfigError([f"{folder}: endpoints folder not found"])
+    endpoints: dict[str, Endpoint] = {}
+    problems: list[str] = []
+    for path in sorted(folder.glob("*/endpoint.toml")):
+        try:
+            endpoint = load_endpoint(path)
+        except ConfigError as e:
+            problems.extend(e.problems)
+            continue
+        if endpoint.name in endpoints:
+            problems.append(f"{path}: ENDPOINT.name: {endpoint.name!r} is already used")
+        endpoints[endpoint.name] = endpoint
+    if problems:
+        raise ConfigError(problems)
+    return endpoints
+
+
+def load_server_config(path: Path | None, **overrides: Any) -> ServerConfig:
+    """Reads server.toml's `[SERVER]` table (when given), then applies non-None overrides."""
+    problems: list[str] = []
+    config = ServerConfig()
+    if path is not None:
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+            raise ConfigError([f"{path}: cannot be read as TOML ({e})"]) from e
+        for section in data.keys() - {"SERVER"}:
+            problems.append(f"{path}: [{section}]: unknown section (known: SERVER)")
+        config = build(ServerConfig, data.get("SERVER", {}), f"{path}: SERVER", problems)
+    if problems:
+        raise ConfigError(problems)
+    return dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})

@@ -1,0 +1,172 @@
+"""Fixtures that start the real server and real worker processes on loopback.
+
+`start_server(...)` runs `python -m api_server.cli -p 0` and reads the bound port from its
+"listening on" line; `start_worker(...)` runs `python -m workers.cli`. Both are stopped (SIGTERM,
+then SIGKILL) when the test ends, whatever happened.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+ECHO_WORKER_KEY = "echo-worker-key"
+_LISTENING = re.compile(r"listening on (http://\S+)")
+
+
+@dataclass
+class Process:
+    """A started server or worker; `output` collects its stdout and stderr lines."""
+
+    proc: subprocess.Popen[str]
+    output: list[str] = field(default_factory=list)
+    url: str = ""
+
+    def stop(self, timeout_s: float = 10.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        """SIGKILL: the process gets no chance to clean up (a crash, a lost host)."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def wait_for_output(self, pattern: str, timeout_s: float = 10.0) -> str:
+        """Waits for a line of output matching the regex and returns it."""
+        deadline = time.monotonic() + timeout_s
+        regex = re.compile(pattern)
+        seen = 0
+        while time.monotonic() < deadline:
+            for line in self.output[seen:]:
+                if regex.search(line):
+                    return line
+            seen = len(self.output)
+            if self.proc.poll() is not None and seen == len(self.output):
+                break
+            time.sleep(0.02)
+        raise AssertionError(f"no output matching {pattern!r}; got:\n" + "".join(self.output))
+
+    @property
+    def text(self) -> str:
+        return "".join(self.output)
+
+
+def _spawn(args: list[str], env: dict[str, str] | None = None) -> Process:
+    proc = subprocess.Popen(
+        [sys.executable, *args],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+    )
+    process = Process(proc)
+
+    def pump() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            process.output.append(line)
+
+    threading.Thread(target=pump, daemon=True).start()
+    return process
+
+
+@pytest.fixture
+def endpoints_dir(tmp_path: Path) -> Path:
+    """A copy of the repository's endpoints/ that a test may change."""
+    target = tmp_path / "endpoints"
+    shutil.copytree(REPO / "endpoints", target)
+    return target
+
+
+def write_endpoint(folder: Path, name: str, toml_text: str) -> Path:
+    """Writes folder/name/endpoint.toml and returns its path."""
+    path = folder / name / "endpoint.toml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(toml_text)
+    return path
+
+
+@pytest.fixture
+def start_server(tmp_path: Path, endpoints_dir: Path) -> Iterator[Callable[..., Process]]:
+    """Starts `jobhive-server` on a free loopback port; returns the Process (with .url)."""
+    started: list[Process] = []
+
+    def start(
+        *extra: str,
+        endpoints: Path | None = None,
+        store: Path | None = None,
+        port: int = 0,
+        expect_failure: bool = False,
+    ) -> Process:
+        store_path = store or tmp_path / "jobs.sqlite3"
+        process = _spawn([
+            "-m", "api_server.cli", "-H", "127.0.0.1", "-p", str(port),
+            "-c", str(endpoints or endpoints_dir), "--store", f"sqlite:{store_path}", *extra,
+        ])
+        started.append(process)
+        if expect_failure:
+            process.proc.wait(15)
+            return process
+        line = process.wait_for_output(_LISTENING.pattern, timeout_s=15)
+        process.url = _LISTENING.search(line).group(1)  # type: ignore[union-attr]
+        return process
+
+    yield start
+    for process in started:
+        process.stop()
+
+
+@pytest.fixture
+def start_worker() -> Iterator[Callable[..., Process]]:
+    """Starts `jobhive-worker TYPE --server URL --key KEY ...`; waits until it has loaded."""
+    started: list[Process] = []
+
+    def start(url: str, *extra: str, kind: str = "noop", key: str = ECHO_WORKER_KEY,
+              wait_ready: bool = True) -> Process:
+        process = _spawn(["-m", "workers.cli", kind, "--server", url, "--key", key, *extra])
+        started.append(process)
+        if wait_ready:
+            process.wait_for_output(r"loaded in", timeout_s=120)
+        return process
+
+    yield start
+    for process in started:
+        process.stop()
+
+
+@pytest.fixture
+def http() -> Iterator[httpx.Client]:
+    with httpx.Client(timeout=30) as client:
+        yield client
+
+
+def wait_until(condition: Callable[[], object], timeout_s: float = 10.0, every_s: float = 0.05):
+    """Polls until condition() is truthy; returns its value or fails the test."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(every_s)
+    raise AssertionError(f"condition not met within {timeout_s} s")

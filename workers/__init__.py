@@ -1,0 +1,1 @@
+"""jobhive workers: the worker library (base, runner) and the model workers."""

@@ -1,0 +1,88 @@
+"""What a model worker is: a class with `load()` and `run(batch, progress)`.
+
+A model worker never does HTTP: the runner (workers/runner.py) polls the server, hands it a batch
+of jobs in a thread of its own, relays its progress reports and posts what it returns.
+
+    class Upper(ModelWorker):
+        job_type = "upper"
+
+        def run(self, batch, progress):
+            return [{"text": job.inputs["text"].upper()} for job in batch]
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+
+@dataclass(eq=False)
+class Job:
+    """One job as a worker sees it.
+
+    Attributes:
+        id (str): the job's id.
+        endpoint (str): the endpoint it was submitted to.
+        inputs (dict[str, Any]): the validated inputs, defaults filled in.
+        lease_id (str): the lease this worker holds; the runner sends it with every report.
+        attempt (int): 1 for the first try, more when an earlier worker lost the job.
+        canceled (bool): set by the runner when the client canceled the job or the lease was
+            lost; a model should stop working on the job at its next step.
+    """
+
+    id: str
+    endpoint: str
+    inputs: dict[str, Any]
+    lease_id: str
+    attempt: int = 1
+    canceled: bool = False
+    lease_s: float = 60.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+# progress(job, percent, outputs): percent from 0 to 100; outputs become the job's progress
+# outputs (previews, partial text). Cheap to call: the runner coalesces and sends in batches.
+Progress = Callable[[Job, float, dict[str, Any] | None], None]
+
+
+class ModelWorker:
+    """Base class of every model worker.
+
+    Subclasses set `job_type`, may add command-line options with `add_arguments`, load their
+    model in `load` and do the work in `run`. Both run in a thread of their own, so they may
+    block; the runner's event loop stays free to talk to the server.
+    """
+
+    job_type: ClassVar[str]
+    description: ClassVar[str] = ""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        """Adds this worker's own command-line options."""
+
+    def info(self) -> dict[str, Any]:
+        """What the server's status page shows about this worker (model, device...)."""
+        return {}
+
+    def load(self) -> None:
+        """Loads the model. Called once, before the first poll."""
+
+    def run(self, batch: list[Job], progress: Progress) -> list[dict[str, Any] | Exception]:
+        """Does the work of a batch of jobs.
+
+        Args:
+            batch (list[Job]): one or more jobs of the same endpoint (up to --max-batch).
+            progress (Progress): call it to report progress and previews; each report also keeps
+                the job's lease alive. Check `job.canceled` between steps.
+
+        Returns:
+            list[dict[str, Any] | Exception]: one entry per job, in batch order: the job's
+            outputs, or an exception to fail that job alone (its message is what the client
+            sees). Raising fails the whole batch.
+        """
+        raise NotImplementedError

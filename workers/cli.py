@@ -1,0 +1,103 @@
+"""`jobhive-worker TYPE --server URL --key KEY`: runs one model worker against a server."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import logging
+import os
+import socket
+import sys
+
+from workers.base import ModelWorker
+from workers.runner import Runner, RunnerSettings, WorkerRefused
+
+# Worker types, imported only when chosen: `noop` must run where torch is not installed.
+WORKER_TYPES = {
+    "noop": "workers.noop:NoopWorker",
+}
+
+
+def load_worker_class(name: str) -> type[ModelWorker]:
+    module, _, cls = WORKER_TYPES[name].partition(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+def parse_args(argv: list[str] | None) -> tuple[type[ModelWorker], argparse.Namespace]:
+    parser = argparse.ArgumentParser(
+        prog="jobhive-worker", description="Take jobs from a jobhive server and run them."
+    )
+    sub = parser.add_subparsers(dest="type", required=True, metavar="TYPE")
+    for name in WORKER_TYPES:
+        worker_cls = load_worker_class(name) if name == "noop" else None
+        help_text = worker_cls.description if worker_cls else f"the {name} worker"
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument(
+            "--server",
+            default=os.environ.get("JOBHIVE_SERVER", "http://127.0.0.1:7777"),
+            help="API server URL (default $JOBHIVE_SERVER or http://127.0.0.1:7777)",
+        )
+        p.add_argument(
+            "--key",
+            default=os.environ.get("JOBHIVE_WORKER_KEY"),
+            help="worker key, one of the endpoint's [WORKER] auth_keys "
+            "(default $JOBHIVE_WORKER_KEY)",
+        )
+        p.add_argument(
+            "--worker-id",
+            default=f"{socket.gethostname()}-{os.getpid()}",
+            help="name in the server's logs and status (default HOST-PID)",
+        )
+        p.add_argument("--max-batch", type=int, default=1, help="most jobs per batch (default 1)")
+        p.add_argument(
+            "--poll-wait-s",
+            type=float,
+            default=20.0,
+            help="how long one poll waits for jobs (default 20)",
+        )
+        p.add_argument("--burst", action="store_true", help="exit once the queue is empty")
+        p.add_argument(
+            "--grace-s",
+            type=float,
+            default=30.0,
+            help="on SIGINT/SIGTERM, how long the running batch may finish before "
+            "it is handed back (default 30)",
+        )
+        p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+        if worker_cls is not None:
+            worker_cls.add_arguments(p)
+        p.set_defaults(_worker=name)
+    args = parser.parse_args(argv)
+    worker_cls = load_worker_class(args._worker)
+    if not args.key:
+        parser.error("--key (or $JOBHIVE_WORKER_KEY) is required")
+    if args.max_batch < 1:
+        parser.error("--max-batch must be at least 1")
+    return worker_cls, args
+
+
+def main(argv: list[str] | None = None) -> None:
+    worker_cls, args = parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    settings = RunnerSettings(
+        server_url=args.server.rstrip("/"),
+        key=args.key,
+        worker_id=args.worker_id,
+        max_batch=args.max_batch,
+        poll_wait_s=args.poll_wait_s,
+        burst=args.burst,
+        grace_s=args.grace_s,
+    )
+    runner = Runner(worker_cls(args), settings)
+    try:
+        asyncio.run(runner.serve())
+    except WorkerRefused as e:
+        print(f"jobhive-worker: {e}", file=sys.stderr)
+        raise SystemExit(2) from e
+
+
+if __name__ == "__main__":
+    main()
