@@ -34,8 +34,10 @@ class Process:
     proc: subprocess.Popen[str]
     output: list[str] = field(default_factory=list)
     url: str = ""
+    pump: threading.Thread | None = None
 
     def stop(self, timeout_s: float = 10.0) -> int:
+        """SIGTERM, then SIGKILL after timeout_s; returns the exit code."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -43,6 +45,7 @@ class Process:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        self._close()
         return self.proc.returncode
 
     def kill(self) -> None:
@@ -50,6 +53,13 @@ class Process:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+        self._close()
+
+    def _close(self) -> None:
+        if self.pump is not None:
+            self.pump.join(5)
+        if self.proc.stdout is not None and not self.proc.stdout.closed:
+            self.proc.stdout.close()
 
     def wait_for_output(self, pattern: str, timeout_s: float = 10.0) -> str:
         """Waits for a line of output matching the regex and returns it."""
@@ -87,7 +97,8 @@ def _spawn(args: list[str], env: dict[str, str] | None = None) -> Process:
         for line in proc.stdout:
             process.output.append(line)
 
-    threading.Thread(target=pump, daemon=True).start()
+    process.pump = threading.Thread(target=pump, daemon=True)
+    process.pump.start()
     return process
 
 
