@@ -22,6 +22,8 @@ from api_server.store import JobStore
 
 log = logging.getLogger("jobhive.server")
 
+CHECKPOINT_INTERVAL_S = 5.0  # how often the journal's WAL is checkpointed (and fsynced)
+
 
 @web.middleware
 async def json_errors(request: web.Request, handler):
@@ -77,6 +79,7 @@ def create_app(config: ServerConfig, endpoints: Mapping[str, Endpoint]) -> web.A
         max_workers=min(8, os.cpu_count() or 1), thread_name_prefix="jobhive-media"
     )
     app.cleanup_ctx.extend([_media_pool, _store])
+    app.on_shutdown.append(_stop_waiting)
     for module in (routes_clients, routes_jobs, routes_workers, routes_status):
         app.add_routes(module.routes)
     return app
@@ -87,17 +90,27 @@ async def _media_pool(app: web.Application) -> AsyncIterator[None]:
     app[MEDIA_POOL].shutdown(wait=False, cancel_futures=True)
 
 
+async def _stop_waiting(app: web.Application) -> None:
+    """On shut-down, before aiohttp waits for open requests: long-polls answer now."""
+    app[STORE].stop_waiting()
+
+
 async def _store(app: web.Application) -> AsyncIterator[None]:
     """Opens the store, sweeps leases and results while the server runs, then closes it."""
     store, config = app[STORE], app[CONFIG]
     await store.open()
 
     async def sweep_forever() -> None:
+        sweeps = 0
         while True:
             await asyncio.sleep(config.sweep_interval_s)
+            sweeps += 1
             try:
                 await store.sweep()
                 store.forget_workers(config.worker_seen_ttl_s)
+                if sweeps * config.sweep_interval_s >= CHECKPOINT_INTERVAL_S:
+                    sweeps = 0
+                    await store.checkpoint()
             except Exception:  # the sweeper must outlive one bad sweep
                 log.exception("sweep failed")
 

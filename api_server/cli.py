@@ -4,17 +4,33 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import signal
 import sys
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
 from api_server.app import create_app
 from api_server.config import ConfigError, load_endpoints, load_server_config
+from api_server.demo import demo_workers
+from api_server.state import ENDPOINTS
 
 log = logging.getLogger("jobhive.server")
+
+
+def run_loop(main: Coroutine[Any, Any, None]) -> None:
+    """Runs the server on uvloop (a faster event loop, about a third less CPU per request)
+    where it is installed, else on asyncio's own loop."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main)
+    else:
+        uvloop.run(main)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -32,6 +48,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--config", type=Path, help="server.toml with a [SERVER] table")
     parser.add_argument("--store", help="job store: sqlite:PATH (default sqlite:jobhive.sqlite3)")
     parser.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument(
+        "--demo",
+        action="store_true",
+        help="also start a demo worker (offline, tiny models) for each endpoint that has one",
+    )
     parser.add_argument(
         "--dev",
         action="store_true",
@@ -63,11 +84,14 @@ def main(argv: list[str] | None = None) -> None:
         f"jobhive-server: endpoints {', '.join(endpoints) or 'none'}; store {config.store}",
         flush=True,
     )
-    asyncio.run(serve(app, config.host, config.port, access_log=args.dev))
+    run_loop(serve(app, config.host, config.port, access_log=args.dev, demo=args.demo))
 
 
-async def serve(app: web.Application, host: str, port: int, access_log: bool) -> None:
-    """Serves until SIGINT or SIGTERM, then shuts down cleanly (the store flushes)."""
+async def serve(
+    app: web.Application, host: str, port: int, access_log: bool, demo: bool = False
+) -> None:
+    """Serves until SIGINT or SIGTERM, then shuts down cleanly (the store flushes). With demo,
+    also runs a demo worker for each endpoint that has one."""
     runner = web.AppRunner(
         app,
         handler_cancellation=True,  # a client that hangs up ends its long-poll at once
@@ -77,16 +101,22 @@ async def serve(app: web.Application, host: str, port: int, access_log: bool) ->
     try:
         await web.TCPSite(runner, host, port).start()
         bound_host, bound_port = runner.addresses[0][:2]  # the real port when port was 0
-        print(f"jobhive-server: listening on http://{bound_host}:{bound_port}", flush=True)
+        url = f"http://{bound_host}:{bound_port}"
+        print(f"jobhive-server: listening on {url}", flush=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
-        await stop.wait()
-        print("jobhive-server: shutting down", flush=True)
+        async with contextlib.AsyncExitStack() as stack:
+            if demo:
+                served = await stack.enter_async_context(demo_workers(url, app[ENDPOINTS]))
+                print(f"jobhive-server: demo workers for {', '.join(served) or 'nothing'}; try\n"
+                      f"  curl -X POST '{url}/api/v1/endpoints/echo/jobs?wait=10' "
+                      "-d '{\"inputs\": {\"text\": \"hello\"}}'", flush=True)
+            await stop.wait()
+            print("jobhive-server: shutting down", flush=True)
     finally:
         await runner.cleanup()
-
 
 if __name__ == "__main__":
     main()

@@ -168,6 +168,7 @@ class Endpoint:
         }
 
 
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 _SECTIONS = {"ENDPOINT", "WORKER", "CLIENTS", "INPUTS", "OUTPUTS", "PROGRESS", "STATIC"}
 
 
@@ -191,7 +192,12 @@ def _type_ok(value: Any, hint: Any) -> bool:
 
 
 def _type_text(hint: Any) -> str:
-    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+    if typing.get_origin(hint) is tuple:
+        return f"a list of {_type_text(typing.get_args(hint)[0])}"
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        args = [arg for arg in typing.get_args(hint) if arg is not type(None)]  # TOML has no null
+        return " or ".join(_type_text(arg) for arg in args)
+    return "anything" if hint is Any else getattr(hint, "__name__", None) or str(hint)
 
 
 def build(cls: type, table: Any, where: str, problems: list[str], **fixed: Any) -> Any:
@@ -221,7 +227,8 @@ def build(cls: type, table: Any, where: str, problems: list[str], **fixed: Any) 
         if not _type_ok(value, hints[key]):
             problems.append(f"{where}.{key}: must be {_type_text(hints[key])} (got {value!r})")
             continue
-        values[key] = tuple(value) if isinstance(value, list) else value
+        # Only list-typed settings become tuples; a default stays the JSON value it is.
+        values[key] = tuple(value) if typing.get_origin(hints[key]) is tuple else value
     if len(problems) > found:
         return None
     try:
@@ -255,9 +262,17 @@ def _load_fields(table: Any, where: str, problems: list[str]) -> dict[str, Field
         spec = build(cls, rest, here, problems, name=name)
         if spec is None:
             continue
+        spec_problems = spec.problems()
+        problems.extend(f"{here}.{key}: {reason}" for key, reason in spec_problems)
+        if spec_problems:
+            continue
         if spec.default is not None:
+            # A default must pass as it is written, not only once auto_convert has changed it.
+            strict = spec
+            if getattr(spec, "auto_convert", False):
+                strict = dataclasses.replace(spec, auto_convert=False)  # type: ignore[call-arg]
             try:
-                spec.check(spec.default)
+                spec = dataclasses.replace(spec, default=strict.check(spec.default))
             except FieldError as e:
                 problems.append(f"{here}.default: {e}")
                 continue
@@ -277,8 +292,11 @@ def load_endpoint(path: Path) -> Endpoint:
             f"{path}: [{section}]: unknown section (known: {', '.join(sorted(_SECTIONS))})"
         )
     progress = data.get("PROGRESS", {})
-    if isinstance(progress, dict) and progress.keys() - {"OUTPUTS"}:
-        problems.append(f"{path}: [PROGRESS]: only [PROGRESS.OUTPUTS] may be set")
+    if not isinstance(progress, dict):
+        problems.append(f"{path}: PROGRESS: must be a table ([PROGRESS.OUTPUTS.name] fields)")
+    else:
+        for key in progress.keys() - {"OUTPUTS"}:
+            problems.append(f"{path}: PROGRESS.{key}: unknown key (only [PROGRESS.OUTPUTS])")
     folder_name = path.parent.name
     endpoint = build(EndpointSection, data.get("ENDPOINT", {}), f"{path}: ENDPOINT", problems)
     worker = build(WorkerSection, data.get("WORKER", {}), f"{path}: WORKER", problems)
@@ -298,10 +316,21 @@ def load_endpoint(path: Path) -> Endpoint:
         endpoint = dataclasses.replace(
             endpoint, name=name, title=endpoint.title or name, route=endpoint.route or f"/{name}"
         )
+        if not endpoint.route.startswith("/"):
+            problems.append(f"{path}: ENDPOINT.route: must start with '/' (got {endpoint.route!r})")
         _check_positive(endpoint, path, problems)
+    if clients is not None:
+        if clients.rate_limit_per_s < 0:
+            problems.append(f"{path}: CLIENTS.rate_limit_per_s: must be 0 (no limit) or more")
+        if clients.rate_burst < 1:
+            problems.append(f"{path}: CLIENTS.rate_burst: must be at least 1")
+        if "" in clients.auth_keys:
+            problems.append(f"{path}: CLIENTS.auth_keys: a key must not be empty")
     if worker is not None:
         if not worker.auth_keys:
             problems.append(f"{path}: WORKER.auth_keys: at least one worker key is required")
+        if "" in worker.auth_keys:
+            problems.append(f"{path}: WORKER.auth_keys: a key must not be empty")
         if worker.max_batch < 1:
             problems.append(f"{path}: WORKER.max_batch: must be at least 1")
         if endpoint is not None:
@@ -368,4 +397,24 @@ def load_server_config(path: Path | None, **overrides: Any) -> ServerConfig:
         config = build(ServerConfig, data.get("SERVER", {}), f"{path}: SERVER", problems)
     if problems:
         raise ConfigError(problems)
-    return dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
+    config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
+    _check_server(config, f"{path or 'command line'}: SERVER", problems)
+    if problems:
+        raise ConfigError(problems)
+    return config
+
+
+def _check_server(config: ServerConfig, where: str, problems: list[str]) -> None:
+    if not 0 <= config.port <= 65535:
+        problems.append(f"{where}.port: must be 0 to 65535 (got {config.port})")
+    if config.log_level not in _LOG_LEVELS:
+        problems.append(
+            f"{where}.log_level: must be one of {', '.join(_LOG_LEVELS)} (got {config.log_level!r})"
+        )
+    scheme, _, rest = config.store.partition(":")
+    if scheme != "sqlite" or not rest:  # a Redis store is planned, not built yet
+        problems.append(f"{where}.store: must be sqlite:PATH (got {config.store!r})")
+    for key in ("max_body_bytes", "worker_poll_max_s", "client_wait_max_s", "sweep_interval_s",
+                "worker_seen_ttl_s", "sse_keepalive_s"):
+        if getattr(config, key) <= 0:
+            problems.append(f"{where}.{key}: must be greater than 0 (got {getattr(config, key)})")

@@ -24,6 +24,10 @@ class FieldError(ValueError):
     """The value of one field is unacceptable; the message says why and what would pass."""
 
 
+# Integers travel through orjson, which stores 64 bits at most.
+_INT_MIN, _INT_MAX = -(2**63), 2**63 - 1
+
+
 def _show(value: Any, limit: int = 40) -> str:
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
@@ -59,6 +63,10 @@ class FieldSpec:
         """Returns the accepted (possibly converted) value or raises FieldError."""
         raise NotImplementedError
 
+    def problems(self) -> list[tuple[str, str]]:
+        """What is wrong with the spec itself, as (key, reason) pairs; the loader reports them."""
+        return []
+
     def schema(self) -> dict[str, Any]:
         """The field as JSON for `GET /api/v1/endpoints/{name}`."""
         out: dict[str, Any] = {"type": self.type_name}
@@ -81,7 +89,7 @@ class StringField(FieldSpec):
 
     def check(self, value: Any) -> str:
         if not isinstance(value, str):
-            raise FieldError(f"must be a string (got {type(value).__name__})")
+            raise FieldError(f"must be a string (got {type(value).__name__} {_show(value)})")
         if len(value) > self.max_length:
             if self.auto_convert:
                 return value[: self.max_length]
@@ -89,6 +97,16 @@ class StringField(FieldSpec):
         if len(value) < self.min_length:
             raise FieldError(f"must be at least {self.min_length} characters (got {len(value)})")
         return value
+
+    def problems(self) -> list[tuple[str, str]]:
+        found = []
+        if self.min_length < 0:
+            found.append(("min_length", f"must be at least 0 (got {self.min_length})"))
+        if self.max_length < max(self.min_length, 1):
+            found.append(
+                ("max_length", f"must be at least 1 and min_length (got {self.max_length})")
+            )
+        return found
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -118,27 +136,83 @@ class NumberField(FieldSpec):
         high_ok = self.maximum is None or number <= self.maximum
         if not (low_ok and high_ok):
             raise FieldError(f"must be {self._range_text()} (got {_show(number)})")
-        if self.align and not math.isclose(number / self.align, round(number / self.align)):
-            below = self._cast(math.floor(number / self.align) * self.align)
-            above = self._cast(math.ceil(number / self.align) * self.align)
+        if self.align and not self._aligned(number):
+            nearest = " or ".join(str(n) for n in self._nearest(number))
             raise FieldError(
                 f"must be a multiple of {self._cast(self.align)} (got {_show(number)}; "
-                f"nearest: {below} or {above})"
+                f"nearest: {nearest})"
             )
         return number
 
+    def _exact(self, number: float | int) -> bool:
+        """Whether alignment can be done in exact integer arithmetic."""
+        return isinstance(number, int) and float(self.align or 0).is_integer()
+
+    def _aligned(self, number: float | int) -> bool:
+        if self._exact(number):
+            return number % int(self.align) == 0  # type: ignore[arg-type]
+        ratio = number / self.align  # type: ignore[operator]
+        # Past 2**53 every float is a whole multiple as far as floats can tell.
+        return abs(ratio) >= 2**53 or math.isclose(ratio, round(ratio))
+
+    def _multiples(self, number: float | int) -> tuple[float | int, float | int]:
+        """The multiples of align at or just below and at or just above number."""
+        if self._exact(number):
+            step = int(self.align)  # type: ignore[arg-type]
+            below = number - number % step
+            return below, below if below == number else below + step
+        ratio = number / self.align  # type: ignore[operator]
+        if abs(ratio) >= 2**53:
+            return number, number
+        return math.floor(ratio) * self.align, math.ceil(ratio) * self.align  # type: ignore[operator]
+
+    def _in_range(self, number: float | int) -> bool:
+        return (self.minimum is None or number >= self.minimum) and (
+            self.maximum is None or number <= self.maximum
+        )
+
+    def _nearest(self, number: float | int) -> list[float | int]:
+        """The aligned values next to number that also lie within the bounds."""
+        nearest = []
+        for candidate in self._multiples(number):
+            if self._in_range(candidate) and self._cast(candidate) not in nearest:
+                nearest.append(self._cast(candidate))
+        return nearest
+
     def _convert(self, number: float | int) -> float | int:
         if self.align:
-            number = round(number / self.align) * self.align
+            below, above = self._multiples(number)
+            number = above if (number - below) * 2 >= above - below else below
             if self.minimum is not None and number < self.minimum:
-                number = math.ceil(self.minimum / self.align) * self.align
+                number = self._multiples(self.minimum)[1]
             if self.maximum is not None and number > self.maximum:
-                number = math.floor(self.maximum / self.align) * self.align
+                number = self._multiples(self.maximum)[0]
         if self.minimum is not None:
             number = max(number, self.minimum)
         if self.maximum is not None:
             number = min(number, self.maximum)
-        return self._cast(number)
+        cast = self._cast(number)
+        return cast if self._in_range(cast) else number  # rounding must not leave the bounds
+
+    def problems(self) -> list[tuple[str, str]]:
+        found = []
+        for key in ("minimum", "maximum", "align"):
+            value = getattr(self, key)
+            if value is not None and not math.isfinite(value):
+                found.append((key, f"must be a finite number (got {value})"))
+        if found:
+            return found
+        if self.align is not None and self.align <= 0:
+            found.append(("align", f"must be greater than 0 (got {self.align})"))
+        if self.minimum is not None and self.maximum is not None:
+            if self.minimum > self.maximum:
+                found.append(("maximum", f"must be at least minimum {self.minimum}"))
+            elif self.align and self._multiples(self.minimum)[1] > self.maximum:
+                found.append((
+                    "align",
+                    f"no multiple of {self.align} lies between {self.minimum} and {self.maximum}",
+                ))
+        return found
 
     def _cast(self, number: float) -> float | int:
         return number
@@ -164,12 +238,29 @@ class IntegerField(NumberField):
             if not math.isfinite(value):
                 raise FieldError(f"must be an integer (got {value})")
             if not value.is_integer() and not self.auto_convert:
-                raise FieldError(f"must be an integer (got {value})")
-            return round(value)
+                raise FieldError(
+                    f"must be an integer (got {value}; nearest: {math.floor(value)} or "
+                    f"{math.ceil(value)})"
+                )
+            return math.floor(value + 0.5)
         return value
 
+    def check(self, value: Any) -> int:
+        number = int(super().check(value))
+        if not _INT_MIN <= number <= _INT_MAX:
+            raise FieldError(f"must be between {_INT_MIN} and {_INT_MAX} (got {_show(number)})")
+        return number
+
     def _cast(self, number: float) -> int:
-        return round(number)
+        return number if isinstance(number, int) else math.floor(number + 0.5)
+
+    def problems(self) -> list[tuple[str, str]]:
+        found = super().problems()
+        for key in ("minimum", "maximum", "align"):
+            value = getattr(self, key)
+            if not found and value is not None and not float(value).is_integer():
+                found.append((key, f"must be a whole number for an integer field (got {value})"))
+        return found
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -181,12 +272,17 @@ class FloatField(NumberField):
     def _number(self, value: Any) -> float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise FieldError(f"must be a number (got {type(value).__name__} {_show(value)})")
-        if not math.isfinite(value):
-            raise FieldError(f"must be a finite number (got {value})")
-        return float(value)
+        try:
+            number = float(value)
+        except OverflowError:
+            number = math.inf
+        if not math.isfinite(number):
+            raise FieldError(f"must be a finite number (got {_show(value)})")
+        return number
 
     def _cast(self, number: float) -> float:
-        return float(number)
+        # 15 digits drop the noise of float steps (3 * 0.1 is 0.3, not 0.30000000000000004).
+        return float(f"{number:.15g}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -212,7 +308,10 @@ class SelectionField(FieldSpec):
         if value not in self.supported or isinstance(value, bool | dict | list):
             choices = ", ".join(repr(v) for v in self.supported)
             raise FieldError(f"must be one of {choices} (got {_show(value)})")
-        return value
+        return self.supported[self.supported.index(value)]  # 1.0 for 1 gives the 1 listed
+
+    def problems(self) -> list[tuple[str, str]]:
+        return [] if self.supported else [("supported", "must list at least one value")]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -223,10 +322,18 @@ class JsonField(FieldSpec):
     max_bytes: int = 65536
 
     def check(self, value: Any) -> Any:
-        size = len(orjson.dumps(value))
+        try:
+            size = len(orjson.dumps(value))
+        except orjson.JSONEncodeError as e:
+            raise FieldError(
+                f"must be JSON nested at most 254 deep with 64-bit integers ({e})"
+            ) from e
         if size > self.max_bytes:
             raise FieldError(f"must be at most {self.max_bytes} bytes of JSON (got {size})")
         return value
+
+    def problems(self) -> list[tuple[str, str]]:
+        return _at_least_one(self, "max_bytes")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -246,20 +353,28 @@ class ChatContextField(FieldSpec):
 
     def check(self, value: Any) -> list[dict[str, str]]:
         if not isinstance(value, list) or not value:
-            raise FieldError("must be a non-empty list of {role, content} messages")
+            raise FieldError(
+                f"must be a non-empty list of {{role, content}} messages (got {_show(value)})"
+            )
         if len(value) > self.max_messages:
             raise FieldError(f"must hold at most {self.max_messages} messages (got {len(value)})")
         total = 0
         for i, message in enumerate(value):
             if not isinstance(message, dict) or set(message) != {"role", "content"}:
-                raise FieldError(f"message {i} must be an object with exactly role and content")
+                raise FieldError(
+                    f"message {i} must be an object with exactly role and content "
+                    f"(got {_show(message)})"
+                )
             role, content = message["role"], message["content"]
             if role not in self.roles:
                 raise FieldError(
                     f"message {i}: role must be one of {', '.join(self.roles)} (got {_show(role)})"
                 )
             if not isinstance(content, str):
-                raise FieldError(f"message {i}: content must be a string")
+                raise FieldError(
+                    f"message {i}: content must be a string (got {type(content).__name__} "
+                    f"{_show(content)})"
+                )
             total += len(content)
         if total > self.max_length:
             raise FieldError(
@@ -267,13 +382,19 @@ class ChatContextField(FieldSpec):
             )
         return value
 
+    def problems(self) -> list[tuple[str, str]]:
+        found = [] if self.roles else [("roles", "must list at least one role")]
+        found += _at_least_one(self, "max_messages", "max_length")
+        return found
+
 
 @dataclass(frozen=True, kw_only=True)
 class ImageField(FieldSpec):
     """`type = "image"`: a base64 image, as a data URL (`data:image/png;base64,...`).
 
     Args:
-        formats (tuple[str, ...], default jpeg/png/webp): Pillow format names accepted.
+        formats (tuple[str, ...], default jpeg/png/webp): Pillow format names accepted, lower
+            case, from `media.IMAGE_FORMATS`.
         max_width, max_height (int, default 4096): size limits in pixels.
         max_bytes (int, default 20 MiB): the largest decoded file.
         auto_convert (bool, default False): shrink an image over the size limits (keeping its
@@ -301,6 +422,16 @@ class ImageField(FieldSpec):
         except media.MediaError as e:
             raise FieldError(str(e)) from e
 
+    def problems(self) -> list[tuple[str, str]]:
+        found = _at_least_one(self, "max_width", "max_height", "max_bytes")
+        unknown = [f for f in self.formats if f not in media.IMAGE_FORMATS]
+        if not self.formats or unknown:
+            found.append((
+                "formats",
+                f"must list some of {', '.join(media.IMAGE_FORMATS)} (got {list(self.formats)})",
+            ))
+        return found
+
 
 @dataclass(frozen=True, kw_only=True)
 class ImageListField(ImageField):
@@ -311,7 +442,7 @@ class ImageListField(ImageField):
 
     def check(self, value: Any) -> list[str]:
         if not isinstance(value, list):
-            raise FieldError("must be a list of images")
+            raise FieldError(f"must be a list of images (got {type(value).__name__})")
         if len(value) > self.max_items:
             raise FieldError(f"must hold at most {self.max_items} images (got {len(value)})")
         checked = []
@@ -321,6 +452,9 @@ class ImageListField(ImageField):
             except FieldError as e:
                 raise FieldError(f"image {i}: {e}") from e
         return checked
+
+    def problems(self) -> list[tuple[str, str]]:
+        return super().problems() + _at_least_one(self, "max_items")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -355,6 +489,22 @@ class AudioField(FieldSpec):
             )
         except media.MediaError as e:
             raise FieldError(str(e)) from e
+
+    def problems(self) -> list[tuple[str, str]]:
+        found = _at_least_one(self, "max_bytes")
+        if not self.formats:
+            found.append(("formats", "must list at least one ffmpeg format name"))
+        if not self.max_duration_s > 0:
+            found.append(("max_duration_s", f"must be greater than 0 (got {self.max_duration_s})"))
+        if self.sample_rate is not None and self.sample_rate <= 0:
+            found.append(("sample_rate", f"must be greater than 0 (got {self.sample_rate})"))
+        return found
+
+
+def _at_least_one(spec: FieldSpec, *keys: str) -> list[tuple[str, str]]:
+    """(key, reason) for each of the spec's limits that is below 1."""
+    low = [k for k in keys if getattr(spec, k) < 1]
+    return [(k, f"must be at least 1 (got {getattr(spec, k)})") for k in low]
 
 
 FIELD_TYPES: Mapping[str, type[FieldSpec]] = {

@@ -60,24 +60,27 @@ async def read_json(request: web.Request, max_bytes: int) -> Any:
     if len(body) > max_bytes:
         raise ApiError(413, f"request body is {len(body)} bytes; the limit is {max_bytes}")
     if not body:
-        raise ApiError(400, "request body is empty; send a JSON object")
+        raise ApiError(400, "request body is empty", {"body": "must be a JSON object"})
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError as e:
-        raise ApiError(400, f"request body is not valid JSON: {e}") from e
+        raise ApiError(400, "request body is not valid JSON", {"body": str(e)}) from e
 
 
-def read_object(data: Any, known: Iterable[str]) -> dict[str, Any]:
-    """Checks that a body is a JSON object with no keys beyond `known`."""
+def read_object(data: Any, known: Iterable[str], where: str = "") -> dict[str, Any]:
+    """Checks that a body (or the value of its key `where`) is a JSON object with no keys
+    beyond `known`; the 400 names `where.key` fields when `where` is given."""
     if not isinstance(data, dict):
-        raise ApiError(400, f"request body must be a JSON object (got {type(data).__name__})")
+        reason = f"must be a JSON object (got {type(data).__name__})"
+        raise ApiError(400, "request body is not a JSON object", {where or "body": reason})
     unknown = data.keys() - set(known)
     if unknown:
         allowed = ", ".join(sorted(known))
+        prefix = f"{where}." if where else ""
         raise ApiError(
             400,
             "unknown keys in request body",
-            {k: f"unknown key; allowed: {allowed}" for k in sorted(unknown)},
+            {prefix + k: f"unknown key; allowed: {allowed}" for k in sorted(unknown)},
         )
     return data
 

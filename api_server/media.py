@@ -7,18 +7,37 @@ Values travel as data URLs (`data:image/png;base64,....`); a bare base64 string 
 from __future__ import annotations
 
 import base64
-import binascii
 import io
 import tempfile
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
 
 import ffmpeg
 from PIL import Image, UnidentifiedImageError
 
-# Pillow's format names -> MIME subtypes for the data URLs we write back.
-_IMAGE_MIME = {"jpeg": "jpeg", "png": "png", "webp": "webp", "gif": "gif", "bmp": "bmp"}
+# Image formats a field may list: plain raster formats Pillow both reads and writes. Nothing
+# else is opened with Pillow (EPS, say, would run Ghostscript on a client's file).
+IMAGE_FORMATS = (
+    "jpeg", "png", "webp", "gif", "bmp", "tiff", "avif", "qoi", "ppm", "tga", "sgi", "pcx",
+)
+# The largest image auto_convert decodes to shrink it (a 48-megapixel photo fits).
+MAX_SHRINK_PIXELS = 50_000_000
+_PILLOW_OPEN = tuple(f.upper() for f in IMAGE_FORMATS)  # JPEG covers MPO too
+# Pillow's format names -> MIME subtypes for the data URLs we write back (others: image/NAME).
+_IMAGE_MIME = {"ppm": "x-portable-pixmap", "tga": "x-tga"}
 _AUDIO_MIME = {"wav": "wav", "mp3": "mpeg", "ogg": "ogg", "flac": "flac", "webm": "webm"}
+# Demuxers ffmpeg may use on a client's bytes. Without a list, ffmpeg also reads playlists
+# (hls, concat) whose entries name files on the server, which would then be sent back.
+_FFMPEG_IMAGE_DEMUXERS = (
+    "bmp_pipe,dds_pipe,dpx_pipe,exr_pipe,gif_pipe,j2k_pipe,jpeg_pipe,jpegls_pipe,jpegxl_pipe,"
+    "pam_pipe,pbm_pipe,pcx_pipe,pfm_pipe,pgm_pipe,pgx_pipe,phm_pipe,png_pipe,ppm_pipe,psd_pipe,"
+    "qoi_pipe,sgi_pipe,sunrast_pipe,tiff_pipe,webp_pipe,xbm_pipe,xpm_pipe,xwd_pipe,mov"
+)
+_FFMPEG_AUDIO_DEMUXERS = (
+    "wav", "w64", "mp3", "ogg", "flac", "matroska", "mov", "aac", "aiff", "caf", "au", "amr", "wv",
+    "ac3", "eac3",
+)
 
 
 class MediaError(ValueError):
@@ -38,7 +57,7 @@ def decode_data_url(value: object, max_bytes: int) -> bytes:
         raise MediaError(f"must be at most {max_bytes} bytes (got about {len(payload) * 3 // 4})")
     try:
         data = base64.b64decode(payload, validate=True)
-    except binascii.Error as e:
+    except ValueError as e:  # binascii.Error, or a character outside ASCII
         raise MediaError(f"is not valid base64 ({e})") from e
     if not data:
         raise MediaError("is empty")
@@ -74,13 +93,19 @@ def check_image(
         str: a data URL of an image that meets every limit.
     """
     data = decode_data_url(value, max_bytes)
+    decoded_by_ffmpeg = False
     try:
         image = _open_image(data)
     except UnidentifiedImageError as e:
         if not auto_convert:
             raise MediaError(f"is not an image in a supported format ({', '.join(formats)})") from e
-        image = _open_image(_ffmpeg_to_png(data))
+        data, decoded_by_ffmpeg = _ffmpeg_to_png(data), True
+        try:
+            image = _open_image(data)
+        except UnidentifiedImageError as e2:
+            raise MediaError("is not an image that Pillow or ffmpeg can read") from e2
     fmt = (image.format or "").lower()
+    fmt = "jpeg" if fmt == "mpo" else fmt  # phone cameras' JPEG with a second picture
     width, height = image.size
     max_w, max_h = max_size
     too_big = width > max_w or height > max_h
@@ -89,23 +114,51 @@ def check_image(
             raise MediaError(f"must be one of {', '.join(formats)} (got {fmt or 'unknown'})")
         if too_big:
             raise MediaError(f"must be at most {max_w}x{max_h} pixels (got {width}x{height})")
-    elif width * height > 4 * max_w * max_h:
-        # Shrinking is fine, decoding a decompression bomb is not.
-        raise MediaError(f"is far over {max_w}x{max_h} pixels (got {width}x{height})")
+    elif too_big and width * height > MAX_SHRINK_PIXELS:
+        # Shrinking a big photo is fine, decoding a decompression bomb is not.
+        raise MediaError(
+            f"is far over {max_w}x{max_h} pixels (got {width}x{height}; images of at most "
+            f"{MAX_SHRINK_PIXELS} pixels are shrunk to fit)"
+        )
     try:
+        if too_big:
+            image.draft(None, (max_w, max_h))  # JPEG decodes at 1/2, 1/4 or 1/8 scale
         image.load()
-    except (OSError, SyntaxError, ValueError) as e:
+    except Exception as e:  # a damaged file raises whatever its decoder trips on
         raise MediaError(f"is a damaged {fmt or 'image'} file ({e})") from e
     if fmt in formats and not too_big:
-        return value if str(value).startswith("data:") else data_url(data, f"image/{fmt}")
-    if too_big:
-        image.thumbnail((max_w, max_h))
+        mime = f"image/{_IMAGE_MIME.get(fmt, fmt)}"
+        if not decoded_by_ffmpeg and str(value).startswith(f"data:{mime};base64,"):
+            return value  # type: ignore[return-value]  # a str: decode_data_url checked
+        return data_url(data, mime)
     out_fmt = fmt if fmt in formats else formats[0]
-    if out_fmt == "jpeg" and image.mode not in ("RGB", "L"):
-        image = image.convert("RGB")
-    buffer = io.BytesIO()
-    image.save(buffer, format=out_fmt.upper())
-    return data_url(buffer.getvalue(), f"image/{_IMAGE_MIME.get(out_fmt, out_fmt)}")
+    if too_big:
+        try:
+            image.thumbnail((max_w, max_h))
+        except Exception as e:
+            raise MediaError(f"is a damaged {fmt} file ({e})") from e
+    encoded = _encode(image, out_fmt)
+    if len(encoded) > max_bytes:
+        raise MediaError(
+            f"must be at most {max_bytes} bytes (got {len(encoded)} once converted to {out_fmt})"
+        )
+    return data_url(encoded, f"image/{_IMAGE_MIME.get(out_fmt, out_fmt)}")
+
+
+def _encode(image: Image.Image, out_fmt: str) -> bytes:
+    """Saves image as out_fmt, through RGBA or RGB when the format cannot hold its mode."""
+    has_alpha = image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info
+    error: Exception | None = None
+    for mode in dict.fromkeys([image.mode, "RGBA" if has_alpha else "RGB", "RGB"]):
+        buffer = io.BytesIO()
+        try:
+            converted = image if mode == image.mode else image.convert(mode)
+            converted.save(buffer, format=out_fmt.upper())
+        except Exception as e:  # e.g. "cannot write mode CMYK as PNG": try the next mode
+            error = e
+            continue
+        return buffer.getvalue()
+    raise MediaError(f"could not be converted to {out_fmt} ({error})")
 
 
 def _open_image(data: bytes) -> Image.Image:
@@ -113,12 +166,12 @@ def _open_image(data: bytes) -> Image.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            return Image.open(io.BytesIO(data))
+            return Image.open(io.BytesIO(data), formats=_PILLOW_OPEN)
     except (Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
         raise MediaError(f"has too many pixels to decode safely ({e})") from e
     except UnidentifiedImageError:
         raise
-    except (OSError, SyntaxError, ValueError) as e:
+    except Exception as e:  # a damaged header raises whatever its parser trips on
         raise MediaError(f"is a damaged image file ({e})") from e
 
 
@@ -126,7 +179,7 @@ def _ffmpeg_to_png(data: bytes) -> bytes:
     """Decodes the first frame of anything ffmpeg reads (AVIF, HEIC, TIFF variants) to PNG."""
     try:
         png, _ = (
-            ffmpeg.input("pipe:0")
+            ffmpeg.input("pipe:0", format_whitelist=_FFMPEG_IMAGE_DEMUXERS)
             .output("pipe:1", vframes=1, format="image2pipe", vcodec="png")
             .run(input=data, capture_stdout=True, capture_stderr=True, quiet=True)
         )
@@ -160,37 +213,54 @@ def check_audio(
         str: a data URL of audio that meets every limit.
     """
     data = decode_data_url(value, max_bytes)
+    demuxers = ",".join(dict.fromkeys([*formats, *_FFMPEG_AUDIO_DEMUXERS]))
     with tempfile.NamedTemporaryFile(suffix=".audio") as source:
         source.write(data)
         source.flush()
         try:
-            info = ffmpeg.probe(source.name)
+            info = ffmpeg.probe(source.name, format_whitelist=demuxers)
         except ffmpeg.Error as e:
             raise MediaError("is not audio that ffmpeg can read") from e
         streams = [s for s in info.get("streams", []) if s.get("codec_type") == "audio"]
         if not streams:
             raise MediaError("holds no audio stream")
-        duration_s = float(info.get("format", {}).get("duration") or 0.0)
+        container = info.get("format", {})
+        try:
+            duration_s = float(container.get("duration") or 0.0)
+        except ValueError:  # "N/A"
+            duration_s = 0.0
         if duration_s > max_duration_s:
             raise MediaError(f"must be at most {max_duration_s:g} s long (got {duration_s:.1f} s)")
-        names = set(info["format"].get("format_name", "").split(","))
+        names = set(container.get("format_name", "").split(","))
         fmt = next((f for f in formats if f in names), None)
-        rate_ok = sample_rate is None or int(streams[0].get("sample_rate", 0)) == sample_rate
+        rate = streams[0].get("sample_rate", "0")
+        rate_ok = sample_rate is None or rate == str(sample_rate)
         if fmt is not None and rate_ok:
-            return value if str(value).startswith("data:") else data_url(data, f"audio/{fmt}")
+            mime = f"audio/{_AUDIO_MIME.get(fmt, fmt)}"
+            if str(value).startswith(f"data:{mime};base64,"):
+                return value  # type: ignore[return-value]  # a str: decode_data_url checked
+            return data_url(data, mime)
         if not auto_convert:
             if fmt is None:
-                got = info["format"].get("format_name", "unknown")
+                got = container.get("format_name", "unknown")
                 raise MediaError(f"must be one of {', '.join(formats)} (got {got})")
-            raise MediaError(f"must be sampled at {sample_rate} Hz")
+            raise MediaError(f"must be sampled at {sample_rate} Hz (got {rate} Hz)")
         out_fmt = formats[0]
         options = {"ar": sample_rate} if sample_rate else {}
-        try:
-            converted, _ = (
-                ffmpeg.input(source.name)
-                .output("pipe:1", format=out_fmt, **options)
-                .run(capture_stdout=True, capture_stderr=True, quiet=True)
-            )
-        except ffmpeg.Error as e:
-            raise MediaError(f"could not be converted to {out_fmt}") from e
+        # A file, not a pipe: muxers seek back to write sizes (WAV) and indexes (MP4).
+        with tempfile.NamedTemporaryFile(suffix=f".{out_fmt}") as target:
+            try:
+                (
+                    ffmpeg.input(source.name, format_whitelist=demuxers)
+                    .output(target.name, format=out_fmt, vn=None, **options)
+                    .overwrite_output()
+                    .run(capture_stdout=True, capture_stderr=True, quiet=True)
+                )
+            except ffmpeg.Error as e:
+                raise MediaError(f"could not be converted to {out_fmt}") from e
+            converted = Path(target.name).read_bytes()
+    if len(converted) > max_bytes:
+        raise MediaError(
+            f"must be at most {max_bytes} bytes (got {len(converted)} once converted to {out_fmt})"
+        )
     return data_url(converted, f"audio/{_AUDIO_MIME.get(out_fmt, out_fmt)}")

@@ -54,7 +54,9 @@ async def wait_until_finished(request: web.Request, job: Job, wait_s: float) -> 
     store = request.app[STORE]
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait_s
-    while not job.status.finished and (remaining := deadline - loop.time()) > 0:
+    while (
+        not job.status.finished and not store.closing and (remaining := deadline - loop.time()) > 0
+    ):
         await store.wait_for_change(job, job.version, remaining)
 
 

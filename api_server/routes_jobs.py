@@ -87,6 +87,8 @@ async def job_events(request: web.Request) -> web.StreamResponse:
     keepalive_s = request.app[CONFIG].sse_keepalive_s
     last_id = request.headers.get("Last-Event-ID", "")
     sent_version = int(last_id) if last_id.isdigit() else 0
+    if sent_version > job.version:  # an id this job never reached: send its state afresh
+        sent_version = 0
     response = web.StreamResponse(
         headers={
             "Content-Type": "text/event-stream",
@@ -110,9 +112,13 @@ async def job_events(request: web.Request) -> web.StreamResponse:
                 sent_version, sent_position, quiet_since = job.version, position, loop.time()
                 if job.status.finished:
                     break
+            elif job.status.finished:  # the client has the final event: nothing will follow
+                break
             elif loop.time() - quiet_since >= keepalive_s:
                 await response.write(b": keepalive\n\n")
                 quiet_since = loop.time()
+            if store.closing:  # server shutting down: the client reconnects to the next one
+                break
             timeout_s = _QUEUE_POSITION_REFRESH_S if position else keepalive_s
             await store.wait_for_change(job, sent_version, timeout_s)
     return response

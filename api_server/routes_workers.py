@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
@@ -30,7 +31,17 @@ routes = web.RouteTableDef()
 _REPORT_KEYS = ("job_id", "lease_id", "progress", "outputs", "error", "release")
 
 
-def _worker_endpoints(request: web.Request, job_types: Sequence[str]) -> list[Endpoint]:
+def _require_worker_key(request: web.Request) -> None:
+    """401 unless some endpoint takes the request's worker key: checked before the body is read,
+    so an unknown caller gets no parsing (nor its error details) for free."""
+    key = bearer_key(request)
+    if not any(key_in(key, e.worker.auth_keys) for e in request.app[ENDPOINTS].values()):
+        raise unauthorized("worker")
+
+
+def _worker_endpoints(
+    request: web.Request, job_types: Sequence[str], field: str = "job_types"
+) -> list[Endpoint]:
     """The endpoints of these job types whose [WORKER] keys include the request's key."""
     endpoints = request.app[ENDPOINTS].values()
     known = {e.job_type for e in endpoints}
@@ -40,7 +51,7 @@ def _worker_endpoints(request: web.Request, job_types: Sequence[str]) -> list[En
             400,
             "unknown job types",
             {
-                "job_types": f"no endpoint serves {', '.join(map(repr, unknown))} "
+                field: f"no endpoint serves {', '.join(map(repr, unknown))} "
                 f"(job types: {', '.join(sorted(known)) or 'none'})"
             },
         )
@@ -116,23 +127,30 @@ def _parse_report(entry: Any, where: str, errors: dict[str, str]) -> WorkerRepor
     )
 
 
+def _parse_reports(entries: Any) -> list[WorkerReport]:
+    """The entries of a batch route's `reports` list; 400 naming each bad entry's key."""
+    if not isinstance(entries, list) or not entries:
+        raise ApiError(400, "invalid reports", {"reports": "must be a non-empty list"})
+    errors: dict[str, str] = {}
+    reports = [_parse_report(e, f"reports[{i}]", errors) for i, e in enumerate(entries)]
+    if errors:
+        raise ApiError(400, "invalid worker report", errors)
+    return reports  # type: ignore[return-value]  # no errors: every entry parsed
+
+
 async def _read_reports(request: web.Request, batch: bool) -> list[WorkerReport]:
     """The reports of a request: `{"reports": [...]}` for a batch, the entry itself for one job
     (its job_id taken from the URL)."""
     data = await read_json(request, request.app[CONFIG].max_body_bytes)
-    errors: dict[str, str] = {}
     if batch:
-        entries = read_object(data, ("reports",)).get("reports")
-        if not isinstance(entries, list) or not entries:
-            raise ApiError(400, "invalid reports", {"reports": "must be a non-empty list"})
-        reports = [_parse_report(e, f"reports[{i}]", errors) for i, e in enumerate(entries)]
-    else:
-        if isinstance(data, dict):
-            data = {**data, "job_id": request.match_info["job_id"]}
-        reports = [_parse_report(data, "", errors)]
-    if errors:
+        return _parse_reports(read_object(data, ("reports",)).get("reports"))
+    if isinstance(data, dict):
+        data = {**data, "job_id": request.match_info["job_id"]}
+    errors: dict[str, str] = {}
+    report = _parse_report(data, "", errors)
+    if errors or report is None:
         raise ApiError(400, "invalid worker report", errors)
-    return reports  # type: ignore[return-value]  # no errors: every entry parsed
+    return [report]
 
 
 def _authorized(
@@ -161,6 +179,12 @@ def _authorized(
     return allowed, refused
 
 
+def _in_order(reports: list[WorkerReport], answers: list[ReportAnswer]) -> list[ReportAnswer]:
+    """The answers in the order of the reports they answer."""
+    by_job = {answer.job_id: answer for answer in answers}
+    return [by_job[report.job_id] for report in reports]
+
+
 def _single_answer(answers: list[ReportAnswer]) -> web.Response:
     """A one-job route's reply: 200 `{canceled}` when accepted (or canceled), else 404/409."""
     (answer,) = answers
@@ -173,58 +197,62 @@ def _single_answer(answers: list[ReportAnswer]) -> web.Response:
     raise ApiError(409, answer.error or "refused")
 
 
+@dataclass(frozen=True)
+class Poll:
+    """A worker's request for jobs (the poll route's body, or `poll` beside a batch's results)."""
+
+    worker_id: str
+    job_types: list[str]
+    max_batch: int
+    info: dict[str, Any]
+    wait_s: float
+
+
+_POLL_KEYS = ("worker_id", "job_types", "max_batch", "info", "wait_s")
+
+
+def _parse_poll(data: Any, max_wait_s: float, prefix: str = "") -> Poll:
+    body = read_object(data, _POLL_KEYS, prefix.rstrip("."))
+    worker_id, job_types = body.get("worker_id"), body.get("job_types")
+    max_batch, info = body.get("max_batch", 1), body.get("info", {})
+    wait_s = body.get("wait_s", max_wait_s)
+    errors: dict[str, str] = {}
+    _check(errors, prefix + "worker_id", isinstance(worker_id, str) and 0 < len(worker_id) <= 128,
+           "must be a string of 1 to 128 characters")
+    _check(errors, prefix + "job_types", isinstance(job_types, list) and bool(job_types)
+           and all(isinstance(t, str) for t in job_types), "must be a non-empty list of strings")
+    _check(errors, prefix + "max_batch", isinstance(max_batch, int)
+           and not isinstance(max_batch, bool) and 1 <= max_batch <= 1024,
+           "must be an integer from 1 to 1024")
+    _check(errors, prefix + "info", isinstance(info, dict), "must be a JSON object")
+    _check(errors, prefix + "wait_s", isinstance(wait_s, int | float)
+           and not isinstance(wait_s, bool) and 0 <= wait_s <= max_wait_s,
+           f"must be a number of seconds from 0 to {max_wait_s:g}")
+    if errors:
+        raise ApiError(400, "invalid job poll", errors)
+    return Poll(worker_id, job_types, max_batch, info, float(wait_s))
+
+
+async def _grant(request: web.Request, poll: Poll, endpoints: list[Endpoint]) -> list[Any]:
+    """Claims up to poll.max_batch jobs (waiting up to poll.wait_s); returns their grants."""
+    store = request.app[STORE]
+    store.worker_seen(poll.worker_id, poll.job_types, request.remote or "", poll.info)
+    jobs = await store.claim(endpoints, poll.max_batch, poll.worker_id, poll.wait_s)
+    if not jobs:
+        return []
+    lease_s = request.app[ENDPOINTS][jobs[0].endpoint].endpoint.lease_s
+    return [job.grant_json(lease_s) for job in jobs]
+
+
 @routes.post("/api/v1/worker/jobs")
 async def poll_jobs(request: web.Request) -> web.Response:
     """Long-poll for jobs: `{worker_id, job_types, max_batch, info, wait_s}` → 200 `{jobs}`
     (each with its lease) or 204 when none came within wait_s."""
     config = request.app[CONFIG]
-    body = read_object(
-        await read_json(request, config.max_body_bytes),
-        ("worker_id", "job_types", "max_batch", "info", "wait_s"),
-    )
-    errors: dict[str, str] = {}
-    worker_id, job_types = body.get("worker_id"), body.get("job_types")
-    max_batch, info = body.get("max_batch", 1), body.get("info", {})
-    wait_s = body.get("wait_s", config.worker_poll_max_s)
-    _check(
-        errors,
-        "worker_id",
-        isinstance(worker_id, str) and 0 < len(worker_id) <= 128,
-        "must be a string of 1 to 128 characters",
-    )
-    _check(
-        errors,
-        "job_types",
-        isinstance(job_types, list)
-        and bool(job_types)
-        and all(isinstance(t, str) for t in job_types),
-        "must be a non-empty list of strings",
-    )
-    _check(
-        errors,
-        "max_batch",
-        isinstance(max_batch, int) and not isinstance(max_batch, bool) and 1 <= max_batch <= 1024,
-        "must be an integer from 1 to 1024",
-    )
-    _check(errors, "info", isinstance(info, dict), "must be a JSON object")
-    _check(
-        errors,
-        "wait_s",
-        isinstance(wait_s, int | float)
-        and not isinstance(wait_s, bool)
-        and 0 <= wait_s <= config.worker_poll_max_s,
-        f"must be a number of seconds from 0 to {config.worker_poll_max_s:g}",
-    )
-    if errors:
-        raise ApiError(400, "invalid job poll", errors)
-    endpoints = _worker_endpoints(request, job_types)
-    store = request.app[STORE]
-    store.worker_seen(worker_id, job_types, request.remote or "", info)
-    jobs = await store.claim(endpoints, max_batch, worker_id, wait_s)
-    if not jobs:
-        return web.Response(status=204)
-    lease_s = request.app[ENDPOINTS][jobs[0].endpoint].endpoint.lease_s
-    return json_response({"jobs": [job.grant_json(lease_s) for job in jobs]})
+    _require_worker_key(request)
+    poll = _parse_poll(await read_json(request, config.max_body_bytes), config.worker_poll_max_s)
+    grants = await _grant(request, poll, _worker_endpoints(request, poll.job_types))
+    return json_response({"jobs": grants}) if grants else web.Response(status=204)
 
 
 async def _report(
@@ -232,9 +260,10 @@ async def _report(
     batch: bool,
     record: Callable[[list[WorkerReport]], Awaitable[list[ReportAnswer]]],
 ) -> web.Response:
+    _require_worker_key(request)
     reports = await _read_reports(request, batch)
     allowed, refused = _authorized(request, reports)
-    answers = (await record(allowed) if allowed else []) + refused
+    answers = _in_order(reports, (await record(allowed) if allowed else []) + refused)
     if batch:
         return json_response({"answers": [a.to_json() for a in answers]})
     return _single_answer(answers)
@@ -257,4 +286,22 @@ async def job_result(request: web.Request) -> web.Response:
 
 @routes.post("/api/v1/worker/results")
 async def batch_results(request: web.Request) -> web.Response:
-    return await _report(request, True, request.app[STORE].report_results)
+    """A batch's results: `{"reports": [...]}` → `{"answers": [...]}`. With `"poll": {...}`
+    (the poll route's body) the same request then waits for the worker's next batch and adds
+    `"jobs": [...]`: one round trip per batch instead of two."""
+    config = request.app[CONFIG]
+    _require_worker_key(request)
+    data = await read_json(request, config.max_body_bytes)
+    body = read_object(data, ("reports", "poll"))
+    reports = _parse_reports(body.get("reports"))
+    poll, endpoints = None, []
+    if "poll" in body:
+        poll = _parse_poll(body["poll"], config.worker_poll_max_s, prefix="poll.")
+        endpoints = _worker_endpoints(request, poll.job_types, "poll.job_types")
+    allowed, refused = _authorized(request, reports)
+    recorded = await request.app[STORE].report_results(allowed) if allowed else []
+    answers = _in_order(reports, recorded + refused)
+    reply: dict[str, Any] = {"answers": [a.to_json() for a in answers]}
+    if poll is not None:
+        reply["jobs"] = await _grant(request, poll, endpoints)
+    return json_response(reply)

@@ -73,25 +73,48 @@ class JobStore:
         self._worker_waiters: dict[str, list[asyncio.Future[None]]] = {n: [] for n in endpoints}
         self._run_s: dict[str, float] = dict.fromkeys(endpoints, 1.0)  # moving average per job
         self._workers: dict[str, WorkerSeen] = {}
+        self._closing = False  # shutting down: long-polls answer at once, no more grants
 
     # ----- start-up and shut-down
 
     async def open(self) -> None:
-        """Loads the journal: queued jobs stay queued, running jobs go back to the queue."""
-        for job in await self._journal.open(now_ms()):
+        """Loads the journal. Queued jobs stay queued. Running jobs keep running under a fresh
+        lease: their worker may still be at work and will report to the new server (progress or
+        result, the lease_id is kept); if it does not within lease_s, the sweeper puts the job
+        back at the front of its queue, as for any expired lease. So a restart re-runs nothing
+        that is still being worked on."""
+        started_ms = now_ms()
+        for job in await self._journal.open(started_ms):
+            # Versions are not stored: starting them at the clock keeps them growing across
+            # restarts, so a client's Last-Event-ID or ?since= from before is always behind.
+            job.version = started_ms
             self._jobs[job.id] = job
             if job.status.finished:
                 heapq.heappush(self._expiry, (job.expires_at_ms or 0, job.id))
             elif job.endpoint not in self._endpoints:
                 self._finish(job, JobStatus.FAILED, error=f"endpoint {job.endpoint!r} was removed")
+            elif job.status is JobStatus.RUNNING:
+                lease_s = self._endpoints[job.endpoint].endpoint.lease_s
+                job.lease_expires_at_ms = started_ms + round(lease_s * 1000)
+                self._running[job.id] = job
             else:
-                if job.status is JobStatus.RUNNING:
-                    job.attempts = max(0, job.attempts - 1)  # the restart was not its fault
-                    job.status = JobStatus.QUEUED
-                    self._journal.update(job)
                 self._queues[job.endpoint][job.id] = job
         queued = sum(len(q) for q in self._queues.values())
-        log.info("store opened: %d jobs, %d queued", len(self._jobs), queued)
+        log.info("store opened: %d jobs, %d queued, %d running (waiting for their workers)",
+                 len(self._jobs), queued, len(self._running))
+
+    @property
+    def closing(self) -> bool:
+        return self._closing
+
+    def stop_waiting(self) -> None:
+        """Answers every long-poll now, and later ones at once (the server is shutting down and
+        would otherwise wait for each to time out); claims grant nothing more."""
+        self._closing = True
+        for waiters in (*self._job_waiters.values(), *self._worker_waiters.values()):
+            for w in waiters:
+                if not w.done():
+                    w.set_result(None)
 
     async def close(self) -> None:
         for waiters in (*self._job_waiters.values(), *self._worker_waiters.values()):
@@ -158,7 +181,7 @@ class JobStore:
 
     async def wait_for_change(self, job: Job, since_version: int, timeout_s: float) -> None:
         """Returns once the job's version passes `since_version`, or after timeout_s."""
-        if job.version > since_version or timeout_s <= 0:
+        if job.version > since_version or timeout_s <= 0 or self._closing:
             return
         waiter = asyncio.get_running_loop().create_future()
         self._job_waiters.setdefault(job.id, []).append(waiter)
@@ -205,7 +228,7 @@ class JobStore:
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
-        while True:
+        while not self._closing:
             jobs = self._take(endpoints, max_batch, worker_id)
             remaining = deadline - loop.time()
             if jobs or remaining <= 0:
@@ -217,11 +240,18 @@ class JobStore:
                 await asyncio.wait_for(waiter, remaining)
             except TimeoutError:
                 return []
+            except asyncio.CancelledError:  # the worker hung up: pass on a wake meant for it
+                if waiter.done() and not waiter.cancelled():
+                    for endpoint in endpoints:
+                        if self._queues[endpoint.name]:
+                            self._wake_worker(endpoint.name)
+                raise
             finally:
                 for endpoint in endpoints:
                     waiters = self._worker_waiters[endpoint.name]
                     if waiter in waiters:
                         waiters.remove(waiter)
+        return []
 
     def _take(self, endpoints: Sequence[Endpoint], max_batch: int, worker_id: str) -> list[Job]:
         heads = [
@@ -276,9 +306,7 @@ class JobStore:
                 answers.append(answer)
                 continue
             if job.status is JobStatus.QUEUED:  # lease lapsed, nobody took it: resume
-                self._queues[job.endpoint].pop(job.id, None)
-                job.status = JobStatus.RUNNING
-                self._running[job.id] = job
+                self._resume(job)
                 self._journal.update(job)
             endpoint = self._endpoints[job.endpoint]
             job.lease_expires_at_ms = now + round(endpoint.endpoint.lease_s * 1000)
@@ -297,15 +325,24 @@ class JobStore:
         saves = []
         for report in reports:
             job, answer = self._leased(report, finished_ok=True)
+            if job is not None and job.status is JobStatus.QUEUED:
+                self._resume(job)  # lease lapsed or server restarted, nobody took it
             if job is None:
                 answers.append(answer)
-            elif job.status.finished:  # a repeat of a result we already have
-                answers.append(ReportAnswer(job.id, ok=True))
+            elif job.status.finished:  # a repeat of the result we have is fine; another is not
+                same = not report.release and (
+                    job.error == report.error
+                    if report.error is not None
+                    else job.outputs_json == orjson.dumps(report.outputs or {})
+                )
+                why = f"job already {job.status}" + (f": {job.error}" if job.error else "")
+                answers.append(ReportAnswer(job.id, ok=same, error=None if same else why))
             elif report.release:
-                saves.append(self._requeue(job, reason="handed back by its worker", count=False))
+                if job.status is JobStatus.RUNNING:  # (a queued one is back already: its lease
+                    reason = "handed back by its worker"  # expired and that attempt counted)
+                    saves.append(self._requeue(job, reason=reason, count=False))
                 answers.append(ReportAnswer(job.id, ok=True))
             else:
-                self._queues[job.endpoint].pop(job.id, None)
                 if report.error is not None:
                     saves.append(self._finish(job, JobStatus.FAILED, error=report.error))
                 else:
@@ -367,6 +404,10 @@ class JobStore:
         if saves:
             await asyncio.gather(*saves)
 
+    async def checkpoint(self) -> None:
+        """Makes the journal's recent writes safe from a power cut too (an fsync)."""
+        await self._journal.checkpoint()
+
     def forget_workers(self, unseen_s: float) -> None:
         cutoff = now_ms() - unseen_s * 1000
         for worker_id in [w for w, s in self._workers.items() if s.last_seen_ms < cutoff]:
@@ -413,6 +454,12 @@ class JobStore:
             if not waiter.done():
                 waiter.set_result(None)
                 return
+
+    def _resume(self, job: Job) -> None:
+        """Gives a requeued job back to the worker that still holds its lease."""
+        self._queues[job.endpoint].pop(job.id, None)
+        job.status = JobStatus.RUNNING
+        self._running[job.id] = job
 
     def _requeue(self, job: Job, *, reason: str, count: bool) -> asyncio.Future[None]:
         """Puts a running job back at the front of its queue."""

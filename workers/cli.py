@@ -9,6 +9,8 @@ import logging
 import os
 import socket
 import sys
+from collections.abc import Coroutine
+from typing import Any
 
 from workers.base import ModelWorker
 from workers.runner import Runner, RunnerSettings, WorkerRefused
@@ -17,6 +19,16 @@ from workers.runner import Runner, RunnerSettings, WorkerRefused
 WORKER_TYPES = {
     "noop": "workers.noop:NoopWorker",
 }
+
+
+def run_loop(main: Coroutine[Any, Any, None]) -> None:
+    """Runs on uvloop (a faster event loop) where it is installed, else on asyncio's own."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main)
+    else:
+        uvloop.run(main)
 
 
 def load_worker_class(name: str) -> type[ModelWorker]:
@@ -93,7 +105,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     runner = Runner(worker_cls(args), settings)
     try:
-        asyncio.run(runner.serve())
+        run_loop(runner.serve())
     except WorkerRefused as e:
         print(f"jobhive-worker: {e}", file=sys.stderr)
         raise SystemExit(2) from e

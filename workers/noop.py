@@ -66,7 +66,10 @@ class NoopWorker(ModelWorker):
                     times.clear()
         # 3. Jobs without steps still honour their delay.
         longest_s = max(job.inputs["delay_s"] for job in batch)
-        time.sleep(max(0.0, start + longest_s - time.monotonic()))
+        while (left_s := start + longest_s - time.monotonic()) > 0:
+            if all(job.canceled for job in batch):
+                break
+            time.sleep(min(left_s, 0.05))
         # 4. The outputs: the inputs back, or the failure asked for.
         return [self._echo(job) for job in batch]
 

@@ -19,7 +19,7 @@ import random
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -105,20 +105,43 @@ def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | Non
 
 
 class ProgressRelay:
-    """Takes progress reports from the model thread; the runner sends the latest of each job."""
+    """Takes progress reports from the model thread for the runner to send, latest first.
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    `send` (the runner's sending loop) starts on the first report, or when `start` is called
+    for a heartbeat: a batch that finishes quickly and reports nothing costs no task at all.
+    """
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, send: Callable[[ProgressRelay], Awaitable[None]]
+    ) -> None:
         self._loop = loop
+        self._send = send
         self._lock = threading.Lock()
-        self._latest: dict[str, tuple[Job, float, dict[str, Any] | None]] = {}
+        self._latest: dict[str, tuple[float, dict[str, Any] | None]] = {}
+        self._task: asyncio.Task[None] | None = None
         self.wake = asyncio.Event()
 
     def __call__(self, job: Job, percent: float, outputs: dict[str, Any] | None = None) -> None:
+        """What a model calls (from its thread): progress in percent, and optional outputs."""
         with self._lock:
-            self._latest[job.id] = (job, max(0.0, min(100.0, float(percent))), outputs)
-        self._loop.call_soon_threadsafe(self.wake.set)
+            self._latest[job.id] = (max(0.0, min(100.0, float(percent))), outputs)
+        self._loop.call_soon_threadsafe(self._wake)
 
-    def take(self) -> dict[str, tuple[Job, float, dict[str, Any] | None]]:
+    def _wake(self) -> None:
+        self.wake.set()
+        self.start()
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._send(self))
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def take(self) -> dict[str, tuple[float, dict[str, Any] | None]]:
         with self._lock:
             latest, self._latest = self._latest, {}
         return latest
@@ -135,20 +158,24 @@ class Runner:
     def __init__(self, model: ModelWorker, settings: RunnerSettings) -> None:
         self.model = model
         self.settings = settings
-        self._stopping = asyncio.Event()  # first signal: finish the batch, then exit
-        self._hand_back = asyncio.Event()  # second signal or grace over: return the jobs
+        # Resolved by the first signal (finish the batch, then exit) and by the second (hand the
+        # running jobs back); futures, not Events, so that racing them costs no task per batch.
+        self._stopping: asyncio.Future[None] | None = None
+        self._hand_back: asyncio.Future[None] | None = None
         self._http: aiohttp.ClientSession | None = None
         self._thread = ModelThread()
         self._backoff_s = 0.0
 
     def stop(self) -> None:
         """What SIGINT/SIGTERM do: the first asks to finish, the second to hand back."""
-        if self._stopping.is_set():
+        assert self._stopping is not None and self._hand_back is not None
+        if self._stopping.done():
             log.warning("handing the running jobs back to the server")
-            self._hand_back.set()
+            if not self._hand_back.done():
+                self._hand_back.set_result(None)
         else:
             log.warning("stopping: finishing the running batch (signal again to hand it back)")
-            self._stopping.set()
+            self._stopping.set_result(None)
 
     async def serve(self) -> None:
         """Loads the model and serves jobs until stopped (or, with burst, the queue is empty).
@@ -157,6 +184,7 @@ class Runner:
             WorkerRefused: the server refused the worker's key or job type.
         """
         loop = asyncio.get_running_loop()
+        self._stopping, self._hand_back = loop.create_future(), loop.create_future()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, self.stop)
         settings = self.settings
@@ -174,13 +202,15 @@ class Runner:
         headers = {"Authorization": f"Bearer {settings.key}", "Content-Type": "application/json"}
         async with aiohttp.ClientSession(settings.server_url, headers=headers) as http:
             self._http = http
-            while not self._stopping.is_set():
-                jobs = await self._poll()
+            jobs = await self._poll()
+            while jobs is not None:  # None: stopping
                 if jobs:
-                    await self._run_batch(jobs)
-                elif settings.burst and jobs is not None:
+                    jobs = await self._run_batch(jobs)  # its results post brings the next batch
+                elif settings.burst:
                     log.info("queue empty: exiting (burst mode)")
                     break
+                else:
+                    jobs = await self._poll()
         log.info("worker %s stopped", settings.worker_id)
 
     # ----- talking to the server
@@ -201,55 +231,62 @@ class Runner:
             str(problem) or type(problem).__name__,
             self._backoff_s,
         )
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(
-                self._hand_back.wait(), self._backoff_s * random.uniform(0.8, 1.2)
-            )
+        await asyncio.wait({self._hand_back}, timeout=self._backoff_s * random.uniform(0.8, 1.2))
 
     def _reached(self) -> None:
         if self._backoff_s:
             log.info("server %s reachable again", self.settings.server_url)
             self._backoff_s = 0.0
 
-    async def _poll(self) -> list[Job] | None:
-        """The next batch ([] when none came in time); None when stopping."""
+    def _poll_body(self) -> dict[str, Any]:
         settings = self.settings
-        wait_s = min(settings.poll_wait_s, 1.0) if settings.burst else settings.poll_wait_s
-        body = {
+        return {
             "worker_id": settings.worker_id,
             "job_types": [self.model.job_type],
             "max_batch": settings.max_batch,
-            "wait_s": wait_s,
+            "wait_s": min(settings.poll_wait_s, 1.0) if settings.burst else settings.poll_wait_s,
             "info": self.model.info(),
         }
-        while not self._stopping.is_set():
-            poll = asyncio.ensure_future(self._post("/api/v1/worker/jobs", body, wait_s + 15))
-            stop = asyncio.ensure_future(self._stopping.wait())
-            await asyncio.wait({poll, stop}, return_when=asyncio.FIRST_COMPLETED)
-            stop.cancel()
-            if not poll.done():
-                poll.cancel()  # the server drops the poll; nothing was granted
-                return None
+
+    async def _post_unless_stopping(
+        self, path: str, body: dict[str, Any], timeout_s: float
+    ) -> tuple[int, Any] | None:
+        """Posts, but gives up (None) as soon as a stop is asked for: a poll left hanging would
+        hold the shut-down for its whole wait. The server drops a poll whose client left."""
+        post = asyncio.ensure_future(self._post(path, body, timeout_s))
+        await asyncio.wait({post, self._stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if not post.done():
+            post.cancel()
+            return None
+        return post.result()
+
+    @staticmethod
+    def _jobs_from(grants: list[dict[str, Any]]) -> list[Job]:
+        return [
+            Job(id=g["job_id"], endpoint=g["endpoint"], inputs=g["inputs"],
+                lease_id=g["lease_id"], attempt=g["attempt"], lease_s=g["lease_s"])
+            for g in grants
+        ]
+
+    async def _poll(self) -> list[Job] | None:
+        """The next batch ([] when none came in time); None when stopping."""
+        body = self._poll_body()
+        while not self._stopping.done():
             try:
-                status, data = poll.result()
+                reply = await self._post_unless_stopping(
+                    "/api/v1/worker/jobs", body, body["wait_s"] + 15
+                )
             except _RETRYABLE as e:
                 await self._retry_later(e)
                 continue
+            if reply is None:
+                return None
+            status, data = reply
             self._reached()
             if status == 204:
                 return []
             if status == 200:
-                return [
-                    Job(
-                        id=j["job_id"],
-                        endpoint=j["endpoint"],
-                        inputs=j["inputs"],
-                        lease_id=j["lease_id"],
-                        attempt=j["attempt"],
-                        lease_s=j["lease_s"],
-                    )
-                    for j in data["jobs"]
-                ]
+                return self._jobs_from(data["jobs"])
             message = data.get("error") if isinstance(data, dict) else None
             if status in (400, 401, 403):
                 raise WorkerRefused(f"server refused the poll ({status}): {message} {data}")
@@ -258,28 +295,26 @@ class Runner:
 
     # ----- running a batch
 
-    async def _run_batch(self, jobs: list[Job]) -> None:
+    async def _run_batch(self, jobs: list[Job]) -> list[Job] | None:
+        """Runs one batch and delivers its results; returns the next batch (None: stopping)."""
         loop = asyncio.get_running_loop()
-        relay = ProgressRelay(loop)
-        reporter = asyncio.create_task(self._relay_progress(jobs, relay))
         started = time.monotonic()
+        heartbeat_s = min(job.lease_s for job in jobs) / 3
+        relay = ProgressRelay(loop, lambda r: self._relay_progress(jobs, r, started, heartbeat_s))
+        heartbeat = loop.call_later(heartbeat_s, relay.start)
         run = self._thread.call(self._run_model, jobs, relay)
         try:
             results = await self._finish_or_hand_back(run, jobs)
         finally:
-            reporter.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reporter
+            heartbeat.cancel()
+            await relay.stop()
         if results is None:
             await self._send_results(jobs, [{"release": True}] * len(jobs), self.settings.grace_s)
-            return
-        await self._send_results(jobs, results)
-        log.info(
-            "batch of %d %s jobs done in %.3f s",
-            len(jobs),
-            jobs[0].endpoint,
-            time.monotonic() - started,
-        )
+            return None
+        next_jobs = await self._send_results(jobs, results)
+        log.info("batch of %d %s jobs done in %.3f s", len(jobs), jobs[0].endpoint,
+                 time.monotonic() - started)
+        return next_jobs
 
     def _run_model(self, jobs: list[Job], relay: ProgressRelay) -> list[dict[str, Any]]:
         """In the model thread: runs the batch and turns what it returns into result entries."""
@@ -310,37 +345,41 @@ class Runner:
         self, run: asyncio.Future[Any], jobs: list[Job]
     ) -> list[dict[str, Any]] | None:
         """The batch's result entries, or None when its jobs must be handed back."""
-        stop = asyncio.ensure_future(self._stopping.wait())
-        await asyncio.wait({run, stop}, return_when=asyncio.FIRST_COMPLETED)
-        stop.cancel()
+        await asyncio.wait({run, self._stopping}, return_when=asyncio.FIRST_COMPLETED)
         if not run.done():
             log.warning("waiting up to %g s for %d running jobs", self.settings.grace_s, len(jobs))
-            hand_back = asyncio.ensure_future(self._hand_back.wait())
             await asyncio.wait(
-                {run, hand_back}, timeout=self.settings.grace_s, return_when=asyncio.FIRST_COMPLETED
+                {run, self._hand_back},
+                timeout=self.settings.grace_s,
+                return_when=asyncio.FIRST_COMPLETED,
             )
-            hand_back.cancel()
             if not run.done():
                 for job in jobs:
                     job.canceled = True  # let the model stop early if it checks
                 return None
         return run.result()
 
-    async def _relay_progress(self, jobs: list[Job], relay: ProgressRelay) -> None:
+    async def _relay_progress(
+        self, jobs: list[Job], relay: ProgressRelay, started: float, heartbeat_s: float
+    ) -> None:
         """Sends the latest progress of each job, at most every progress_interval_s, and a
-        heartbeat for jobs that reported nothing for a third of their lease."""
-        heartbeat_s = min(job.lease_s for job in jobs) / 3
-        sent_at = dict.fromkeys((job.id for job in jobs), time.monotonic())
+        heartbeat for jobs that reported nothing for heartbeat_s (a third of their lease)."""
+        sent_at = dict.fromkeys((job.id for job in jobs), started)
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(relay.wake.wait(), heartbeat_s)
+            due_s = min(sent_at.values()) + heartbeat_s - time.monotonic()
+            if due_s > 0 and not relay.wake.is_set():
+                # asyncio.timeout, not wait_for: on 3.11 wait_for swallows the cancel that
+                # relay.stop() sends when the wait has just ended, and stop() never returns.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(due_s):
+                        await relay.wake.wait()
             relay.wake.clear()
             latest = relay.take()
             now = time.monotonic()
             reports = []
             for job in jobs:
                 if job.id in latest:
-                    _, percent, outputs = latest[job.id]
+                    percent, outputs = latest[job.id]
                     reports.append(
                         {
                             "job_id": job.id,
@@ -375,36 +414,49 @@ class Runner:
 
     async def _send_results(
         self, jobs: list[Job], entries: list[dict[str, Any]], give_up_s: float | None = None
-    ) -> None:
-        """Posts a batch's results in one request, retrying while the server is away (for at
-        most give_up_s when given: a hand-back that cannot be delivered is not needed, the
-        lease expiring requeues the job all the same)."""
+    ) -> list[Job] | None:
+        """Posts a batch's results in one request that also polls for the next batch (unless
+        stopping), retrying while the server is away; returns the next batch, None when
+        stopping. Once stopping, it tries for grace_s at most, and not at all after a second
+        signal: the leases expire and the jobs run again elsewhere, late but not lost.
+        With give_up_s (a hand-back), tries only that long: a hand-back that cannot
+        be delivered is not needed, the lease expiring requeues the jobs all the same."""
         reports = [
             {"job_id": job.id, "lease_id": job.lease_id, **entry}
             for job, entry in zip(jobs, entries, strict=True)
         ]
         deadline = time.monotonic() + give_up_s if give_up_s is not None else None
         while True:
+            body: dict[str, Any] = {"reports": reports}
+            if give_up_s is None and not self._stopping.done():
+                body["poll"] = self._poll_body()
             try:
-                status, data = await self._post("/api/v1/worker/results", {"reports": reports}, 60)
+                if "poll" in body:
+                    reply = await self._post_unless_stopping(
+                        "/api/v1/worker/results", body, body["poll"]["wait_s"] + 60
+                    )
+                else:
+                    reply = await self._post("/api/v1/worker/results", body, 60)
             except _RETRYABLE as e:
                 problem: object = e
             else:
+                if reply is None:
+                    continue  # stopping: send the results again, without the poll (idempotent)
+                status, data = reply
                 self._reached()
                 if status == 200:
                     for answer in data["answers"]:
                         if not answer["ok"]:
-                            log.warning(
-                                "result of job %s not taken: %s",
-                                answer["job_id"],
-                                answer.get("error"),
-                            )
-                    return
+                            log.warning("result of job %s not taken: %s",
+                                        answer["job_id"], answer.get("error"))
+                    return self._jobs_from(data["jobs"]) if "jobs" in data else None
                 if status < 500 and status != 429:
                     log.error("results refused (%d): %s", status, data)
-                    return
+                    return None if self._stopping.done() else []
                 problem = f"HTTP {status}"
-            if deadline is not None and time.monotonic() > deadline:
+            if self._stopping.done() and deadline is None:  # stopping: try for grace_s more
+                deadline = time.monotonic() + self.settings.grace_s
+            if self._hand_back.done() or (deadline is not None and time.monotonic() > deadline):
                 log.warning("gave up delivering %d results: %s", len(jobs), problem)
-                return
+                return None
             await self._retry_later(problem)

@@ -1,0 +1,127 @@
+"""`python -m jobhive ENDPOINT field=value ... [--server URL] [--key KEY]`
+
+Submits one job, shows its progress as a bar on stderr while it runs, and prints its outputs as
+JSON on stdout. A failed or canceled job, or a refused request, exits 1 with the message on
+stderr; Ctrl-C cancels the job and exits 130.
+
+A value is read as JSON when it parses (`steps=4`, `delay_s=0.5`, `tags='["a","b"]'`) and as a
+string otherwise (`text=hello`; quote a string that looks like JSON: `text='"42"'`);
+`image=@cat.png` sends the file as a data URL.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import json
+import mimetypes
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from jobhive.client import DEFAULT_SERVER_URL, Client, Job, new_job_id
+from jobhive.errors import JobhiveError
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m jobhive",
+        description="Run one job on a jobhive server and print its outputs as JSON.",
+        epilog="Values are JSON when they parse, else strings; field=@FILE sends a file as a "
+        "data URL.",
+    )
+    parser.add_argument("endpoint", help="the endpoint, e.g. echo")
+    parser.add_argument("fields", nargs="*", metavar="field=value", help="the job's inputs")
+    parser.add_argument(
+        "--server",
+        default=os.environ.get("JOBHIVE_SERVER", DEFAULT_SERVER_URL),
+        help=f"the server URL (default $JOBHIVE_SERVER or {DEFAULT_SERVER_URL})",
+    )
+    parser.add_argument(
+        "--key", default=os.environ.get("JOBHIVE_KEY"), help="client key (default $JOBHIVE_KEY)"
+    )
+    return parser.parse_args(argv)
+
+
+def field_value(text: str) -> Any:
+    """The value of one `field=value` argument (the part after `=`).
+
+    Args:
+        text (str): `@PATH` for a file, else JSON or a plain string.
+
+    Returns:
+        Any: the file as a data URL, the parsed JSON, or the text itself.
+    """
+    if text.startswith("@"):
+        return data_url(Path(text[1:]))
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def data_url(path: Path) -> str:
+    """The file as a `data:TYPE;base64,...` URL, its type guessed from the file name."""
+    mime_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+    return f"data:{mime_type};base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+
+
+def parse_inputs(pairs: list[str]) -> dict[str, Any]:
+    """The inputs dict of the `field=value` arguments; ValueError or OSError when one is bad."""
+    inputs = {}
+    for pair in pairs:
+        name, sep, text = pair.partition("=")
+        if not sep or not name:
+            raise ValueError(f"expected field=value, got {pair!r}")
+        inputs[name] = field_value(text)
+    return inputs
+
+
+def follow(client: Client, job: Job) -> Job:
+    """Shows the job's progress as a bar on stderr until it finishes; returns the last state."""
+    with tqdm(
+        total=100,
+        file=sys.stderr,
+        desc=job.endpoint,
+        bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}{postfix}",
+    ) as bar:
+        for event in client.stream(job):
+            job = event.job
+            bar.update((100.0 if job.status == "done" else job.progress) - bar.n)
+            bar.set_postfix_str(_state(job))
+    return job
+
+
+def _state(job: Job) -> str:
+    if job.status == "queued" and job.queue_position:
+        return f"queued, {job.queue_position} ahead"
+    return job.status
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Runs the command; returns the exit status."""
+    args = parse_args(argv)
+    try:
+        inputs = parse_inputs(args.fields)
+    except (ValueError, OSError) as e:
+        print(f"jobhive: {e}", file=sys.stderr)
+        return 2
+    job_id = new_job_id()  # known before submitting, so Ctrl-C can always cancel it
+    with Client(args.server, args.key) as client:
+        try:
+            job = client.submit(args.endpoint, inputs, job_id=job_id)
+            outputs = client.result(follow(client, job))
+        except KeyboardInterrupt:
+            with contextlib.suppress(JobhiveError):
+                client.cancel(job_id)
+            print(f"jobhive: interrupted; job {job_id} canceled", file=sys.stderr)
+            return 130
+        except JobhiveError as e:
+            print(f"jobhive: {e}", file=sys.stderr)
+            return 1
+    print(json.dumps(outputs, indent=2, ensure_ascii=False))
+    return 0

@@ -1,0 +1,580 @@
+"""The Python client: `AsyncClient` (asyncio) and `Client` (the same calls, blocking).
+
+    async with AsyncClient("http://127.0.0.1:7777") as client:
+        job = await client.submit("echo", {"text": "hi", "delay_s": 1, "steps": 4})
+        async for event in client.stream(job):
+            print(event.event, event.job.progress)
+        outputs = await client.result(job)
+
+    with Client("http://127.0.0.1:7777") as client:
+        outputs = client.result(client.submit("echo", {"text": "hi"}))
+
+Every request is safe to repeat (submit sends a job_id of its own making, so a repeat finds the
+job the first try made), so connection errors and 502/503/504 are retried with backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import itertools
+import logging
+import random
+import threading
+import uuid
+from collections.abc import AsyncIterator, Coroutine, Iterator
+from dataclasses import dataclass, fields
+from typing import Any, TypeVar
+from urllib.parse import quote
+
+import aiohttp
+import orjson
+
+from jobhive.errors import ConnectionFailed, JobCanceled, JobFailed, WaitTimeout, error_for
+
+log = logging.getLogger("jobhive.client")
+
+DEFAULT_SERVER_URL = "http://127.0.0.1:7777"
+RETRY_STATUSES = frozenset({502, 503, 504})  # a proxy or load balancer with no server behind
+LONG_POLL_S = 30.0  # one `GET ?wait=` holds this long at most
+_CONNECTION_ERRORS = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError)
+_FINISHED = frozenset({"done", "failed", "canceled"})
+# The SSE event name of each status, as the server names them; the long-poll fallback uses it.
+_EVENT_FOR_STATUS = {
+    "queued": "queued",
+    "running": "progress",
+    "done": "result",
+    "failed": "error",
+    "canceled": "error",
+}
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """A job as the server shows it (`GET /api/v1/jobs/{id}`)."""
+
+    job_id: str
+    endpoint: str
+    status: str  # queued, running, done, failed or canceled
+    version: int  # bumped on every change; the SSE event id
+    progress: float  # percent, 0 to 100
+    queue_position: int | None  # jobs ahead of it while queued, else None
+    progress_outputs: dict[str, Any] | None  # the latest previews or partial text
+    outputs: dict[str, Any] | None  # set when done
+    error: str | None  # set when failed or canceled
+    attempts: int  # leases granted to workers so far
+    created_at_ms: int
+    started_at_ms: int | None
+    finished_at_ms: int | None
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Job:
+        """The Job for the server's JSON; keys it does not know are ignored."""
+        return cls(**{name: data.get(name) for name in _JOB_FIELDS})
+
+    @property
+    def finished(self) -> bool:
+        """True once done, failed or canceled: nothing will change any more."""
+        return self.status in _FINISHED
+
+
+_JOB_FIELDS = [f.name for f in fields(Job)]
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One event of `stream()`: `queued`, `progress`, then `result` or `error`, with the job."""
+
+    event: str
+    job: Job
+
+
+def new_job_id() -> str:
+    """A fresh random job id, which makes a submit safe to repeat."""
+    return uuid.uuid4().hex
+
+
+def backoff_delay_s(attempt: int, base_s: float, max_s: float) -> float:
+    """The wait before retry number `attempt` (0 for the first retry).
+
+    Args:
+        attempt (int): how many retries came before this one.
+        base_s (float): the wait before the first retry, in seconds.
+        max_s (float): the cap, in seconds.
+
+    Returns:
+        float: base_s doubled per attempt, capped at max_s, times a random 0.5 to 1 (jitter, so
+        many clients cut off together do not come back together).
+    """
+    return min(max_s, base_s * 2**attempt) * random.uniform(0.5, 1.0)
+
+
+def _job_id(job: str | Job) -> str:
+    return job.job_id if isinstance(job, Job) else job
+
+
+def _describe(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+
+
+async def _decode(response: aiohttp.ClientResponse) -> Any:
+    body = await response.read()
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:  # a proxy's error page, say
+        return body.decode(errors="replace")
+
+
+async def _sse_messages(content: aiohttp.StreamReader) -> AsyncIterator[tuple[str, str, str]]:
+    """(event, id, data) for each message of a text/event-stream body.
+
+    Parsed by hand: aiohttp has no SSE client, the format is a few lines, and one data line here
+    is a whole job JSON with its previews or outputs (megabytes of base64 images at times), longer
+    than aiohttp's readline accepts (128 KiB), so lines are cut from the raw chunks.
+    """
+    buffer = bytearray()
+    name, event_id, data = "", "", []
+    async for chunk in content.iter_any():
+        scan_from = len(buffer)  # the buffer so far holds no newline
+        buffer += chunk
+        while (end := buffer.find(b"\n", scan_from)) != -1:
+            line = buffer[:end].rstrip(b"\r").decode()
+            del buffer[: end + 1]
+            scan_from = 0
+            if not line:  # a blank line ends a message
+                if data:
+                    yield name or "message", event_id, "\n".join(data)
+                name, data = "", []
+                continue
+            key, _, value = line.partition(":")  # ": keepalive" comments have an empty key
+            value = value.removeprefix(" ")
+            if key == "event":
+                name = value
+            elif key == "data":
+                data.append(value)
+            elif key == "id":
+                event_id = value
+
+
+class AsyncClient:
+    """A client of one jobhive server, on one aiohttp session (opened at the first request).
+
+    Args:
+        server_url (str): the server, e.g. "http://127.0.0.1:7777".
+        key (str | None): the client key, sent as `Authorization: Bearer KEY`; default None.
+        timeout_s (float): the limit of one request, in seconds, on top of any `wait_s` it asks
+            the server to hold it; default 30.
+        max_retries (int): retries of a request after a connection error or 502/503/504;
+            default 5.
+        backoff_s (float): the wait before the first retry, doubled for each next one; default
+            0.25.
+        max_backoff_s (float): the cap on that wait; default 10.
+    """
+
+    def __init__(
+        self,
+        server_url: str = DEFAULT_SERVER_URL,
+        key: str | None = None,
+        timeout_s: float = 30.0,
+        max_retries: int = 5,
+        backoff_s: float = 0.25,
+        max_backoff_s: float = 10.0,
+    ) -> None:
+        self.server_url = server_url.rstrip("/")
+        self.key = key
+        self.timeout_s = timeout_s
+        self.max_retries = max_retries
+        self.backoff_s = backoff_s
+        self.max_backoff_s = max_backoff_s
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Closes the HTTP session; a later call opens a new one."""
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def _open_session(self) -> aiohttp.ClientSession:
+        # Made here, not in __init__: an aiohttp session belongs to the loop it is made on.
+        if self._session is None:
+            headers = {"Authorization": f"Bearer {self.key}"} if self.key else None
+            self._session = aiohttp.ClientSession(headers=headers)
+        return self._session
+
+    async def _retry_later(self, attempt: int, what: str, problem: str) -> None:
+        delay_s = backoff_delay_s(attempt, self.backoff_s, self.max_backoff_s)
+        log.info("%s: %s; retry %d of %d in %.2f s", what, problem, attempt + 1,
+                 self.max_retries, delay_s)
+        await asyncio.sleep(delay_s)
+
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: dict[str, Any] | None = None,
+        params: dict[str, str] | None = None,
+        wait_s: float = 0.0,
+    ) -> Any:
+        """Sends a request, retrying connection errors and 502/503/504; returns the JSON reply.
+
+        Raises ConnectionFailed when the retries run out, an ApiError for an error status.
+        """
+        url = self.server_url + path
+        data = orjson.dumps(body) if body is not None else None
+        headers = {"Content-Type": "application/json"} if data is not None else None
+        timeout = aiohttp.ClientTimeout(total=self.timeout_s + wait_s)
+        for attempt in itertools.count():
+            try:
+                # A fresh BytesIO each try: aiohttp writes it in chunks (raw bytes past 1 MiB,
+                # base64 images, draw a warning that they may block the loop).
+                payload = io.BytesIO(data) if data is not None else None
+                async with self._open_session().request(
+                    method, url, data=payload, params=params, headers=headers, timeout=timeout
+                ) as response:
+                    reply = await _decode(response)
+                    if response.status < 400:
+                        return reply
+                    if response.status not in RETRY_STATUSES or attempt >= self.max_retries:
+                        raise error_for(response.status, reply, response.headers)
+                    problem = f"HTTP {response.status}"
+            except _CONNECTION_ERRORS as e:
+                if attempt >= self.max_retries:
+                    raise ConnectionFailed(
+                        f"{method} {url}: {_describe(e)} (tried {attempt + 1} times)"
+                    ) from e
+                problem = _describe(e)
+            await self._retry_later(attempt, f"{method} {url}", problem)
+
+    async def endpoints(self) -> list[dict[str, Any]]:
+        """The server's endpoints: name, title, description, version, client_auth, queue stats.
+
+        Returns:
+            list[dict[str, Any]]: one dict per endpoint.
+        """
+        return (await self._request("GET", "/api/v1/endpoints"))["endpoints"]
+
+    async def endpoint(self, name: str) -> dict[str, Any]:
+        """One endpoint's schema (its inputs, outputs and progress outputs).
+
+        Args:
+            name (str): the endpoint.
+
+        Returns:
+            dict[str, Any]: the schema as the server sends it.
+        """
+        return await self._request("GET", f"/api/v1/endpoints/{quote(name, safe='')}")
+
+    async def submit(
+        self,
+        endpoint: str,
+        inputs: dict[str, Any] | None = None,
+        *,
+        job_id: str | None = None,
+        wait_s: float = 0.0,
+    ) -> Job:
+        """Queues a job.
+
+        Args:
+            endpoint (str): the endpoint's name, e.g. "echo".
+            inputs (dict[str, Any] | None): the inputs; images as data URLs; default none.
+            job_id (str | None): the job's id (1 to 128 of A-Z a-z 0-9 _ . : -); default a new
+                random one. Submitting an id again with the same inputs gives the same job.
+            wait_s (float): hold the request up to this many seconds for the job to finish;
+                default 0 (answer at once).
+
+        Returns:
+            Job: the job, finished if it ended within wait_s.
+        """
+        body = {"inputs": inputs or {}, "job_id": job_id or new_job_id()}
+        params = {"wait": f"{wait_s:g}"} if wait_s else None
+        path = f"/api/v1/endpoints/{quote(endpoint, safe='')}/jobs"
+        return Job.from_json(
+            await self._request("POST", path, body=body, params=params, wait_s=wait_s)
+        )
+
+    async def get(self, job: str | Job, *, wait_s: float = 0.0, since: int | None = None) -> Job:
+        """The job's current state.
+
+        Args:
+            job (str | Job): the job or its id.
+            wait_s (float): hold the request up to this many seconds until the job changes;
+                default 0.
+            since (int | None): with wait_s, wait for a version past this one; default the
+                version the server has now.
+
+        Returns:
+            Job: the job.
+        """
+        params = {}
+        if wait_s:
+            params["wait"] = f"{wait_s:g}"
+        if since is not None:
+            params["since"] = str(since)
+        path = f"/api/v1/jobs/{quote(_job_id(job), safe='')}"
+        return Job.from_json(await self._request("GET", path, params=params, wait_s=wait_s))
+
+    async def wait(self, job: str | Job, timeout_s: float | None = None) -> Job:
+        """Waits (by long-polling) until the job is done, failed or canceled.
+
+        Args:
+            job (str | Job): the job or its id.
+            timeout_s (float | None): give up after this many seconds; default None (never).
+
+        Returns:
+            Job: the finished job, whatever its status.
+
+        Raises:
+            WaitTimeout: timeout_s passed first.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout_s is None else loop.time() + timeout_s
+        current = job if isinstance(job, Job) and job.finished else await self.get(job)
+        while not current.finished:
+            wait_s = LONG_POLL_S if deadline is None else min(LONG_POLL_S, deadline - loop.time())
+            if wait_s <= 0:
+                raise WaitTimeout(current, timeout_s or 0.0)
+            current = await self.get(current.job_id, wait_s=wait_s, since=current.version)
+        return current
+
+    async def result(self, job: str | Job, timeout_s: float | None = None) -> dict[str, Any]:
+        """Waits for the job and returns its outputs.
+
+        Args:
+            job (str | Job): the job or its id.
+            timeout_s (float | None): give up after this many seconds; default None (never).
+
+        Returns:
+            dict[str, Any]: the job's outputs.
+
+        Raises:
+            JobFailed: the job failed (`.job.error` says why).
+            JobCanceled: the job was canceled.
+            WaitTimeout: timeout_s passed first.
+        """
+        finished = await self.wait(job, timeout_s)
+        if finished.status == "failed":
+            raise JobFailed(finished)
+        if finished.status == "canceled":
+            raise JobCanceled(finished)
+        return finished.outputs or {}
+
+    async def cancel(self, job: str | Job) -> Job:
+        """Cancels the job: a queued job leaves the queue, a running one stops at its next
+        progress report. A finished job stays as it is.
+
+        Args:
+            job (str | Job): the job or its id.
+
+        Returns:
+            Job: the job after the cancel.
+        """
+        path = f"/api/v1/jobs/{quote(_job_id(job), safe='')}"
+        return Job.from_json(await self._request("DELETE", path))
+
+    async def stream(self, job: str | Job, *, sse: bool = True) -> AsyncIterator[Event]:
+        """The job's events as they happen, ending after `result` or `error`.
+
+        Uses Server-Sent Events, reconnecting with Last-Event-ID when the connection drops; if
+        the server does not answer with an event stream, or drops it max_retries times running,
+        it goes on by long-polling (`GET ?wait=&since=`).
+
+        Args:
+            job (str | Job): the job or its id.
+            sse (bool): use Server-Sent Events; False long-polls from the start. Default True.
+
+        Returns:
+            AsyncIterator[Event]: `queued` (again whenever the queue position changes),
+            `progress` (with progress_outputs), then `result` or `error`.
+        """
+        job_id = _job_id(job)
+        last: Job | None = None
+        if sse:
+            async with contextlib.aclosing(self._sse_events(job_id)) as events:
+                async for event in events:
+                    last = event.job
+                    yield event
+            if last is not None and last.finished:
+                return
+            log.info("job %s: no event stream; long-polling instead", job_id)
+        async with contextlib.aclosing(
+            self._polled_events(job_id, last.version if last else 0)
+        ) as events:
+            async for event in events:
+                yield event
+
+    async def _sse_events(self, job_id: str) -> AsyncIterator[Event]:
+        """Events from the SSE route until the final one; stops early when SSE does not work."""
+        url = f"{self.server_url}/api/v1/jobs/{quote(job_id, safe='')}/events"
+        # No total limit: a stream lasts as long as the job; the server's keepalive comments
+        # (every 15 s by default) keep a healthy connection under the read limit.
+        timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=self.timeout_s, sock_read=max(self.timeout_s, 60.0)
+        )
+        last_id, failures = "", 0
+        while True:
+            headers = {"Accept": "text/event-stream"}
+            if last_id:
+                headers["Last-Event-ID"] = last_id
+            delivered = False
+            try:
+                async with self._open_session().get(
+                    url, headers=headers, timeout=timeout
+                ) as response:
+                    if response.status >= 400 and response.status not in RETRY_STATUSES:
+                        raise error_for(response.status, await _decode(response), response.headers)
+                    if response.status < 400 and response.content_type != "text/event-stream":
+                        return
+                    async with contextlib.aclosing(_sse_messages(response.content)) as messages:
+                        async for name, event_id, data in messages:
+                            event = Event(name, Job.from_json(orjson.loads(data)))
+                            last_id, delivered = event_id or last_id, True
+                            yield event
+                            if event.job.finished:
+                                return
+                    problem = f"HTTP {response.status}" if response.status >= 400 else "ended"
+            except _CONNECTION_ERRORS as e:
+                problem = _describe(e)
+            failures = 1 if delivered else failures + 1  # counts failures in a row
+            if failures > self.max_retries:
+                return
+            await self._retry_later(failures - 1, f"GET {url}", problem)
+
+    async def _polled_events(self, job_id: str, since: int) -> AsyncIterator[Event]:
+        """Events made by long-polling: one per new version of the job, and the final state."""
+        current = await self.get(job_id)
+        while True:
+            # A finished job always ends the stream with its event, even one whose version is
+            # not past `since`: versions start again from 1 when the server restarts.
+            if current.version > since or current.finished:
+                yield Event(_EVENT_FOR_STATUS.get(current.status, "progress"), current)
+                since = current.version
+            if current.finished:
+                return
+            current = await self.get(job_id, wait_s=LONG_POLL_S, since=since)
+
+
+class Client:
+    """The blocking twin of AsyncClient: the same arguments and methods, without `await`.
+
+    It runs an AsyncClient on an event loop of its own in a background thread, so it works
+    from any thread, with or without a running event loop. close() (or leaving a `with` block)
+    stops it.
+
+    Args:
+        server_url (str): the server, e.g. "http://127.0.0.1:7777".
+        key (str | None): the client key; default None.
+        timeout_s (float): the limit of one request in seconds (plus any wait_s); default 30.
+        max_retries (int): retries after a connection error or 502/503/504; default 5.
+        backoff_s (float): the wait before the first retry, doubled each time; default 0.25.
+        max_backoff_s (float): the cap on that wait; default 10.
+    """
+
+    def __init__(
+        self,
+        server_url: str = DEFAULT_SERVER_URL,
+        key: str | None = None,
+        timeout_s: float = 30.0,
+        max_retries: int = 5,
+        backoff_s: float = 0.25,
+        max_backoff_s: float = 10.0,
+    ) -> None:
+        self._client = AsyncClient(
+            server_url, key, timeout_s, max_retries, backoff_s, max_backoff_s
+        )
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="jobhive-client", daemon=True
+        )
+        self._thread.start()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Closes the HTTP session and stops the background thread; safe to call twice."""
+        if self._loop.is_closed():
+            return
+        try:
+            self._call(self._client.close())
+            self._call(self._loop.shutdown_asyncgens())
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join()
+            self._loop.close()
+
+    def _call(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        if self._loop.is_closed():
+            coroutine.close()
+            raise RuntimeError("this jobhive Client is closed")
+        future = asyncio.run_coroutine_threadsafe(coroutine, self._loop)
+        try:
+            return future.result()
+        except BaseException:  # KeyboardInterrupt while waiting: stop the work as well
+            future.cancel()
+            raise
+
+    def endpoints(self) -> list[dict[str, Any]]:
+        """See AsyncClient.endpoints."""
+        return self._call(self._client.endpoints())
+
+    def endpoint(self, name: str) -> dict[str, Any]:
+        """See AsyncClient.endpoint."""
+        return self._call(self._client.endpoint(name))
+
+    def submit(
+        self,
+        endpoint: str,
+        inputs: dict[str, Any] | None = None,
+        *,
+        job_id: str | None = None,
+        wait_s: float = 0.0,
+    ) -> Job:
+        """See AsyncClient.submit."""
+        return self._call(self._client.submit(endpoint, inputs, job_id=job_id, wait_s=wait_s))
+
+    def get(self, job: str | Job, *, wait_s: float = 0.0, since: int | None = None) -> Job:
+        """See AsyncClient.get."""
+        return self._call(self._client.get(job, wait_s=wait_s, since=since))
+
+    def wait(self, job: str | Job, timeout_s: float | None = None) -> Job:
+        """See AsyncClient.wait."""
+        return self._call(self._client.wait(job, timeout_s))
+
+    def result(self, job: str | Job, timeout_s: float | None = None) -> dict[str, Any]:
+        """See AsyncClient.result."""
+        return self._call(self._client.result(job, timeout_s))
+
+    def cancel(self, job: str | Job) -> Job:
+        """See AsyncClient.cancel."""
+        return self._call(self._client.cancel(job))
+
+    def stream(self, job: str | Job, *, sse: bool = True) -> Iterator[Event]:
+        """See AsyncClient.stream."""
+        events = self._client.stream(job, sse=sse)
+        try:
+            while (event := self._call(_next_or_none(events))) is not None:
+                yield event
+        finally:
+            if not self._loop.is_closed():
+                with contextlib.suppress(RuntimeError):  # still running after a Ctrl-C
+                    self._call(events.aclose())
+
+
+async def _next_or_none(events: AsyncIterator[Event]) -> Event | None:
+    try:
+        return await anext(events)
+    except StopAsyncIteration:
+        return None

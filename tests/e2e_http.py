@@ -1,0 +1,216 @@
+"""Helpers of the end-to-end HTTP tests (test_api.py, test_worker_protocol.py).
+
+`echo_variant` writes a copy of the echo endpoint with some settings changed; `read_events`
+reads a Server-Sent Events stream; `RawWorker` speaks the worker protocol by hand, so a test
+decides when a job is taken, reported on and finished.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+from conftest import ECHO_WORKER_KEY, REPO, write_endpoint
+
+ECHO_TOML = (REPO / "endpoints" / "echo" / "endpoint.toml").read_text()
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, str):
+        return json.dumps(value)
+    return repr(value)
+
+
+def _set_in_section(text: str, section: str, settings: dict[str, Any]) -> str:
+    """Sets `key = value` lines of one `[SECTION]` table, replacing or adding each key."""
+    lines = text.splitlines()
+    start = lines.index(f"[{section}]")
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("[")), len(lines))
+    body = lines[start + 1 : end]
+    for key, value in settings.items():
+        line = f"{key} = {_toml_value(value)}"
+        matches = [i for i, text in enumerate(body) if text.split("=")[0].strip() == key]
+        if matches:
+            body[matches[0]] = line
+        else:
+            body.insert(0, line)
+    return "\n".join([*lines[: start + 1], *body, *lines[end:]]) + "\n"
+
+
+def echo_variant(folder: Path, name: str, **sections: dict[str, Any]) -> Path:
+    """Writes folder/name/endpoint.toml: the echo endpoint with these settings changed.
+
+    Args:
+        folder (Path): the endpoints folder (the `endpoints_dir` fixture).
+        name (str): the new endpoint's name (its folder's name).
+        **sections (dict[str, Any]): per table (`ENDPOINT`, `WORKER`, `CLIENTS`), the keys to set.
+            Unless WORKER.job_type is given, the copy keeps job type "echo", so the noop worker
+            serves it.
+
+    Returns:
+        Path: the endpoint.toml written.
+    """
+    text = ECHO_TOML
+    for section, settings in sections.items():
+        text = _set_in_section(text, section, settings)
+    return write_endpoint(folder, name, text)
+
+
+@dataclass
+class Event:
+    """One Server-Sent Event; `data` is the job as JSON."""
+
+    event: str
+    id: int
+    data: dict[str, Any]
+
+
+def parse_events(lines: Iterable[str]) -> Iterator[Event]:
+    """The events of an event stream's lines (comments, such as keepalives, skipped)."""
+    fields: dict[str, str] = {}
+    for line in lines:
+        if line.startswith(":"):
+            continue
+        if line:
+            name, _, value = line.partition(":")
+            fields[name] = value.removeprefix(" ")
+        elif fields:
+            yield Event(fields["event"], int(fields["id"]), json.loads(fields["data"]))
+            fields = {}
+
+
+def read_events(
+    url: str,
+    headers: dict[str, str] | None = None,
+    until: Callable[[Event], bool] = lambda e: e.event in ("result", "error"),
+    collected: list[Event] | None = None,
+    timeout_s: float = 30.0,
+) -> list[Event]:
+    """Reads a job's event stream until `until(event)` holds or the server ends the stream.
+
+    Args:
+        url (str): the events URL.
+        headers (dict[str, str] | None): extra request headers (Last-Event-ID, Authorization).
+        until (Callable[[Event], bool]): stop after the first event it accepts.
+        collected (list[Event] | None): where events are appended as they come (another thread
+            may watch it); a new list when None.
+        timeout_s (float): the longest wait for any one read.
+
+    Returns:
+        list[Event]: every event read, in order.
+    """
+    events = collected if collected is not None else []
+    with (
+        httpx.Client(timeout=timeout_s) as client,
+        client.stream("GET", url, headers=headers) as response,
+    ):
+        assert response.status_code == 200, response.read()
+        assert response.headers["content-type"].startswith("text/event-stream")
+        for event in parse_events(response.iter_lines()):
+            events.append(event)
+            if until(event):
+                break
+    return events
+
+
+class RawWorker:
+    """A worker played by the test: each call is one request of the worker protocol.
+
+    Args:
+        http (httpx.Client): the client to send with.
+        url (str): the server's base URL.
+        worker_id (str): the worker's name.
+        key (str): its worker key.
+        job_types (Iterable[str]): what it polls for.
+    """
+
+    def __init__(
+        self,
+        http: httpx.Client,
+        url: str,
+        worker_id: str = "raw-worker",
+        key: str = ECHO_WORKER_KEY,
+        job_types: Iterable[str] = ("echo",),
+    ) -> None:
+        self.http = http
+        self.url = url
+        self.worker_id = worker_id
+        self.headers = {"Authorization": f"Bearer {key}"}
+        self.job_types = list(job_types)
+
+    def poll(self, max_batch: int = 1, wait_s: float = 10.0) -> httpx.Response:
+        body = {
+            "worker_id": self.worker_id,
+            "job_types": self.job_types,
+            "max_batch": max_batch,
+            "wait_s": wait_s,
+            "info": {"model": "raw"},
+        }
+        return self.http.post(f"{self.url}/api/v1/worker/jobs", json=body, headers=self.headers)
+
+    def take(self, max_batch: int = 1, wait_s: float = 10.0) -> list[dict[str, Any]]:
+        """Polls and insists on a grant; returns the jobs granted."""
+        reply = self.poll(max_batch, wait_s)
+        assert reply.status_code == 200, (reply.status_code, reply.text)
+        return reply.json()["jobs"]
+
+    def progress(self, job: dict[str, Any], **entry: Any) -> httpx.Response:
+        return self.http.post(
+            f"{self.url}/api/v1/worker/jobs/{job['job_id']}/progress",
+            json={"lease_id": job["lease_id"], **entry},
+            headers=self.headers,
+        )
+
+    def result(self, job: dict[str, Any], **entry: Any) -> httpx.Response:
+        return self.http.post(
+            f"{self.url}/api/v1/worker/jobs/{job['job_id']}/result",
+            json={"lease_id": job["lease_id"], **entry},
+            headers=self.headers,
+        )
+
+    def batch_progress(self, reports: list[dict[str, Any]]) -> httpx.Response:
+        return self.http.post(
+            f"{self.url}/api/v1/worker/progress", json={"reports": reports}, headers=self.headers
+        )
+
+    def batch_results(self, reports: list[dict[str, Any]]) -> httpx.Response:
+        return self.http.post(
+            f"{self.url}/api/v1/worker/results", json={"reports": reports}, headers=self.headers
+        )
+
+
+def entry(job: dict[str, Any], **fields: Any) -> dict[str, Any]:
+    """One entry of a batch report about a granted job."""
+    return {"job_id": job["job_id"], "lease_id": job["lease_id"], **fields}
+
+
+@contextlib.contextmanager
+def explained(*processes: Any) -> Iterator[None]:
+    """On failure, prints what the server and worker processes said (pytest shows it)."""
+    try:
+        yield
+    except BaseException:
+        for process in processes:
+            print(f"----- output of {process.proc.args[1:4]}:\n{process.text}")
+        raise
+
+
+def assert_error(reply: httpx.Response, status: int, *fields: str) -> dict[str, Any]:
+    """Checks an error reply: the status, a JSON `error`, and each named field in `fields`."""
+    assert reply.status_code == status, (reply.status_code, reply.text)
+    assert reply.headers["content-type"].startswith("application/json"), reply.headers
+    body = reply.json()
+    assert isinstance(body.get("error"), str) and body["error"], body
+    for name in fields:
+        assert name in body.get("fields", {}), (name, body)
+        assert isinstance(body["fields"][name], str) and body["fields"][name], body
+    return body
