@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import logging.handlers
 import signal
 import sys
 from collections.abc import Coroutine
@@ -20,6 +21,8 @@ from api_server.demo import demo_workers
 from api_server.state import ENDPOINTS
 
 log = logging.getLogger("jobhive.server")
+
+LOG_FLUSH_S = 0.2  # the longest a log line waits in the buffer
 
 
 def run_loop(main: Coroutine[Any, Any, None]) -> None:
@@ -76,19 +79,44 @@ def main(argv: list[str] | None = None) -> None:
     except ConfigError as e:
         print(f"jobhive-server: {e}", file=sys.stderr)
         raise SystemExit(2) from e
-    logging.basicConfig(
-        level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    log_buffer = buffered_logging(config.log_level)
     app = create_app(config, endpoints)
     print(
         f"jobhive-server: endpoints {', '.join(endpoints) or 'none'}; store {config.store}",
         flush=True,
     )
-    run_loop(serve(app, config.host, config.port, access_log=args.dev, demo=args.demo))
+    try:
+        run_loop(serve(app, config.host, config.port, access_log=args.dev, demo=args.demo,
+                       log_buffer=log_buffer))
+    finally:
+        log_buffer.flush()
+
+
+def buffered_logging(level: str) -> logging.handlers.MemoryHandler:
+    """Logs to stderr through a buffer: a line per job state change is thousands of lines a
+    second under load, and one write() each costs the server more than the job itself. The
+    buffer is written every LOG_FLUSH_S (by `serve`), every 256 lines, and at once for warnings.
+    """
+    stream = logging.StreamHandler()
+    stream.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    buffer = logging.handlers.MemoryHandler(256, flushLevel=logging.WARNING, target=stream)
+    logging.basicConfig(level=level, handlers=[buffer])
+    return buffer
+
+
+async def flush_logs_forever(buffer: logging.handlers.MemoryHandler) -> None:
+    while True:
+        await asyncio.sleep(LOG_FLUSH_S)
+        buffer.flush()
 
 
 async def serve(
-    app: web.Application, host: str, port: int, access_log: bool, demo: bool = False
+    app: web.Application,
+    host: str,
+    port: int,
+    access_log: bool,
+    demo: bool = False,
+    log_buffer: logging.handlers.MemoryHandler | None = None,
 ) -> None:
     """Serves until SIGINT or SIGTERM, then shuts down cleanly (the store flushes). With demo,
     also runs a demo worker for each endpoint that has one."""
@@ -108,6 +136,9 @@ async def serve(
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
         async with contextlib.AsyncExitStack() as stack:
+            if log_buffer is not None:
+                flusher = asyncio.create_task(flush_logs_forever(log_buffer))
+                stack.callback(flusher.cancel)
             if demo:
                 served = await stack.enter_async_context(demo_workers(url, app[ENDPOINTS]))
                 print(f"jobhive-server: demo workers for {', '.join(served) or 'nothing'}; try\n"

@@ -22,6 +22,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Coroutine
 from dataclasses import dataclass
@@ -81,12 +82,14 @@ def own_cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def start_server(store: Path) -> tuple[subprocess.Popen[str], str]:
+def start_server(store: Path, log_level: str) -> tuple[subprocess.Popen[str], str]:
     server = start(["-m", "api_server.cli", "-p", "0", "--store", f"sqlite:{store}",
-                    "--log-level", "WARNING"])
+                    "--log-level", log_level])
     assert server.stdout is not None
     for line in server.stdout:
         if match := re.search(r"listening on (http://\S+)", line):
+            # Keep reading (and dropping) its log, or a full pipe would stall the server.
+            threading.Thread(target=server.stdout.read, daemon=True).start()
             return server, match.group(1)
     raise RuntimeError("server did not start")
 
@@ -124,9 +127,9 @@ def run_loop(main: Coroutine[Any, Any, list[float]]) -> list[float]:
     return uvloop.run(main)
 
 
-def run(scenario: Scenario, duration_s: float) -> None:
+def run(scenario: Scenario, duration_s: float, log_level: str) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        server, url = start_server(Path(tmp) / "bench.sqlite3")
+        server, url = start_server(Path(tmp) / "bench.sqlite3", log_level)
         workers = [
             start(["-m", "workers.cli", "noop", "--server", url, "--key", WORKER_KEY,
                    "--max-batch", str(scenario.batch), "--log-level", "WARNING",
@@ -158,6 +161,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="noop worker processes")
     parser.add_argument("--batch", type=int, default=1, help="each worker's --max-batch")
     parser.add_argument("--duration-s", type=float, default=8.0, help="seconds per scenario")
+    parser.add_argument("--log-level", default="WARNING",
+                        help="the server's log level (INFO logs a line per job state change)")
     args = parser.parse_args()
     scenarios = (
         [Scenario(args.clients, args.workers, args.batch)] if args.clients else STANDARD
@@ -166,7 +171,7 @@ def main() -> None:
           f"{'p99 ms':>8} {'jobs':>8}   CPU µs per job: server workers clients", flush=True)
     for scenario in scenarios:
         with contextlib.suppress(KeyboardInterrupt):
-            run(scenario, args.duration_s)
+            run(scenario, args.duration_s, args.log_level)
 
 
 if __name__ == "__main__":
