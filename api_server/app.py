@@ -7,7 +7,6 @@ import contextlib
 import logging
 import os
 from collections.abc import AsyncIterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from aiohttp import web
@@ -15,6 +14,7 @@ from aiohttp import web
 from api_server import routes_clients, routes_jobs, routes_status, routes_workers
 from api_server.config import ConfigError, Endpoint, ServerConfig
 from api_server.httputil import ApiError, error_response
+from api_server.media_pool import MediaPool
 from api_server.ratelimit import RateLimiter
 from api_server.sqlite_journal import SqliteJournal
 from api_server.state import CONFIG, ENDPOINTS, MEDIA_POOL, RATE_LIMITER, STORE
@@ -75,9 +75,7 @@ def create_app(config: ServerConfig, endpoints: Mapping[str, Endpoint]) -> web.A
     app[ENDPOINTS] = dict(endpoints)
     app[STORE] = JobStore(app[ENDPOINTS], journal_for(config.store))
     app[RATE_LIMITER] = RateLimiter()
-    app[MEDIA_POOL] = ThreadPoolExecutor(
-        max_workers=min(8, os.cpu_count() or 1), thread_name_prefix="jobhive-media"
-    )
+    app[MEDIA_POOL] = MediaPool(processes=min(4, os.cpu_count() or 1))
     app.cleanup_ctx.extend([_media_pool, _store])
     app.on_shutdown.append(_stop_waiting)
     for module in (routes_clients, routes_jobs, routes_workers, routes_status):
@@ -87,7 +85,7 @@ def create_app(config: ServerConfig, endpoints: Mapping[str, Endpoint]) -> web.A
 
 async def _media_pool(app: web.Application) -> AsyncIterator[None]:
     yield
-    app[MEDIA_POOL].shutdown(wait=False, cancel_futures=True)
+    app[MEDIA_POOL].close()
 
 
 async def _stop_waiting(app: web.Application) -> None:

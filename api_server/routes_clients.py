@@ -22,6 +22,7 @@ from api_server.httputil import (
     unauthorized,
 )
 from api_server.jobs import Job, StoreError
+from api_server.media_pool import MediaCrash
 from api_server.ratelimit import retry_after_header
 from api_server.state import CONFIG, ENDPOINTS, MEDIA_POOL, RATE_LIMITER, STORE
 
@@ -118,10 +119,12 @@ async def submit_job(request: web.Request) -> web.Response:
         )
     inputs = body.get("inputs", {})
     if isinstance(inputs, dict) and has_media(endpoint.inputs, inputs):
-        loop = asyncio.get_running_loop()
-        checked = await loop.run_in_executor(
-            app[MEDIA_POOL], validate_inputs, endpoint.inputs, inputs
-        )
+        try:
+            checked = await app[MEDIA_POOL].run(validate_inputs, endpoint.inputs, inputs)
+        except MediaCrash as e:
+            media = [n for n, spec in endpoint.inputs.items() if spec.binary and inputs.get(n)]
+            raise ApiError(400, f"invalid inputs for endpoint {endpoint.name!r}",
+                           dict.fromkeys(media, "crashed the decoder: not a usable file")) from e
     else:
         checked = validate_inputs(endpoint.inputs, inputs)
     if checked.errors:

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
 
 from aiohttp import web
 
 from api_server.config import Endpoint, ServerConfig
+from api_server.media_pool import MediaPool
 from api_server.ratelimit import RateLimiter
 from api_server.store import JobStore
 
@@ -15,4 +15,4 @@ CONFIG = web.AppKey("config", ServerConfig)
 ENDPOINTS = web.AppKey("endpoints", Mapping[str, Endpoint])
 STORE = web.AppKey("store", JobStore)
 RATE_LIMITER = web.AppKey("rate_limiter", RateLimiter)
-MEDIA_POOL = web.AppKey("media_pool", ThreadPoolExecutor)  # Pillow/ffmpeg checks run here
+MEDIA_POOL = web.AppKey("media_pool", MediaPool)  # Pillow/ffmpeg checks run here

@@ -23,7 +23,7 @@ from typing import Any
 
 import orjson
 
-from api_server.config import Endpoint
+from api_server.config import Endpoint, EndpointSection
 from api_server.jobs import (
     Job,
     JobIdConflict,
@@ -295,9 +295,9 @@ class JobStore:
         return jobs
 
     async def report_progress(self, reports: Iterable[WorkerReport]) -> list[ReportAnswer]:
-        """Records progress (not durable: a restart requeues running jobs anyway) and renews
-        each lease. A worker whose lease had expired but whose job was not yet taken by another
-        worker gets the job back."""
+        """Records progress and renews each lease (in memory only: after a restart the worker
+        just reports again). A worker whose lease had expired but whose job was not yet taken
+        by another worker gets the job back."""
         now = now_ms()
         answers = []
         for report in reports:
@@ -325,8 +325,8 @@ class JobStore:
         saves = []
         for report in reports:
             job, answer = self._leased(report, finished_ok=True)
-            if job is not None and job.status is JobStatus.QUEUED:
-                self._resume(job)  # lease lapsed or server restarted, nobody took it
+            if job is not None and job.status is JobStatus.QUEUED and not report.release:
+                self._resume(job)  # its lease lapsed but nobody took it: the result counts
             if job is None:
                 answers.append(answer)
             elif job.status.finished:  # a repeat of the result we have is fine; another is not
@@ -496,11 +496,8 @@ class JobStore:
         job.error = error
         if status is JobStatus.DONE:
             job.progress = 100.0
-        ttl_s = (
-            self._endpoints[job.endpoint].endpoint.result_ttl_s
-            if (job.endpoint in self._endpoints)
-            else 0.0
-        )
+        endpoint = self._endpoints.get(job.endpoint)  # None: removed from the config
+        ttl_s = (endpoint.endpoint if endpoint else EndpointSection()).result_ttl_s
         job.expires_at_ms = now + round(ttl_s * 1000)
         heapq.heappush(self._expiry, (job.expires_at_ms, job.id))
         self._changed(job)

@@ -57,7 +57,7 @@ class Process:
 
     def _close(self) -> None:
         if self.pump is not None:
-            self.pump.join(5)
+            self.pump.join(15)
         if self.proc.stdout is not None and not self.proc.stdout.closed:
             self.proc.stdout.close()
 

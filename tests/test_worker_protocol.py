@@ -356,6 +356,23 @@ def test_release_hands_the_job_back_to_the_front(start_server, http):
     assert job_of(http, server.url, first_id)["attempts"] == 0
 
 
+def test_a_release_after_the_lease_expired_gives_no_attempt_back(
+    start_server, endpoints_dir, http
+):
+    short_endpoint(endpoints_dir)
+    server = start_server()
+    job_id = submit(http, server.url, "short")
+    worker = RawWorker(http, server.url, job_types=["short"])
+    (grant,) = worker.take()
+    requeued = wait_until(status_is(http, server.url, job_id, "queued"), timeout_s=15)
+    assert requeued["attempts"] == 1  # the expired lease counted
+
+    reply = worker.result(grant, release=True)  # the worker, late, hands it back too
+    assert reply.status_code == 200, reply.text
+    job = job_of(http, server.url, job_id)
+    assert (job["status"], job["queue_position"], job["attempts"]) == ("queued", 0, 1)
+
+
 def test_batch_routes_answer_per_job(start_server, http):
     server = start_server()
     ids = [submit(http, server.url, text=str(i)) for i in range(3)]

@@ -289,7 +289,9 @@ class Runner:
                 return self._jobs_from(data["jobs"])
             message = data.get("error") if isinstance(data, dict) else None
             if status in (400, 401, 403):
-                raise WorkerRefused(f"server refused the poll ({status}): {message} {data}")
+                fields = data.get("fields") if isinstance(data, dict) else None
+                details = "".join(f"; {k}: {v}" for k, v in (fields or {}).items())
+                raise WorkerRefused(f"server refused the poll ({status}): {message}{details}")
             await self._retry_later(f"HTTP {status}: {message}")
         return None
 
@@ -311,10 +313,9 @@ class Runner:
         if results is None:
             await self._send_results(jobs, [{"release": True}] * len(jobs), self.settings.grace_s)
             return None
-        next_jobs = await self._send_results(jobs, results)
-        log.info("batch of %d %s jobs done in %.3f s", len(jobs), jobs[0].endpoint,
+        log.info("batch of %d %s jobs ran in %.3f s", len(jobs), jobs[0].endpoint,
                  time.monotonic() - started)
-        return next_jobs
+        return await self._send_results(jobs, results)
 
     def _run_model(self, jobs: list[Job], relay: ProgressRelay) -> list[dict[str, Any]]:
         """In the model thread: runs the batch and turns what it returns into result entries."""
