@@ -13,7 +13,9 @@ if [ ${#packages[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${packages[@]}" >/dev/null
 fi
 
-# 2. A virtual environment with the project (editable) and its dev tools.
+# 2. A virtual environment with the project (editable), the model workers' packages and the
+#    dev tools. torch first, pinned: a bare torch requirement would pull gigabytes of CUDA.
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e ".[dev]"
+.venv/bin/python -m pip install -q torch==2.13.0
+.venv/bin/python -m pip install -q -e ".[dev,worker]"

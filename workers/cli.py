@@ -15,9 +15,12 @@ from typing import Any
 from workers.base import ModelWorker
 from workers.runner import Runner, RunnerSettings, WorkerRefused
 
-# Worker types, imported only when chosen: `noop` must run where torch is not installed.
+# Worker types: (module:class, one-line help). A type's module is imported only when it is
+# chosen, so `noop` runs where torch is not installed.
 WORKER_TYPES = {
-    "noop": "workers.noop:NoopWorker",
+    "noop": ("workers.noop:NoopWorker", "echoes its inputs (no model; tests, demo, benchmarks)"),
+    "sd3": ("workers.sd3:SD3Worker", "Stable Diffusion 3 text-to-image and image-to-image"),
+    "llama4": ("workers.llama4:Llama4Worker", "Llama 4 (or any chat model) with streamed tokens"),
 }
 
 
@@ -32,7 +35,7 @@ def run_loop(main: Coroutine[Any, Any, None]) -> None:
 
 
 def load_worker_class(name: str) -> type[ModelWorker]:
-    module, _, cls = WORKER_TYPES[name].partition(":")
+    module, _, cls = WORKER_TYPES[name][0].partition(":")
     return getattr(importlib.import_module(module), cls)
 
 
@@ -41,9 +44,12 @@ def parse_args(argv: list[str] | None) -> tuple[type[ModelWorker], argparse.Name
         prog="jobhive-worker", description="Take jobs from a jobhive server and run them."
     )
     sub = parser.add_subparsers(dest="type", required=True, metavar="TYPE")
-    for name in WORKER_TYPES:
-        worker_cls = load_worker_class(name) if name == "noop" else None
-        help_text = worker_cls.description if worker_cls else f"the {name} worker"
+    argv = sys.argv[1:] if argv is None else argv
+    chosen = next((a for a in argv if not a.startswith("-")), None)
+    for name, (_, help_text) in WORKER_TYPES.items():
+        # Only the chosen type is imported (for its own options): the others may need packages
+        # this host does not have.
+        worker_cls = load_worker_class(name) if name == chosen else None
         p = sub.add_parser(name, help=help_text)
         p.add_argument(
             "--server",
