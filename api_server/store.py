@@ -24,6 +24,7 @@ from typing import Any
 import orjson
 
 from api_server.config import Endpoint, EndpointSection
+from api_server.job_queue import JobQueue
 from api_server.jobs import (
     Job,
     JobIdConflict,
@@ -64,9 +65,7 @@ class JobStore:
         self._endpoints = endpoints
         self._journal = journal
         self._jobs: dict[str, Job] = {}
-        # Each queue is an insertion-ordered dict used as an ordered set: O(1) push, pop-first
-        # and removal on cancel; a requeued job goes to the front.
-        self._queues: dict[str, dict[str, Job]] = {name: {} for name in endpoints}
+        self._queues: dict[str, JobQueue] = {name: JobQueue() for name in endpoints}
         self._running: dict[str, Job] = {}
         self._expiry: list[tuple[int, str]] = []  # heap of (expires_at_ms, job_id)
         self._job_waiters: dict[str, list[asyncio.Future[None]]] = {}
@@ -98,7 +97,7 @@ class JobStore:
                 job.lease_expires_at_ms = started_ms + round(lease_s * 1000)
                 self._running[job.id] = job
             else:
-                self._queues[job.endpoint][job.id] = job
+                self._queues[job.endpoint].push(job)
         queued = sum(len(q) for q in self._queues.values())
         log.info("store opened: %d jobs, %d queued, %d running (waiting for their workers)",
                  len(self._jobs), queued, len(self._running))
@@ -132,10 +131,7 @@ class JobStore:
         """How many jobs are ahead of this one in its queue (0: next); None unless queued."""
         if job.status is not JobStatus.QUEUED:
             return None
-        for position, job_id in enumerate(self._queues[job.endpoint]):
-            if job_id == job.id:
-                return position
-        return None
+        return self._queues[job.endpoint].position(job.id)
 
     async def submit(
         self, endpoint: Endpoint, job_id: str | None, inputs_json: bytes, owner: str
@@ -172,7 +168,7 @@ class JobStore:
             inputs_json=inputs_json,
         )
         self._jobs[job.id] = job
-        queue[job.id] = job
+        queue.push(job)
         saved = self._journal.insert(job)
         self._wake_worker(endpoint.name)
         log.info("job %s queued endpoint=%s position=%d", job.id, job.endpoint, len(queue) - 1)
@@ -201,7 +197,7 @@ class JobStore:
         worker next reports. A finished job is left as it is."""
         if job.status.finished:
             return
-        self._queues[job.endpoint].pop(job.id, None)
+        self._queues[job.endpoint].remove(job.id)
         await self._finish(job, JobStatus.CANCELED, error="canceled by the client")
 
     # ----- workers
@@ -255,9 +251,9 @@ class JobStore:
 
     def _take(self, endpoints: Sequence[Endpoint], max_batch: int, worker_id: str) -> list[Job]:
         heads = [
-            (next(iter(self._queues[e.name].values())).created_at_ms, i)
+            (first.created_at_ms, i)
             for i, e in enumerate(endpoints)
-            if self._queues[e.name]
+            if (first := self._queues[e.name].first()) is not None
         ]
         if not heads:
             return []
@@ -268,8 +264,7 @@ class JobStore:
         lease_ms = round(endpoint.endpoint.lease_s * 1000)
         jobs = []
         for _ in range(count):
-            job_id = next(iter(queue))
-            job = queue.pop(job_id)
+            job = queue.pop_first()
             job.status = JobStatus.RUNNING
             job.attempts += 1
             job.lease_id = secrets.token_hex(8)
@@ -457,7 +452,7 @@ class JobStore:
 
     def _resume(self, job: Job) -> None:
         """Gives a requeued job back to the worker that still holds its lease."""
-        self._queues[job.endpoint].pop(job.id, None)
+        self._queues[job.endpoint].remove(job.id)
         job.status = JobStatus.RUNNING
         self._running[job.id] = job
 
@@ -470,8 +465,7 @@ class JobStore:
         job.status = JobStatus.QUEUED
         job.progress = 0.0
         job.progress_outputs = None
-        queue = self._queues[job.endpoint]
-        self._queues[job.endpoint] = {job.id: job, **queue}
+        self._queues[job.endpoint].push_front(job)
         self._changed(job)
         self._wake_worker(job.endpoint)
         log.warning(
