@@ -410,14 +410,19 @@ class JobStore:
             log.info("worker %s gone (unseen for %g s)", worker_id, unseen_s)
 
     def stats(self) -> dict[str, Any]:
-        """Queue lengths per endpoint and the workers seen, for `/api/v1/status`."""
+        """Queue lengths, running jobs and workers online per endpoint, and the workers seen,
+        for `/api/v1/status` and `/api/v1/endpoints`."""
         running: dict[str, int] = dict.fromkeys(self._endpoints, 0)
         for job in self._running.values():
             running[job.endpoint] += 1
         return {
             "endpoints": {
-                name: {"queued": len(self._queues[name]), "running": running[name]}
-                for name in self._endpoints
+                name: {
+                    "queued": len(self._queues[name]),
+                    "running": running[name],
+                    "workers": sum(e.job_type in w.job_types for w in self._workers.values()),
+                }
+                for name, e in self._endpoints.items()
             },
             "workers": [
                 {

@@ -77,7 +77,7 @@ def test_status_shows_queues_and_workers(start_server, http):
     worker = RawWorker(http, server.url, worker_id="w-status")
     first, second, third = (submitted(http, server.url, {"text": str(i)}) for i in range(3))
     stats = http.get(f"{server.url}/api/v1/status").json()
-    assert stats["endpoints"]["echo"] == {"queued": 3, "running": 0}
+    assert stats["endpoints"]["echo"] == {"queued": 3, "running": 0, "workers": 0}
     assert stats["workers"] == []
 
     (job,) = worker.take()
@@ -90,7 +90,7 @@ def test_status_shows_queues_and_workers(start_server, http):
     assert job["job_id"] == third["job_id"]
 
     stats = http.get(f"{server.url}/api/v1/status").json()
-    assert stats["endpoints"]["echo"] == {"queued": 0, "running": 1}
+    assert stats["endpoints"]["echo"] == {"queued": 0, "running": 1, "workers": 1}
     (seen,) = stats["workers"]
     assert seen["worker_id"] == "w-status"
     assert seen["job_types"] == ["echo"]
@@ -114,7 +114,7 @@ def test_endpoint_list_and_schema(start_server, http, endpoints_dir):
     listing = http.get(f"{server.url}/api/v1/endpoints")
     assert listing.status_code == 200
     by_name = {e["name"]: e for e in listing.json()["endpoints"]}
-    assert set(by_name) == {"echo", "private"}
+    assert {"echo", "private"} <= set(by_name)  # and the repository's other endpoints
     assert by_name["echo"]["title"] == "Echo"
     assert by_name["echo"]["client_auth"] is False
     assert by_name["echo"]["queued"] == 1
@@ -453,7 +453,7 @@ def test_cancel_a_running_job(start_server, http):
     assert seen["status"] == "canceled"
     assert seen["outputs"] is None
     stats = http.get(f"{server.url}/api/v1/status").json()
-    assert stats["endpoints"]["echo"] == {"queued": 0, "running": 0}
+    assert stats["endpoints"]["echo"] == {"queued": 0, "running": 0, "workers": 1}
 
     # A finished job is answered as it is.
     other = submitted(http, server.url)
@@ -487,7 +487,7 @@ def test_submit_with_a_job_id_is_idempotent(start_server, endpoints_dir, http):
     assert_error(
         submit(http, server.url, {"text": "a"}, endpoint="twin", job_id="client-job.1"), 409
     )
-    assert queued_counts(http, server.url) == {"echo": 1, "twin": 0}
+    assert queued_counts(http, server.url).items() >= {"echo": 1, "twin": 0}.items()
 
     # Still the same job once it has finished.
     worker = RawWorker(http, server.url)
@@ -573,7 +573,7 @@ def test_oversize_bodies_get_413(start_server, endpoints_dir, http):
         f"{server.url}/api/v1/endpoints/echo/jobs", json={"inputs": {"text": "x" * 300}}
     )
     assert reply.status_code == 202
-    assert queued_counts(http, server.url) == {"echo": 1, "tiny": 1}
+    assert queued_counts(http, server.url).items() >= {"echo": 1, "tiny": 1}.items()
 
 
 def test_full_queue_gets_429_with_retry_after(start_server, endpoints_dir, http):

@@ -113,8 +113,8 @@ def test_poll_grants_a_batch_of_at_most_max_batch(start_server, endpoints_dir, h
     assert [j["job_id"] for j in worker.take(max_batch=2)] == ids[4:5]
     assert worker.poll(max_batch=2, wait_s=0).status_code == 204
     stats = http.get(f"{server.url}/api/v1/status").json()["endpoints"]
-    assert stats["batchy"] == {"queued": 0, "running": 5}
-    assert stats["echo"] == {"queued": 1, "running": 0}
+    assert stats["batchy"] == {"queued": 0, "running": 5, "workers": 1}
+    assert stats["echo"] == {"queued": 1, "running": 0, "workers": 0}
 
     # A worker of both job types gets one endpoint per batch, never a mix.
     both = RawWorker(http, server.url, worker_id="both", job_types=["batchy", "echo"])
@@ -239,7 +239,7 @@ def test_a_late_result_is_taken_when_nobody_retook_the_job(start_server, endpoin
     done = job_of(http, server.url, job_id)
     assert (done["status"], done["outputs"], done["attempts"]) == ("done", {"text": "slow"}, 1)
     stats = http.get(f"{server.url}/api/v1/status").json()["endpoints"]["short"]
-    assert stats == {"queued": 0, "running": 0}
+    assert stats == {"queued": 0, "running": 0, "workers": 1}
     assert worker.poll(wait_s=0).status_code == 204
 
 
