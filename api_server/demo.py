@@ -19,6 +19,7 @@ log = logging.getLogger("jobhive.demo")
 # endpoint name -> the `jobhive-worker` arguments that serve it in the demo
 DEMO_WORKERS: Mapping[str, tuple[str, ...]] = {
     "echo": ("noop", "--max-batch", "8"),
+    "sd3": ("sd3", "--tiny", "--device", "cpu", "--max-batch", "4"),
 }
 
 
