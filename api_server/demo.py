@@ -20,6 +20,7 @@ log = logging.getLogger("jobhive.demo")
 DEMO_WORKERS: Mapping[str, tuple[str, ...]] = {
     "echo": ("noop", "--max-batch", "8"),
     "sd3": ("sd3", "--tiny", "--device", "cpu", "--max-batch", "4"),
+    "llama4_chat": ("llama4", "--tiny", "--device", "cpu", "--max-batch", "8"),
 }
 
 

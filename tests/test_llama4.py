@@ -1,0 +1,283 @@
+"""The llama4_chat endpoint end to end: the real server and a real `jobhive-worker llama4 --tiny`.
+
+The tiny model has random weights: its text is gibberish, but it is deterministic for a seed,
+which is what these tests lean on (stop strings are cut from a reply generated before).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import re
+import shutil
+import threading
+from pathlib import Path
+
+import pytest
+from conftest import _LISTENING, REPO, Process, _spawn, wait_until
+from e2e_http import explained, read_events
+
+from workers.base import Job
+
+KEY = "llama4-worker-key"
+# One torch thread per worker: the tiny model gains nothing from more, and on a small CI machine
+# shared with other processes, spinning threads made it ten times slower.
+WORKER_ENV = {"OMP_NUM_THREADS": "1"}
+CHAT = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Hello!"}]
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One build of the tiny model for the whole session (the first worker builds it)."""
+    return tmp_path_factory.mktemp("tiny-llama4")
+
+
+@pytest.fixture(scope="module")
+def chat_server(tmp_path_factory: pytest.TempPathFactory, tiny_dir: Path):
+    """One server (with only the llama4_chat endpoint) and one tiny llama4 worker (batches of up
+    to 4), shared by the tests of this module that need nothing else: a worker start costs
+    seconds. Returns (server, worker)."""
+    tmp = tmp_path_factory.mktemp("llama4-server")
+    shutil.copytree(REPO / "endpoints" / "llama4_chat", tmp / "endpoints" / "llama4_chat")
+    started: list[Process] = []
+    try:
+        server = _spawn(["-m", "api_server.cli", "-H", "127.0.0.1", "-p", "0",
+                         "-c", str(tmp / "endpoints"), "--store", f"sqlite:{tmp / 'jobs.sqlite3'}"])
+        started.append(server)
+        line = server.wait_for_output(_LISTENING.pattern, timeout_s=15)
+        server.url = _LISTENING.search(line).group(1)  # type: ignore[union-attr]
+        worker = _spawn(["-m", "workers.cli", "llama4", "--server", server.url, "--key", KEY,
+                         "--tiny", "--tiny-dir", str(tiny_dir), "--max-batch", "4"], WORKER_ENV)
+        started.append(worker)
+        worker.wait_for_output(r"loaded in", timeout_s=120)
+        yield server, worker
+    finally:
+        for process in reversed(started):
+            process.stop()
+
+
+def submit(http, url, wait_s: float | None = 30, **inputs):
+    inputs.setdefault("chat_context", CHAT)
+    query = f"?wait={wait_s}" if wait_s else ""
+    reply = http.post(f"{url}/api/v1/endpoints/llama4_chat/jobs{query}", json={"inputs": inputs})
+    assert reply.status_code in (200, 202), reply.text
+    return reply.json()
+
+
+def test_tokens_stream_in_order_and_add_up_to_the_result(chat_server, http):
+    server, worker = chat_server
+    with explained(server, worker):
+        job = submit(http, server.url, wait_s=None, max_new_tokens=200, temperature=1.0, seed=7,
+                     ignore_eos=True)
+        events = read_events(f"{server.url}/api/v1/jobs/{job['job_id']}/events")
+        assert events[-1].event == "result", events[-1]
+        outputs = events[-1].data["outputs"]
+        progress = [e.data["progress_outputs"] for e in events
+                    if e.event == "progress" and e.data["progress_outputs"]]
+        assert len(progress) >= 2, events  # streamed, not only the result
+        # Each report is the text so far: a prefix of the next one and of the final text.
+        texts = [p["text"] for p in progress] + [outputs["text"]]
+        for before, after in itertools.pairwise(texts):
+            assert after.startswith(before)
+        tokens = [p["tokens"] for p in progress]
+        assert tokens == sorted(tokens) and tokens[-1] <= outputs["generated_tokens"]
+        assert outputs["finish_reason"] == "length"
+        assert outputs["generated_tokens"] == 200
+        assert outputs["prompt_tokens"] > 0 and outputs["tokens_per_s"] > 0
+        assert outputs["seed"] == 7
+        # Polling sees the same job, done, with the same text.
+        polled = http.get(f"{server.url}/api/v1/jobs/{job['job_id']}").json()
+        assert polled["status"] == "done" and polled["outputs"]["text"] == outputs["text"]
+
+
+def test_seed_gives_the_same_text_and_max_new_tokens_ends_it(chat_server, http):
+    server, worker = chat_server
+    with explained(server, worker):
+        first = submit(http, server.url, max_new_tokens=30, temperature=1.0, seed=11,
+                       ignore_eos=True)
+        again = submit(http, server.url, max_new_tokens=30, temperature=1.0, seed=11,
+                       ignore_eos=True)
+        other = submit(http, server.url, max_new_tokens=30, temperature=1.0, seed=12,
+                       ignore_eos=True)
+        assert first["status"] == "done", first
+        assert first["outputs"]["text"] == again["outputs"]["text"]
+        assert first["outputs"]["text"] != other["outputs"]["text"]
+        assert first["outputs"]["generated_tokens"] == 30
+        assert first["outputs"]["finish_reason"] == "length"
+        # seed -1 picks one, reported so that the reply can be made again.
+        chosen = submit(http, server.url, max_new_tokens=20, temperature=1.0, seed=-1)
+        replay = submit(http, server.url, max_new_tokens=20, temperature=1.0,
+                        seed=chosen["outputs"]["seed"])
+        assert chosen["outputs"]["seed"] >= 0
+        assert replay["outputs"]["text"] == chosen["outputs"]["text"]
+
+
+def test_stop_string_ends_the_reply_before_it(chat_server, http):
+    server, worker = chat_server
+    with explained(server, worker):
+        base = submit(http, server.url, max_new_tokens=200, temperature=1.0, seed=5,
+                      ignore_eos=True)["outputs"]
+        match = re.search(r"[A-Za-z]{3}", base["text"][5:])
+        assert match, base["text"]
+        stop = match.group(0)
+        cut = base["text"].find(stop)
+        stopped = submit(http, server.url, max_new_tokens=200, temperature=1.0, seed=5,
+                         ignore_eos=True, stop=["never-generated", stop])
+        assert stopped["status"] == "done", stopped
+        assert stopped["outputs"]["finish_reason"] == "stop"
+        assert stopped["outputs"]["text"] == base["text"][:cut]
+        assert stopped["outputs"]["generated_tokens"] < base["generated_tokens"]
+        bad = submit(http, server.url, stop=[""])
+        assert bad["status"] == "failed" and "`stop`" in bad["error"], bad
+
+
+def test_cancel_stops_generation_mid_stream(chat_server, http):
+    server, worker = chat_server
+    with explained(server, worker):
+        job = submit(http, server.url, wait_s=None, max_new_tokens=1900, temperature=1.0,
+                     ignore_eos=True)
+        url = f"{server.url}/api/v1/jobs/{job['job_id']}"
+        wait_until(lambda: (http.get(url).json()["progress_outputs"] or {}).get("tokens"), 30)
+        assert http.delete(url).status_code == 200
+        line = worker.wait_for_output(rf"job {job['job_id']} canceled after \d+ tokens", 30)
+        assert int(re.search(r"after (\d+) tokens", line).group(1)) < 1000, line
+        worker.wait_for_output(rf"job {job['job_id']} was canceled while running", 10)
+        assert http.get(url).json()["status"] == "canceled"
+        # The worker is free again: the next chat runs.
+        assert submit(http, server.url, max_new_tokens=5)["status"] == "done"
+
+
+def test_over_long_context_is_refused_or_trimmed(chat_server, http):
+    server, worker = chat_server
+    long_chat = [
+        {"role": "system", "content": "You are terse."},
+        *[{"role": role, "content": "hello world " * 40}
+          for _ in range(5) for role in ("user", "assistant")],
+        {"role": "user", "content": "And now?"},
+    ]
+    with explained(server, worker):
+        refused = submit(http, server.url, chat_context=long_chat, max_new_tokens=10)
+        assert refused["status"] == "failed", refused
+        assert "window is 2048 tokens" in refused["error"] and "trim_context" in refused["error"]
+        trimmed = submit(http, server.url, chat_context=long_chat, max_new_tokens=100,
+                         trim_context=True)
+        assert trimmed["status"] == "done", trimmed
+        assert trimmed["outputs"]["prompt_tokens"] + 100 <= 2048
+        # The worker is still serving.
+        assert submit(http, server.url, max_new_tokens=3)["status"] == "done"
+
+
+def test_a_batch_of_chats_runs_together(start_server, start_worker, tiny_dir, http, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    server = start_server()
+    seeds = [1, 2, 3, 4]
+    jobs = [submit(http, server.url, wait_s=None, max_new_tokens=40 + 10 * i, temperature=1.0,
+                   seed=seed, ignore_eos=True,
+                   chat_context=[{"role": "user", "content": "hi " * (1 + 5 * i)}])
+            for i, seed in enumerate(seeds)]
+    worker = start_worker(server.url, "--tiny", "--tiny-dir", str(tiny_dir), "--max-batch", "4",
+                          kind="llama4", key=KEY)
+    with explained(server, worker):
+        done = [wait_until(lambda j=j: _finished(http, server.url, j), 30) for j in jobs]
+        assert [d["status"] for d in done] == ["done"] * 4, done
+        # One poll took all four: they started together.
+        starts = [d["started_at_ms"] for d in done]
+        assert max(starts) - min(starts) < 100, starts
+        for i, d in enumerate(done):
+            assert d["outputs"]["generated_tokens"] == 40 + 10 * i
+            assert d["outputs"]["finish_reason"] == "length"
+
+
+def _finished(http, url, job):
+    data = http.get(f"{url}/api/v1/jobs/{job['job_id']}?wait=5").json()
+    return data if data["status"] in ("done", "failed", "canceled") else None
+
+
+def test_4bit_loads_and_serves_the_tiny_model(start_server, start_worker, tiny_dir, http,
+                                              monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    server = start_server()
+    worker = start_worker(server.url, "--tiny", "--tiny-dir", str(tiny_dir), "--quantize", "4bit",
+                          kind="llama4", key=KEY)
+    with explained(server, worker):
+        worker.wait_for_output(r"4-bit NF4 in [1-9]\d* layers")
+        job = submit(http, server.url, max_new_tokens=8, seed=1, ignore_eos=True)
+        assert job["status"] == "done", job
+        assert job["outputs"]["generated_tokens"] == 8
+
+
+def test_concurrent_streams_each_get_their_own_text(chat_server, http):
+    """Two chats in one batch, each followed over SSE, each streams only its own text."""
+    server, worker = chat_server
+    results: dict[int, list] = {}
+
+    def follow(i: int, job_id: str) -> None:
+        results[i] = read_events(f"{server.url}/api/v1/jobs/{job_id}/events")
+
+    with explained(server, worker):
+        jobs = [submit(http, server.url, wait_s=None, max_new_tokens=150, temperature=1.0,
+                       seed=seed) for seed in (21, 22)]
+        threads = [threading.Thread(target=follow, args=(i, j["job_id"]))
+                   for i, j in enumerate(jobs)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        finals = [results[i][-1].data["outputs"]["text"] for i in range(2)]
+        assert finals[0] != finals[1]
+        for i in range(2):
+            for e in results[i]:
+                if e.event == "progress" and e.data["progress_outputs"]:
+                    assert finals[i].startswith(e.data["progress_outputs"]["text"])
+
+
+@pytest.fixture
+def local_worker(tiny_dir):
+    """The worker class in this process (float32 on CPU), for what HTTP cannot reach."""
+    from workers.llama4 import Llama4Worker
+    from workers.tiny_llama4 import build_tiny_llama4
+
+    build_tiny_llama4(tiny_dir)
+    args = argparse.Namespace(model=None, tiny=True, tiny_dir=tiny_dir, quantize="none",
+                              device="cpu", dtype="float32", max_context=None)
+    worker = Llama4Worker(args)
+    worker.load()
+    return worker
+
+
+def local_job(job_id: str, content: str = "Hello!", **inputs) -> Job:
+    inputs = {"chat_context": [{"role": "user", "content": content}], "max_new_tokens": 40,
+              "temperature": 0.0, "top_p": 1.0, "top_k": 0, "seed": 1, "stop": [],
+              "ignore_eos": True, **inputs}
+    return Job(id=job_id, endpoint="llama4_chat", inputs=inputs, lease_id="lease")
+
+
+def test_a_batched_chat_gives_what_it_gives_alone(local_worker):
+    """Left padding, masks and positions are right: greedy rows of different prompt lengths
+    produce in a batch exactly what they produce alone."""
+    jobs = [local_job("short", "hi"), local_job("long", "hello there, how are you? " * 10)]
+    alone = [local_worker.run([job], lambda *a: None)[0]["text"] for job in jobs]
+    together = [o["text"] for o in local_worker.run(jobs, lambda *a: None)]
+    assert together == alone
+    assert alone[0] != alone[1]
+
+
+def test_a_failure_inside_generation_fails_the_jobs_with_its_reason(local_worker, monkeypatch):
+    """The model raises at its tenth forward: run() returns the error for each job (the runner
+    posts it as the job's error) instead of raising or hanging."""
+    forward = local_worker.model.forward
+    calls = []
+
+    def failing_forward(*a, **kw):
+        calls.append(1)
+        if len(calls) == 10:
+            raise RuntimeError("CUDA out of memory (simulated)")
+        return forward(*a, **kw)
+
+    monkeypatch.setattr(local_worker.model, "forward", failing_forward)
+    jobs = [local_job("a", temperature=1.0), local_job("b", temperature=1.0)]
+    reports = []
+    outcomes = local_worker.run(jobs, lambda job, percent, outputs: reports.append(outputs))
+    assert [type(o) for o in outcomes] == [RuntimeError, RuntimeError], outcomes
+    assert "generation failed: RuntimeError: CUDA out of memory (simulated)" in str(outcomes[0])
+    assert reports and reports[-1]["tokens"] <= 9  # it had streamed before failing

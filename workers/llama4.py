@@ -1,0 +1,353 @@
+"""The llama4 worker: chat completions with tokens streamed as progress.
+
+Serves the `llama4_chat` endpoint with a Hugging Face checkpoint from a local folder: Llama 4
+(Llama4ForConditionalGeneration, or Llama4ForCausalLM for a text-only checkpoint) or any other
+causal LM with a chat template (Llama 3.x...), in bf16 or 4-bit NF4 (bitsandbytes), spread over
+the host's GPUs with device_map. `--tiny` builds and serves a tiny random-weight Llama 4 offline.
+
+The jobs of a batch generate together in one loop of our own (left padding, one KV cache): each
+row samples with its own seed, temperature, top-k and top-p, stops on its own (end of turn, stop
+string, max_new_tokens, cancel) and streams its text so far. No streamer thread: a failure in the
+model reaches the clients as an error, and cancel is seen at the next token.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from workers.base import Job, ModelWorker, Progress
+from workers.tiny_llama4 import DEFAULT_DIR, build_tiny_llama4
+
+log = logging.getLogger("jobhive.worker.llama4")
+
+MAX_STOP_STRINGS = 16
+
+
+class InputError(ValueError):
+    """A job's inputs cannot be served (too long a context, a bad stop list): fails that job."""
+
+
+@dataclass(eq=False)
+class Chat:
+    """One job's generation state: its settings, its prompt and what it has produced so far."""
+
+    job: Job
+    prompt_ids: list[int]
+    max_new_tokens: int
+    temperature: float
+    top_p: float
+    top_k: int
+    seed: int
+    stop: list[str]
+    ignore_eos: bool = False
+    generator: torch.Generator | None = None
+    generated: list[int] = field(default_factory=list)
+    text: str = ""
+    streamed: str = ""
+    finish_reason: str | None = None
+    first_token_at: float | None = None
+    finished_at: float | None = None
+
+
+class Llama4Worker(ModelWorker):
+    """Chat with Llama 4 (or any chat model); several chats of a batch generate together."""
+
+    job_type = "llama4_chat"
+    description = "Llama 4 (or any chat model) with streamed tokens"
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--model", help="folder of a Hugging Face checkpoint (config, "
+                            "weights, tokenizer with a chat template)")
+        parser.add_argument("--tiny", action="store_true",
+                            help="build (once) and serve a tiny random-weight Llama 4: offline, "
+                            "gibberish text; for tests and the demo")
+        parser.add_argument("--tiny-dir", type=Path, default=DEFAULT_DIR,
+                            help=f"where --tiny keeps its build (default {DEFAULT_DIR})")
+        parser.add_argument("--quantize", choices=["none", "4bit"], default="none",
+                            help="4bit: bitsandbytes NF4 with double quantization")
+        parser.add_argument("--device", default="auto",
+                            help="auto (all GPUs through device_map, else CPU), cuda, cuda:N "
+                            "or cpu (default auto)")
+        parser.add_argument("--dtype", choices=["bfloat16", "float16", "float32"],
+                            default="bfloat16", help="weights and compute dtype (default bfloat16)")
+        parser.add_argument("--max-context", type=int, default=None,
+                            help="the most tokens of prompt plus reply (default: the model's "
+                            "max_position_embeddings)")
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        super().__init__(args)
+        if bool(args.tiny) == bool(args.model):
+            raise SystemExit("jobhive-worker llama4: give either --model DIR or --tiny")
+        self.model: Any = None
+        self.tokenizer: Any = None
+        self.folder = args.tiny_dir if args.tiny else Path(args.model)
+        self.max_context = 0
+        self.eos_ids: set[int] = set()
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "model": "tiny-llama4 (random weights)" if self.args.tiny else str(self.folder),
+            "quantize": self.args.quantize,
+            "dtype": self.args.dtype,
+            "device": str(getattr(self.model, "device", self.args.device)),
+            "max_context": self.max_context,
+        }
+
+    # ----- loading
+
+    def load(self) -> None:
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+        # 1. The folder: the tiny model is built (once) and then loaded like real weights.
+        if self.args.tiny:
+            build_tiny_llama4(self.folder)
+        config = AutoConfig.from_pretrained(self.folder)
+        # 2. The tokenizer, which must bring a chat template.
+        self.tokenizer = AutoTokenizer.from_pretrained(self.folder)
+        if not self.tokenizer.chat_template:
+            raise SystemExit(f"jobhive-worker llama4: {self.folder} has no chat template")
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        # 3. The model: Llama 4 multimodal checkpoints through their own class, the rest causal.
+        model_cls: Any = AutoModelForCausalLM
+        if config.model_type == "llama4":
+            from transformers import Llama4ForConditionalGeneration
+
+            model_cls = Llama4ForConditionalGeneration
+        self.model = model_cls.from_pretrained(self.folder, **self._load_options()).eval()
+        # 4. Limits and the tokens that end a turn.
+        text_config = config.get_text_config()
+        window = getattr(text_config, "max_position_embeddings", None) or 4096
+        self.max_context = min(self.args.max_context or window, window)
+        eos = self.model.generation_config.eos_token_id
+        self.eos_ids = {
+            *(eos if isinstance(eos, list) else [eos] if eos is not None else []),
+            self.tokenizer.eos_token_id,
+        } - {None}
+        quantized = sum(type(m).__name__ == "Linear4bit" for m in self.model.modules())
+        log.info(
+            "llama4: %s from %s (%s%s, device %s, context %d tokens)%s",
+            type(self.model).__name__, self.folder, self.args.dtype,
+            f", 4-bit NF4 in {quantized} layers" if quantized else "", self.model.device,
+            self.max_context, "; tiny random weights: its text is gibberish" if self.args.tiny
+            else "",
+        )
+
+    def _load_options(self) -> dict[str, Any]:
+        """from_pretrained's keyword arguments for --dtype, --quantize and --device."""
+        dtype = getattr(torch, self.args.dtype)
+        device = self.args.device
+        if device == "auto":
+            device_map: Any = "auto" if torch.cuda.is_available() else {"": "cpu"}
+        else:
+            device_map = {"": device}
+        options: dict[str, Any] = {"dtype": dtype, "device_map": device_map}
+        if self.args.quantize == "4bit":
+            from transformers import BitsAndBytesConfig
+
+            options["quantization_config"] = BitsAndBytesConfig(
+                load_in_4bit=True,
+                bnb_4bit_quant_type="nf4",
+                bnb_4bit_use_double_quant=True,
+                bnb_4bit_compute_dtype=dtype,
+            )
+        return options
+
+    # ----- one batch
+
+    def run(self, batch: list[Job], progress: Progress) -> list[dict[str, Any] | Exception]:
+        # 1. Check each job's inputs and build its prompt: a bad job fails alone, before any
+        #    model work.
+        chats: dict[str, Chat] = {}
+        outcomes: dict[str, dict[str, Any] | Exception] = {}
+        for job in batch:
+            try:
+                chats[job.id] = self.prepare_chat(job)
+            except InputError as e:
+                outcomes[job.id] = e
+        # 2. Generate all the others together; a failure in the model fails each of them with
+        #    its reason (never a hang: there is no streamer thread to wait on).
+        started = time.monotonic()
+        if chats:
+            try:
+                with torch.inference_mode():
+                    self.generate(list(chats.values()), progress)
+            except Exception as e:
+                log.exception("generation failed")
+                failure = RuntimeError(f"generation failed: {type(e).__name__}: {e}")
+                outcomes.update(dict.fromkeys(chats, failure))
+        # 3. The outputs, in batch order.
+        for job_id, chat in chats.items():
+            outcomes.setdefault(job_id, self.outputs(chat, started))
+        return [outcomes[job.id] for job in batch]
+
+    def prepare_chat(self, job: Job) -> Chat:
+        """Checks one job's inputs and tokenizes its chat; raises InputError with the reason."""
+        inputs = job.inputs
+        stop = inputs.get("stop") or []
+        if isinstance(stop, str):
+            stop = [stop]
+        if not isinstance(stop, list) or not all(isinstance(s, str) and s for s in stop):
+            raise InputError(f"`stop` must be a list of non-empty strings (got {stop!r})")
+        if len(stop) > MAX_STOP_STRINGS:
+            raise InputError(f"`stop` holds at most {MAX_STOP_STRINGS} strings (got {len(stop)})")
+        max_new_tokens = int(inputs["max_new_tokens"])
+        prompt_ids = self.fit_context(
+            list(inputs["chat_context"]), max_new_tokens, bool(inputs.get("trim_context"))
+        )
+        seed = int(inputs["seed"])
+        return Chat(
+            job=job,
+            prompt_ids=prompt_ids,
+            max_new_tokens=min(max_new_tokens, self.max_context - len(prompt_ids)),
+            temperature=float(inputs["temperature"]),
+            top_p=float(inputs["top_p"]),
+            top_k=int(inputs["top_k"]),
+            seed=seed if seed >= 0 else random.randrange(2**32),
+            stop=stop,
+            ignore_eos=bool(inputs.get("ignore_eos")),
+        )
+
+    def fit_context(self, messages: list[dict[str, str]], max_new_tokens: int,
+                    trim: bool) -> list[int]:
+        """The prompt's token ids; with `trim`, the oldest turns after the system prompt are
+        dropped until the prompt and max_new_tokens fit the window. Raises InputError when the
+        prompt leaves no room to answer."""
+        ids = self._encode(messages)
+        first = 1 if messages[0]["role"] == "system" else 0
+        while trim and len(ids) + max_new_tokens > self.max_context and len(messages) > first + 1:
+            del messages[first]
+            ids = self._encode(messages)
+        if len(ids) >= self.max_context:
+            raise InputError(
+                f"`chat_context` is {len(ids)} tokens once templated; the model's window is "
+                f"{self.max_context} tokens, prompt and reply together: shorten the chat"
+                + ("" if trim else " or send trim_context=true to drop the oldest turns")
+            )
+        return ids
+
+    def _encode(self, messages: list[dict[str, str]]) -> list[int]:
+        ids = self.tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, tokenize=True, return_dict=False
+        )
+        return list(ids)
+
+    # ----- the generation loop
+
+    def generate(self, chats: list[Chat], progress: Progress) -> None:
+        """Generates every chat of the batch to its end, streaming each one's text so far."""
+        # 1. Left-padded prompts, their attention mask and per-row positions.
+        device = self.model.device
+        pad_id = self.tokenizer.pad_token_id
+        width = max(len(c.prompt_ids) for c in chats)
+        input_ids = torch.tensor(
+            [[pad_id] * (width - len(c.prompt_ids)) + c.prompt_ids for c in chats], device=device
+        )
+        mask = torch.tensor(
+            [[0] * (width - len(c.prompt_ids)) + [1] * len(c.prompt_ids) for c in chats],
+            device=device,
+        )
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        # 2. Prefill, then one token per step for every row until each has finished.
+        cache = None
+        while True:
+            out = self.model(
+                input_ids=input_ids, attention_mask=mask, position_ids=positions,
+                past_key_values=cache, use_cache=True, logits_to_keep=1,
+            )
+            cache = out.past_key_values
+            logits = out.logits[:, -1, :].float()
+            # 3. Sample, stop and stream each row on its own.
+            next_ids = [self.step(chat, logits[i], progress) for i, chat in enumerate(chats)]
+            if all(chat.finish_reason for chat in chats):
+                return
+            input_ids = torch.tensor(next_ids, device=device).unsqueeze(-1)
+            mask = torch.cat([mask, mask.new_ones(len(chats), 1)], dim=-1)
+            positions = positions[:, -1:] + 1
+
+    def step(self, chat: Chat, logits: torch.Tensor, progress: Progress) -> int:
+        """One row's next token: sampled, checked against its stop rules, text streamed.
+        Returns the token to feed back (the pad token once the row has finished)."""
+        if chat.finish_reason:
+            return self.tokenizer.pad_token_id
+        if chat.job.canceled:
+            log.info("job %s canceled after %d tokens", chat.job.id, len(chat.generated))
+            return self._finish(chat, "canceled")
+        token = sample(logits, chat)
+        now = time.monotonic()
+        chat.first_token_at = chat.first_token_at or now
+        if token in self.eos_ids and not chat.ignore_eos:
+            return self._finish(chat, "stop")
+        chat.generated.append(token)
+        text = self.tokenizer.decode(chat.generated, skip_special_tokens=True)
+        cut = min((i for i in (text.find(s) for s in chat.stop) if i >= 0), default=-1)
+        if cut >= 0:
+            chat.text = text[:cut]
+            return self._finish(chat, "stop")
+        chat.text = text
+        if len(chat.generated) >= chat.max_new_tokens:
+            return self._finish(chat, "length")
+        visible = text[: len(text) - _held_back(text, chat.stop)]
+        if visible != chat.streamed:
+            chat.streamed = visible
+            progress(chat.job, 100 * len(chat.generated) / chat.max_new_tokens,
+                     {"text": visible, "tokens": len(chat.generated)})
+        return token
+
+    def _finish(self, chat: Chat, reason: str) -> int:
+        chat.finish_reason = reason
+        chat.finished_at = time.monotonic()
+        return self.tokenizer.pad_token_id
+
+    def outputs(self, chat: Chat, started: float) -> dict[str, Any]:
+        """A finished chat's outputs."""
+        elapsed_s = (chat.finished_at or time.monotonic()) - started
+        return {
+            "text": chat.text,
+            "prompt_tokens": len(chat.prompt_ids),
+            "generated_tokens": len(chat.generated),
+            "finish_reason": chat.finish_reason or "canceled",
+            "tokens_per_s": round(len(chat.generated) / elapsed_s, 2) if elapsed_s > 0 else 0.0,
+            "time_to_first_token_s": round((chat.first_token_at or started) - started, 4),
+            "seed": chat.seed,
+        }
+
+
+def sample(logits: torch.Tensor, chat: Chat) -> int:
+    """One token from a row's logits: greedy at temperature 0, else top-k, top-p and the row's
+    own seeded generator (the same seed gives the same text)."""
+    if chat.temperature <= 0:
+        return int(logits.argmax())
+    logits = logits / chat.temperature
+    if 0 < chat.top_k < logits.shape[-1]:
+        kth = torch.topk(logits, chat.top_k).values[-1]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if 0 < chat.top_p < 1:
+        sorted_logits, order = torch.sort(logits, descending=True)
+        cumulative = sorted_logits.softmax(-1).cumsum(-1)
+        drop = cumulative - sorted_logits.softmax(-1) >= chat.top_p  # keeps at least the top one
+        logits = logits.masked_fill(drop.scatter(0, order, drop), float("-inf"))
+    if chat.generator is None:
+        chat.generator = torch.Generator(device=logits.device).manual_seed(chat.seed)
+    return int(torch.multinomial(logits.softmax(-1), 1, generator=chat.generator))
+
+
+def _held_back(text: str, stop: list[str]) -> int:
+    """How many characters at the end of `text` must not be streamed yet: a half-decoded
+    character, or the start of a stop string that the next tokens may complete."""
+    held = len(text) - len(text.rstrip("\ufffd"))
+    for s in stop:
+        for n in range(min(len(s) - 1, len(text)), 0, -1):
+            if text.endswith(s[:n]):
+                held = max(held, n)
+                break
+    return held
