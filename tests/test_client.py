@@ -102,7 +102,7 @@ def test_sync_submit_wait_and_result(echo_url):
         assert finished.status == "done" and finished.outputs["text"] == "sync"
         assert finished.started_at_ms <= finished.finished_at_ms
         assert client.result(job) == finished.outputs
-        assert [e["name"] for e in client.endpoints()] == ["echo"]
+        assert "echo" in [e["name"] for e in client.endpoints()]
         assert "text" in json.dumps(client.endpoint("echo"))
 
 
