@@ -102,6 +102,38 @@ def _spawn(args: list[str], env: dict[str, str] | None = None) -> Process:
     return process
 
 
+def spawn_server(endpoints: Path, store: Path, *extra: str, port: int = 0) -> Process:
+    """Starts `jobhive-server` and returns once it listens (its URL in .url); stops it if it
+    does not come up. The caller stops it (or use the start_server fixture)."""
+    process = _spawn([
+        "-m", "api_server.cli", "-H", "127.0.0.1", "-p", str(port),
+        "-c", str(endpoints), "--store", f"sqlite:{store}", *extra,
+    ])
+    try:
+        line = process.wait_for_output(_LISTENING.pattern, timeout_s=15)
+    except AssertionError:
+        process.stop()
+        raise
+    process.url = _LISTENING.search(line).group(1)  # type: ignore[union-attr]
+    return process
+
+
+def spawn_worker(
+    url: str, *extra: str, kind: str = "noop", key: str = ECHO_WORKER_KEY,
+    env: dict[str, str] | None = None, ready_timeout_s: float | None = 120,
+) -> Process:
+    """Starts `jobhive-worker KIND --server URL --key KEY ...`; with ready_timeout_s, returns
+    once it has loaded its model (stopping it if it does not)."""
+    process = _spawn(["-m", "workers.cli", kind, "--server", url, "--key", key, *extra], env)
+    if ready_timeout_s is not None:
+        try:
+            process.wait_for_output(r"loaded in", timeout_s=ready_timeout_s)
+        except AssertionError:
+            process.stop()
+            raise
+    return process
+
+
 @pytest.fixture
 def endpoints_dir(tmp_path: Path) -> Path:
     """A copy of the repository's endpoints/ that a test may change."""
@@ -131,16 +163,16 @@ def start_server(tmp_path: Path, endpoints_dir: Path) -> Iterator[Callable[..., 
         expect_failure: bool = False,
     ) -> Process:
         store_path = store or tmp_path / "jobs.sqlite3"
-        process = _spawn([
-            "-m", "api_server.cli", "-H", "127.0.0.1", "-p", str(port),
-            "-c", str(endpoints or endpoints_dir), "--store", f"sqlite:{store_path}", *extra,
-        ])
-        started.append(process)
         if expect_failure:
+            process = _spawn([
+                "-m", "api_server.cli", "-H", "127.0.0.1", "-p", str(port),
+                "-c", str(endpoints or endpoints_dir), "--store", f"sqlite:{store_path}", *extra,
+            ])
+            started.append(process)
             process.proc.wait(15)
             return process
-        line = process.wait_for_output(_LISTENING.pattern, timeout_s=15)
-        process.url = _LISTENING.search(line).group(1)  # type: ignore[union-attr]
+        process = spawn_server(endpoints or endpoints_dir, store_path, *extra, port=port)
+        started.append(process)
         return process
 
     yield start
@@ -155,10 +187,9 @@ def start_worker() -> Iterator[Callable[..., Process]]:
 
     def start(url: str, *extra: str, kind: str = "noop", key: str = ECHO_WORKER_KEY,
               wait_ready: bool = True) -> Process:
-        process = _spawn(["-m", "workers.cli", kind, "--server", url, "--key", key, *extra])
+        process = spawn_worker(url, *extra, kind=kind, key=key,
+                               ready_timeout_s=120 if wait_ready else None)
         started.append(process)
-        if wait_ready:
-            process.wait_for_output(r"loaded in", timeout_s=120)
         return process
 
     yield start

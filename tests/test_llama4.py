@@ -14,7 +14,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from conftest import _LISTENING, REPO, Process, _spawn, wait_until
+from conftest import REPO, spawn_server, spawn_worker, wait_until
 from e2e_http import explained, read_events
 
 from workers.base import Job
@@ -39,21 +39,16 @@ def chat_server(tmp_path_factory: pytest.TempPathFactory, tiny_dir: Path):
     seconds. Returns (server, worker)."""
     tmp = tmp_path_factory.mktemp("llama4-server")
     shutil.copytree(REPO / "endpoints" / "llama4_chat", tmp / "endpoints" / "llama4_chat")
-    started: list[Process] = []
+    server = spawn_server(tmp / "endpoints", tmp / "jobs.sqlite3")
     try:
-        server = _spawn(["-m", "api_server.cli", "-H", "127.0.0.1", "-p", "0",
-                         "-c", str(tmp / "endpoints"), "--store", f"sqlite:{tmp / 'jobs.sqlite3'}"])
-        started.append(server)
-        line = server.wait_for_output(_LISTENING.pattern, timeout_s=15)
-        server.url = _LISTENING.search(line).group(1)  # type: ignore[union-attr]
-        worker = _spawn(["-m", "workers.cli", "llama4", "--server", server.url, "--key", KEY,
-                         "--tiny", "--tiny-dir", str(tiny_dir), "--max-batch", "4"], WORKER_ENV)
-        started.append(worker)
-        worker.wait_for_output(r"loaded in", timeout_s=120)
-        yield server, worker
+        worker = spawn_worker(server.url, "--tiny", "--tiny-dir", str(tiny_dir), "--max-batch",
+                              "4", kind="llama4", key=KEY, env=WORKER_ENV)
+        try:
+            yield server, worker
+        finally:
+            worker.stop()
     finally:
-        for process in reversed(started):
-            process.stop()
+        server.stop()
 
 
 def submit(http, url, wait_s: float | None = 30, **inputs):

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import _LISTENING, REPO, Process, _spawn, wait_until
+from conftest import REPO, Process, spawn_server, spawn_worker, wait_until
 from PIL import Image
 
 from jobhive import Client
@@ -30,20 +30,16 @@ TINY = {"width": 64, "height": 64, "steps": 4, "cfg_scale": 5.0, "preview": "non
 def sd3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Process, Process]]:
     """(server, worker): one server on a free port and one tiny-model worker, max batch 4."""
     folder = tmp_path_factory.mktemp("sd3")
-    server = _spawn(["-m", "api_server.cli", "-H", "127.0.0.1", "-p", "0",
-                     "-c", str(REPO / "endpoints"), "--store", f"sqlite:{folder / 'jobs.db'}"])
-    worker = None
+    server = spawn_server(REPO / "endpoints", folder / "jobs.db")
     try:
-        line = server.wait_for_output(_LISTENING.pattern, timeout_s=15)
-        server.url = _LISTENING.search(line).group(1)  # type: ignore[union-attr]
-        worker = _spawn(["-m", "workers.cli", "sd3", "--server", server.url, "--key", SD3_KEY,
-                         "--tiny", "--tiny-dir", str(folder / "tiny-sd3"), "--device", "cpu",
-                         "--max-batch", "4", "--poll-wait-s", "2", "--preview-size", "64"])
-        worker.wait_for_output(r"loaded in", timeout_s=50)
-        yield server, worker
-    finally:
-        if worker is not None:
+        worker = spawn_worker(server.url, "--tiny", "--tiny-dir", str(folder / "tiny-sd3"),
+                              "--device", "cpu", "--max-batch", "4", "--poll-wait-s", "2",
+                              "--preview-size", "64", kind="sd3", key=SD3_KEY)
+        try:
+            yield server, worker
+        finally:
             worker.stop()
+    finally:
         server.stop()
 
 
