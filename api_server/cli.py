@@ -9,9 +9,7 @@ import logging
 import logging.handlers
 import signal
 import sys
-from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any
 
 from aiohttp import web
 
@@ -19,25 +17,12 @@ from api_server.app import create_app
 from api_server.config import ConfigError, load_endpoints, load_server_config
 from api_server.demo import demo_workers
 from api_server.state import ENDPOINTS
+from jobhive.aio import run_loop
 
 log = logging.getLogger("jobhive.server")
 
 LOG_FLUSH_S = 0.2  # the longest a log line waits in the buffer
 SLOW_CALLBACK_S = 0.1  # with --dev, a callback holding the event loop longer is logged
-
-
-def run_loop(main: Coroutine[Any, Any, None], dev: bool = False) -> None:
-    """Runs the server on uvloop (a faster event loop, about a third less CPU per request)
-    where it is installed. With dev, on asyncio's own loop in debug mode instead: it logs every
-    callback that holds the loop longer than SLOW_CALLBACK_S, which uvloop does not."""
-    try:
-        import uvloop
-    except ImportError:
-        uvloop = None
-    if dev or uvloop is None:
-        asyncio.run(main, debug=dev)
-    else:
-        uvloop.run(main)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -92,7 +77,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     try:
         run_loop(serve(app, config.host, config.port, access_log=args.dev, demo=args.demo,
-                       log_buffer=log_buffer), dev=args.dev)
+                       log_buffer=log_buffer), debug=args.dev)
     finally:
         log_buffer.flush()
 

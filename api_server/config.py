@@ -151,10 +151,6 @@ class Endpoint:
     def job_type(self) -> str:
         return self.worker.job_type
 
-    @property
-    def media_fields(self) -> bool:
-        return any(spec.binary for spec in self.inputs.values())
-
     def schema(self) -> dict[str, Any]:
         """The endpoint as JSON for `GET /api/v1/endpoints/{name}` (keys are never shown)."""
         section = dataclasses.asdict(self.endpoint)

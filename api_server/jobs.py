@@ -104,10 +104,6 @@ class JobIdConflict(StoreError):
     """A client-chosen job_id already names a different job."""
 
 
-class LeaseLost(StoreError):
-    """A worker reported on a job it no longer holds."""
-
-
 @dataclass(frozen=True, slots=True)
 class WorkerReport:
     """One entry of a worker's progress or result report."""
@@ -122,12 +118,14 @@ class WorkerReport:
 
 @dataclass(frozen=True, slots=True)
 class ReportAnswer:
-    """The store's answer to one WorkerReport."""
+    """The store's answer to one WorkerReport; `status` is what a one-job route answers with
+    (a batch route gives every answer in its body instead)."""
 
     job_id: str
     ok: bool
     canceled: bool = False
     error: str | None = None
+    status: int = 200
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"job_id": self.job_id, "ok": self.ok, "canceled": self.canceled}

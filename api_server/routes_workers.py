@@ -167,34 +167,36 @@ def _authorized(
         job = store.get(report.job_id)
         endpoint = endpoints.get(job.endpoint) if job is not None else None
         if job is None or endpoint is None:
-            refused.append(ReportAnswer(report.job_id, ok=False, error="unknown job"))
-        elif not key_in(key, endpoint.worker.auth_keys):
             refused.append(
-                ReportAnswer(
-                    report.job_id, ok=False, error=f"worker key not accepted by {endpoint.name!r}"
-                )
+                ReportAnswer(report.job_id, ok=False, error="unknown job", status=404)
             )
+        elif not key_in(key, endpoint.worker.auth_keys):
+            error = f"worker key not accepted by {endpoint.name!r}"
+            refused.append(ReportAnswer(report.job_id, ok=False, error=error, status=403))
         else:
             allowed.append(report)
     return allowed, refused
 
 
-def _in_order(reports: list[WorkerReport], answers: list[ReportAnswer]) -> list[ReportAnswer]:
-    """The answers in the order of the reports they answer."""
-    by_job = {answer.job_id: answer for answer in answers}
+async def _record(
+    request: web.Request,
+    reports: list[WorkerReport],
+    record: Callable[[list[WorkerReport]], Awaitable[list[ReportAnswer]]],
+) -> list[ReportAnswer]:
+    """Records the reports the worker's key may make; answers all of them, in their order."""
+    allowed, refused = _authorized(request, reports)
+    by_job = {a.job_id: a for a in (await record(allowed) if allowed else []) + refused}
     return [by_job[report.job_id] for report in reports]
 
 
 def _single_answer(answers: list[ReportAnswer]) -> web.Response:
-    """A one-job route's reply: 200 `{canceled}` when accepted (or canceled), else 404/409."""
+    """A one-job route's reply: 200 `{canceled}` when accepted (or canceled), else its error."""
     (answer,) = answers
-    if answer.ok or answer.canceled:
+    if answer.status == 200:
         return json_response(answer.to_json())
-    if answer.error == "unknown job":
+    if answer.status == 404:
         raise ApiError(404, f"no job with id {answer.job_id!r}")
-    if answer.error and answer.error.startswith("worker key"):
-        raise ApiError(403, answer.error)
-    raise ApiError(409, answer.error or "refused")
+    raise ApiError(answer.status, answer.error or "refused")
 
 
 @dataclass(frozen=True)
@@ -261,9 +263,7 @@ async def _report(
     record: Callable[[list[WorkerReport]], Awaitable[list[ReportAnswer]]],
 ) -> web.Response:
     _require_worker_key(request)
-    reports = await _read_reports(request, batch)
-    allowed, refused = _authorized(request, reports)
-    answers = _in_order(reports, (await record(allowed) if allowed else []) + refused)
+    answers = await _record(request, await _read_reports(request, batch), record)
     if batch:
         return json_response({"answers": [a.to_json() for a in answers]})
     return _single_answer(answers)
@@ -298,9 +298,7 @@ async def batch_results(request: web.Request) -> web.Response:
     if "poll" in body:
         poll = _parse_poll(body["poll"], config.worker_poll_max_s, prefix="poll.")
         endpoints = _worker_endpoints(request, poll.job_types, "poll.job_types")
-    allowed, refused = _authorized(request, reports)
-    recorded = await request.app[STORE].report_results(allowed) if allowed else []
-    answers = _in_order(reports, recorded + refused)
+    answers = await _record(request, reports, request.app[STORE].report_results)
     reply: dict[str, Any] = {"answers": [a.to_json() for a in answers]}
     if poll is not None:
         reply["jobs"] = await _grant(request, poll, endpoints)

@@ -331,7 +331,8 @@ class JobStore:
                     else job.outputs_json == orjson.dumps(report.outputs or {})
                 )
                 why = f"job already {job.status}" + (f": {job.error}" if job.error else "")
-                answers.append(ReportAnswer(job.id, ok=same, error=None if same else why))
+                answers.append(ReportAnswer(job.id, ok=same, error=None if same else why,
+                                            status=200 if same else 409))
             elif report.release:
                 if job.status is JobStatus.RUNNING:  # (a queued one is back already: its lease
                     reason = "handed back by its worker"  # expired and that attempt counted)
@@ -354,15 +355,17 @@ class JobStore:
         """The job a report is about, if the reporting worker still holds its lease."""
         job = self._jobs.get(report.job_id)
         if job is None:
-            return None, ReportAnswer(report.job_id, ok=False, error="unknown job")
+            return None, ReportAnswer(report.job_id, ok=False, error="unknown job", status=404)
         if job.lease_id != report.lease_id:
             return None, ReportAnswer(
-                job.id, ok=False, error="lease lost: the job was given to another worker"
+                job.id, ok=False, error="lease lost: the job was given to another worker",
+                status=409,
             )
         if job.status is JobStatus.CANCELED:
             return None, ReportAnswer(job.id, ok=False, canceled=True, error="canceled")
         if job.status.finished and not finished_ok:
-            return None, ReportAnswer(job.id, ok=False, error=f"job already {job.status}")
+            return None, ReportAnswer(job.id, ok=False, error=f"job already {job.status}",
+                                      status=409)
         return job, ReportAnswer(job.id, ok=True)
 
     # ----- housekeeping

@@ -24,12 +24,12 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Coroutine
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import aiohttp
+
+from jobhive.aio import run_loop
 
 REPO = Path(__file__).resolve().parents[1]
 WORKER_KEY = "echo-worker-key"
@@ -116,15 +116,6 @@ async def measure(base_url: str, clients: int, duration_s: float) -> list[float]
         stop_at = time.perf_counter() + duration_s
         await asyncio.gather(*(client(http, url, stop_at, latencies) for _ in range(clients)))
     return latencies
-
-
-def run_loop(main: Coroutine[Any, Any, list[float]]) -> list[float]:
-    """The clients run on uvloop where installed, like the server and workers."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(main)
-    return uvloop.run(main)
 
 
 def run(scenario: Scenario, duration_s: float, log_level: str) -> None:

@@ -7,6 +7,7 @@ then SIGKILL) when the test ends, whatever happened.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -132,6 +133,24 @@ def spawn_worker(
             process.stop()
             raise
     return process
+
+
+@contextlib.contextmanager
+def serving(
+    endpoints: Path, store: Path, *worker_args: str, kind: str, key: str,
+    env: dict[str, str] | None = None,
+) -> Iterator[tuple[Process, Process]]:
+    """A server and one worker for a module's tests to share (a model worker takes seconds to
+    start); both are stopped on exit. Yields (server, worker)."""
+    server = spawn_server(endpoints, store)
+    try:
+        worker = spawn_worker(server.url, *worker_args, kind=kind, key=key, env=env)
+        try:
+            yield server, worker
+        finally:
+            worker.stop()
+    finally:
+        server.stop()
 
 
 @pytest.fixture

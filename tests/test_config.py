@@ -75,7 +75,6 @@ def test_the_shipped_echo_endpoint_loads():
     assert echo.inputs["image"].auto_convert is True
     assert set(echo.outputs) == {"text", "delay_s", "steps", "image", "worker_id"}
     assert set(echo.progress_outputs) == {"step", "preview"}
-    assert echo.media_fields
     assert echo.folder == REPO / "endpoints" / "echo"
     result = validate_inputs(echo.inputs, {"text": "hi"})
     assert result.values == {"text": "hi", "delay_s": 0.0, "steps": 0, "fail": None, "image": None}
@@ -106,7 +105,6 @@ def test_a_minimal_endpoint_takes_its_names_from_the_folder(tmp_path):
     assert endpoint.job_type == "tiny"
     assert endpoint.inputs == {}
     assert endpoint.endpoint.max_body_bytes is None
-    assert not endpoint.media_fields
 
 
 def test_every_setting_is_read(tmp_path):

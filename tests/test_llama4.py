@@ -14,7 +14,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from conftest import REPO, spawn_server, spawn_worker, wait_until
+from conftest import REPO, serving, wait_until
 from e2e_http import explained, read_events
 
 from workers.base import Job
@@ -39,16 +39,9 @@ def chat_server(tmp_path_factory: pytest.TempPathFactory, tiny_dir: Path):
     seconds. Returns (server, worker)."""
     tmp = tmp_path_factory.mktemp("llama4-server")
     shutil.copytree(REPO / "endpoints" / "llama4_chat", tmp / "endpoints" / "llama4_chat")
-    server = spawn_server(tmp / "endpoints", tmp / "jobs.sqlite3")
-    try:
-        worker = spawn_worker(server.url, "--tiny", "--tiny-dir", str(tiny_dir), "--max-batch",
-                              "4", kind="llama4", key=KEY, env=WORKER_ENV)
-        try:
-            yield server, worker
-        finally:
-            worker.stop()
-    finally:
-        server.stop()
+    with serving(tmp / "endpoints", tmp / "jobs.sqlite3", "--tiny", "--tiny-dir", str(tiny_dir),
+                 "--max-batch", "4", kind="llama4", key=KEY, env=WORKER_ENV) as pair:
+        yield pair
 
 
 def submit(http, url, wait_s: float | None = 30, **inputs):

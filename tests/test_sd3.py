@@ -17,7 +17,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import REPO, Process, spawn_server, spawn_worker, wait_until
+from conftest import REPO, Process, serving, wait_until
 from PIL import Image
 
 from jobhive import Client
@@ -30,17 +30,10 @@ TINY = {"width": 64, "height": 64, "steps": 4, "cfg_scale": 5.0, "preview": "non
 def sd3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Process, Process]]:
     """(server, worker): one server on a free port and one tiny-model worker, max batch 4."""
     folder = tmp_path_factory.mktemp("sd3")
-    server = spawn_server(REPO / "endpoints", folder / "jobs.db")
-    try:
-        worker = spawn_worker(server.url, "--tiny", "--tiny-dir", str(folder / "tiny-sd3"),
-                              "--device", "cpu", "--max-batch", "4", "--poll-wait-s", "2",
-                              "--preview-size", "64", kind="sd3", key=SD3_KEY)
-        try:
-            yield server, worker
-        finally:
-            worker.stop()
-    finally:
-        server.stop()
+    with serving(REPO / "endpoints", folder / "jobs.db", "--tiny", "--tiny-dir",
+                 str(folder / "tiny-sd3"), "--device", "cpu", "--max-batch", "4",
+                 "--poll-wait-s", "2", "--preview-size", "64", kind="sd3", key=SD3_KEY) as pair:
+        yield pair
 
 
 def submit(http: httpx.Client, url: str, wait_s: float = 0, **inputs) -> dict:

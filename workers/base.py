@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 
@@ -39,7 +39,6 @@ class Job:
     attempt: int = 1
     canceled: bool = False
     lease_s: float = 60.0
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 # progress(job, percent, outputs): percent from 0 to 100; outputs become the job's progress

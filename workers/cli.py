@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import importlib
 import logging
 import os
 import socket
 import sys
-from collections.abc import Coroutine
-from typing import Any
 
+from jobhive.aio import run_loop
 from workers.base import ModelWorker
 from workers.runner import Runner, RunnerSettings, WorkerRefused
 
@@ -22,16 +20,6 @@ WORKER_TYPES = {
     "sd3": ("workers.sd3:SD3Worker", "Stable Diffusion 3 text-to-image and image-to-image"),
     "llama4": ("workers.llama4:Llama4Worker", "Llama 4 (or any chat model) with streamed tokens"),
 }
-
-
-def run_loop(main: Coroutine[Any, Any, None]) -> None:
-    """Runs on uvloop (a faster event loop) where it is installed, else on asyncio's own."""
-    try:
-        import uvloop
-    except ImportError:
-        asyncio.run(main)
-    else:
-        uvloop.run(main)
 
 
 def load_worker_class(name: str) -> type[ModelWorker]:
