@@ -11,7 +11,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from api_server import routes_clients, routes_jobs, routes_status, routes_workers
+from api_server import routes_clients, routes_jobs, routes_pages, routes_status, routes_workers
 from api_server.config import ConfigError, Endpoint, ServerConfig
 from api_server.httputil import ApiError, error_response
 from api_server.media_pool import MediaPool
@@ -80,6 +80,7 @@ def create_app(config: ServerConfig, endpoints: Mapping[str, Endpoint]) -> web.A
     app.on_shutdown.append(_stop_waiting)
     for module in (routes_clients, routes_jobs, routes_workers, routes_status):
         app.add_routes(module.routes)
+    app.add_routes(routes_pages.page_routes(app[ENDPOINTS]))
     return app
 
 

@@ -132,7 +132,8 @@ async def serve(
                 stack.callback(flusher.cancel)
             if demo:
                 served = await stack.enter_async_context(demo_workers(url, app[ENDPOINTS]))
-                print(f"jobhive-server: demo workers for {', '.join(served) or 'nothing'}; try\n"
+                print(f"jobhive-server: demo workers for {', '.join(served) or 'nothing'}; open "
+                      f"{url}/ in a browser, or try\n"
                       f"  curl -X POST '{url}/api/v1/endpoints/echo/jobs?wait=10' "
                       "-d '{\"inputs\": {\"text\": \"hello\"}}'", flush=True)
             await stop.wait()

@@ -20,6 +20,10 @@ from typing import Any
 from api_server.fields import FIELD_TYPES, FieldError, FieldSpec
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+# A demo page's route: one or more /segments, none empty or starting with a dot.
+ROUTE_PATTERN = re.compile(r"^(/[A-Za-z0-9_~-][A-Za-z0-9_.~-]*)+$")
+# First route segments the server uses itself (the API, static files, status, planned routes).
+RESERVED_ROUTES = ("api", "static", "v1", "health", "metrics", "favicon.ico")
 
 
 class ConfigError(Exception):
@@ -77,6 +81,8 @@ class EndpointSection:
         max_attempts (int): leases that may expire before the job fails.
         result_ttl_s (float): how long a finished job stays readable.
         max_body_bytes (int | None): the largest job submission; None takes the server's.
+        require_any (tuple[str, ...]): inputs of which a job must give at least one (a search
+            by text, by image or both, say); each must be optional with no default.
     """
 
     name: str = ""
@@ -90,6 +96,7 @@ class EndpointSection:
     max_attempts: int = 3
     result_ttl_s: float = 3600.0
     max_body_bytes: int | None = None
+    require_any: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -309,12 +316,20 @@ def load_endpoint(path: Path) -> Endpoint:
         name = endpoint.name or folder_name
         if not NAME_PATTERN.match(name):
             problems.append(f"{path}: ENDPOINT.name: {name!r} is not a valid endpoint name")
+        route_given = bool(endpoint.route)
         endpoint = dataclasses.replace(
             endpoint, name=name, title=endpoint.title or name, route=endpoint.route or f"/{name}"
         )
-        if not endpoint.route.startswith("/"):
-            problems.append(f"{path}: ENDPOINT.route: must start with '/' (got {endpoint.route!r})")
+        if route_given or NAME_PATTERN.match(name):  # a bad name needs no second line for /NAME
+            _check_route(endpoint.route, path, problems)
         _check_positive(endpoint, path, problems)
+        for input_name in endpoint.require_any:
+            spec = inputs.get(input_name)
+            if spec is None:
+                problems.append(f"{path}: ENDPOINT.require_any: {input_name!r} is not an input")
+            elif spec.is_required or spec.default is not None:
+                problems.append(f"{path}: ENDPOINT.require_any: input {input_name!r} must be "
+                                "optional with no default")
     if clients is not None:
         if clients.rate_limit_per_s < 0:
             problems.append(f"{path}: CLIENTS.rate_limit_per_s: must be 0 (no limit) or more")
@@ -331,8 +346,15 @@ def load_endpoint(path: Path) -> Endpoint:
             problems.append(f"{path}: WORKER.max_batch: must be at least 1")
         if endpoint is not None:
             worker = dataclasses.replace(worker, job_type=worker.job_type or endpoint.name)
-    if static is not None and static.page and not (path.parent / static.page).is_file():
-        problems.append(f"{path}: STATIC.page: no file {static.page!r} beside endpoint.toml")
+    if static is not None and static.page:
+        page = (path.parent / static.page).resolve()
+        if not page.is_relative_to(path.parent.resolve()) or page.suffix != ".html":
+            problems.append(
+                f"{path}: STATIC.page: must name an .html file in the endpoint's folder "
+                f"(got {static.page!r})"
+            )
+        elif not page.is_file():
+            problems.append(f"{path}: STATIC.page: no file {static.page!r} beside endpoint.toml")
     if problems:
         raise ConfigError(problems)
     return Endpoint(
@@ -345,6 +367,22 @@ def load_endpoint(path: Path) -> Endpoint:
         progress_outputs=progress_outputs,
         folder=path.parent,
     )
+
+
+def _check_route(route: str, path: Path, problems: list[str]) -> None:
+    if not route.startswith("/"):
+        problems.append(f"{path}: ENDPOINT.route: must start with '/' (got {route!r})")
+    elif not ROUTE_PATTERN.match(route):
+        problems.append(
+            f"{path}: ENDPOINT.route: must be a path like '/name' or '/demos/name': '/' and "
+            f"segments of letters, digits, '_', '-', '~', '.' (not first) (got {route!r})"
+        )
+    elif route.split("/")[1] in RESERVED_ROUTES:
+        reserved = ", ".join(f"/{r}" for r in RESERVED_ROUTES)
+        problems.append(
+            f"{path}: ENDPOINT.route: {route!r} collides with the server's own paths "
+            f"({reserved} and below)"
+        )
 
 
 def _check_positive(section: EndpointSection, path: Path, problems: list[str]) -> None:
@@ -373,6 +411,13 @@ def load_endpoints(folder: Path) -> dict[str, Endpoint]:
             continue
         if endpoint.name in endpoints:
             problems.append(f"{path}: ENDPOINT.name: {endpoint.name!r} is already used")
+        elif same_route := [
+            e.name for e in endpoints.values() if e.endpoint.route == endpoint.endpoint.route
+        ]:
+            problems.append(
+                f"{path}: ENDPOINT.route: {endpoint.endpoint.route!r} is already the page of "
+                f"endpoint {same_route[0]!r}"
+            )
         endpoints[endpoint.name] = endpoint
     if problems:
         raise ConfigError(problems)

@@ -11,7 +11,7 @@ runs `validate_inputs` in a thread whenever a payload carries such a value (see 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
@@ -537,12 +537,16 @@ def has_media(specs: Mapping[str, FieldSpec], payload: Mapping[str, Any]) -> boo
     return any(payload.get(name) is not None and spec.binary for name, spec in specs.items())
 
 
-def validate_inputs(specs: Mapping[str, FieldSpec], payload: Any) -> Validated:
+def validate_inputs(
+    specs: Mapping[str, FieldSpec], payload: Any, require_any: Sequence[str] = ()
+) -> Validated:
     """Checks a job's inputs against the endpoint's fields.
 
     Args:
         specs (Mapping[str, FieldSpec]): the endpoint's `[INPUTS]`, by name.
         payload (Any): the `inputs` object the client sent.
+        require_any (Sequence[str]): fields of which at least one must be given (not missing,
+            null or empty); when none is, each of them gets the error.
 
     Returns:
         Validated: every field's value (defaults filled in, auto_convert applied, optional
@@ -568,4 +572,8 @@ def validate_inputs(specs: Mapping[str, FieldSpec], payload: Any) -> Validated:
             values[name] = spec.check(value)
         except FieldError as e:
             errors[name] = str(e)
+    given = [n for n in require_any if n in errors or values.get(n) not in (None, "", [])]
+    if require_any and not given:
+        for name in require_any:
+            errors.setdefault(name, f"give at least one of: {', '.join(require_any)}")
     return Validated(values=values, errors=errors) if not errors else Validated(errors=errors)

@@ -72,6 +72,7 @@ async def list_endpoints(request: web.Request) -> web.Response:
                     "title": e.endpoint.title,
                     "description": e.endpoint.description,
                     "version": e.endpoint.version,
+                    "route": e.endpoint.route,
                     "client_auth": bool(e.clients.auth_keys),
                     **stats[e.name],
                 }
@@ -118,15 +119,18 @@ async def submit_job(request: web.Request) -> web.Response:
             },
         )
     inputs = body.get("inputs", {})
+    require_any = endpoint.endpoint.require_any
     if isinstance(inputs, dict) and has_media(endpoint.inputs, inputs):
         try:
-            checked = await app[MEDIA_POOL].run(validate_inputs, endpoint.inputs, inputs)
+            checked = await app[MEDIA_POOL].run(
+                validate_inputs, endpoint.inputs, inputs, require_any
+            )
         except MediaCrash as e:
             media = [n for n, spec in endpoint.inputs.items() if spec.binary and inputs.get(n)]
             raise ApiError(400, f"invalid inputs for endpoint {endpoint.name!r}",
                            dict.fromkeys(media, "crashed the decoder: not a usable file")) from e
     else:
-        checked = validate_inputs(endpoint.inputs, inputs)
+        checked = validate_inputs(endpoint.inputs, inputs, require_any)
     if checked.errors:
         raise ApiError(400, f"invalid inputs for endpoint {endpoint.name!r}", checked.errors)
     store = app[STORE]

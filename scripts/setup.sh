@@ -4,9 +4,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# 1. Debian packages: ffmpeg (audio and odd image formats).
+# 1. Debian packages: ffmpeg (audio and odd image formats), chromium (the browser tests drive
+#    it with Playwright; no browser is ever downloaded).
 packages=()
 command -v ffmpeg >/dev/null 2>&1 || packages+=(ffmpeg)
+[ -x /usr/bin/chromium ] || packages+=(chromium)
 if [ ${#packages[@]} -gt 0 ]; then
   sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
   $sudo apt-get update -qq

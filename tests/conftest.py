@@ -16,12 +16,16 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 import pytest
+
+if TYPE_CHECKING:
+    from browser import Pages
 
 REPO = Path(__file__).resolve().parents[1]
 ECHO_WORKER_KEY = "echo-worker-key"
@@ -153,6 +157,12 @@ def serving(
         server.stop()
 
 
+@pytest.fixture(scope="session")
+def tiny_llama4_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One build of the tiny Llama 4 for the whole session (the first worker builds it)."""
+    return tmp_path_factory.mktemp("tiny-llama4")
+
+
 @pytest.fixture
 def endpoints_dir(tmp_path: Path) -> Path:
     """A copy of the repository's endpoints/ that a test may change."""
@@ -220,6 +230,17 @@ def start_worker() -> Iterator[Callable[..., Process]]:
 def http() -> Iterator[httpx.Client]:
     with httpx.Client(timeout=30) as client:
         yield client
+
+
+@pytest.fixture
+async def browser(request: pytest.FixtureRequest) -> AsyncIterator[Pages]:
+    """Headless Chromium (tests/browser.py): `await browser.open(url)` gives a page; a console
+    error or uncaught exception on any page fails the test unless `browser.allow(regex)` let it
+    pass; every page is screenshot into artifacts/screenshots/."""
+    from browser import chromium_pages  # only the browser tests need Playwright
+
+    async with chromium_pages(request.node.name) as pages:
+        yield pages
 
 
 def wait_until(condition: Callable[[], object], timeout_s: float = 10.0, every_s: float = 0.05):

@@ -117,7 +117,9 @@ def test_endpoint_list_and_schema(start_server, http, endpoints_dir):
     assert {"echo", "private"} <= set(by_name)  # and the repository's other endpoints
     assert by_name["echo"]["title"] == "Echo"
     assert by_name["echo"]["client_auth"] is False
-    assert by_name["echo"]["queued"] == 1
+    assert by_name["echo"]["route"] == "/echo"  # its demo page
+    assert (by_name["echo"]["queued"], by_name["echo"]["running"]) == (1, 0)
+    assert by_name["echo"]["workers"] == 0
     assert by_name["private"]["title"] == "Private echo"
     assert by_name["private"]["client_auth"] is True
 

@@ -430,11 +430,68 @@ def test_a_folder_name_that_is_not_an_endpoint_name(tmp_path):
     assert one_problem(path) == f"{path}: ENDPOINT.name: 'bad name' is not a valid endpoint name"
 
 
+def test_require_any_names_optional_inputs_without_defaults(tmp_path):
+    inputs = ("[INPUTS.text]\ntype = 'string'\nrequired = false\n"
+              "[INPUTS.k]\ntype = 'integer'\ndefault = 3\n")
+    path = write(tmp_path, "e", "[ENDPOINT]\nrequire_any = ['text', 'k', 'nope']\n" + MINIMAL
+                 + inputs)
+    assert problems_of(path) == [
+        f"{path}: ENDPOINT.require_any: input 'k' must be optional with no default",
+        f"{path}: ENDPOINT.require_any: 'nope' is not an input",
+    ]
+    path.write_text("[ENDPOINT]\nrequire_any = ['text']\n" + MINIMAL + inputs)
+    assert load_endpoint(path).endpoint.require_any == ("text",)
+
+
 def test_static_page_must_exist_beside_the_toml(tmp_path):
     path = write(tmp_path, "e", MINIMAL + "[STATIC]\npage = 'demo.html'\n")
     assert one_problem(path) == f"{path}: STATIC.page: no file 'demo.html' beside endpoint.toml"
     (path.parent / "demo.html").write_text("<p>hi</p>")
     assert load_endpoint(path).static.page == "demo.html"
+
+
+@pytest.mark.parametrize("page", ["../outside.html", "/etc/hostname", "notes.txt", "sub/../.."])
+def test_static_page_must_be_an_html_file_in_the_endpoints_folder(tmp_path, page):
+    path = write(tmp_path, "e", MINIMAL + f"[STATIC]\npage = '{page}'\n")
+    (tmp_path / "outside.html").write_text("<p>not yours</p>")
+    (path.parent / "notes.txt").write_text("hi")
+    assert one_problem(path) == (
+        f"{path}: STATIC.page: must name an .html file in the endpoint's folder (got {page!r})"
+    )
+
+
+@pytest.mark.parametrize(
+    "route", ["/api", "/api/v1/echo", "/static/echo", "/health", "/v1/chat", "/metrics"]
+)
+def test_a_route_of_the_servers_own_is_refused(tmp_path, route):
+    path = write(tmp_path, "e", MINIMAL + f"[ENDPOINT]\nroute = '{route}'\n")
+    assert one_problem(path) == (
+        f"{path}: ENDPOINT.route: {route!r} collides with the server's own paths (/api, /static, "
+        "/v1, /health, /metrics, /favicon.ico and below)"
+    )
+
+
+def test_an_endpoint_named_like_a_server_path_needs_a_route_of_its_own(tmp_path):
+    path = write(tmp_path, "static", MINIMAL)
+    assert "ENDPOINT.route: '/static' collides with the server's own paths" in one_problem(path)
+    path.write_text(MINIMAL + "[ENDPOINT]\nroute = '/demos/static'\n")
+    assert load_endpoint(path).endpoint.route == "/demos/static"
+
+
+@pytest.mark.parametrize("route", ["/", "/a/", "/a//b", "/.hidden", "/a/../b", "/a b", "/{name}"])
+def test_a_route_that_is_not_a_plain_path_is_refused(tmp_path, route):
+    path = write(tmp_path, "e", MINIMAL + f"[ENDPOINT]\nroute = '{route}'\n")
+    assert one_problem(path).startswith(f"{path}: ENDPOINT.route: must be a path like '/name'")
+
+
+def test_two_endpoints_with_one_route_are_refused(tmp_path):
+    write(tmp_path, "a", MINIMAL + "[ENDPOINT]\nroute = '/demo'\n")
+    second = write(tmp_path, "b", MINIMAL + "[ENDPOINT]\nroute = '/demo'\n")
+    with pytest.raises(ConfigError) as caught:
+        load_endpoints(tmp_path)
+    assert caught.value.problems == [
+        f"{second}: ENDPOINT.route: '/demo' is already the page of endpoint 'a'"
+    ]
 
 
 @pytest.mark.parametrize(

@@ -568,6 +568,17 @@ def test_unknown_fields_are_refused_naming_what_is_accepted():
     }
 
 
+def test_require_any_wants_one_of_its_fields_given():
+    specs = {"text": StringField(name="text", required=False),
+             "image": ImageField(name="image", required=False, max_width=64, max_height=64)}
+    wanted = "give at least one of: text, image"
+    for payload in ({}, {"text": ""}, {"text": None, "image": None}):
+        assert validate_inputs(specs, payload, ("text", "image")).errors == {
+            "text": wanted, "image": wanted}
+    assert validate_inputs(specs, {"text": "shoes"}, ("text", "image")).values["text"] == "shoes"
+    assert validate_inputs(specs, {}).errors == {}  # no rule, no error
+
+
 @pytest.mark.parametrize("payload", [None, [], "text", 3, [{"prompt": "x"}]])
 def test_inputs_that_are_not_an_object_are_one_error(payload):
     assert validate_inputs(SPECS, payload).errors == {

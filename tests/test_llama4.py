@@ -26,20 +26,15 @@ WORKER_ENV = {"OMP_NUM_THREADS": "1"}
 CHAT = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Hello!"}]
 
 
-@pytest.fixture(scope="session")
-def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One build of the tiny model for the whole session (the first worker builds it)."""
-    return tmp_path_factory.mktemp("tiny-llama4")
-
-
 @pytest.fixture(scope="module")
-def chat_server(tmp_path_factory: pytest.TempPathFactory, tiny_dir: Path):
+def chat_server(tmp_path_factory: pytest.TempPathFactory, tiny_llama4_dir: Path):
     """One server (with only the llama4_chat endpoint) and one tiny llama4 worker (batches of up
     to 4), shared by the tests of this module that need nothing else: a worker start costs
     seconds. Returns (server, worker)."""
     tmp = tmp_path_factory.mktemp("llama4-server")
     shutil.copytree(REPO / "endpoints" / "llama4_chat", tmp / "endpoints" / "llama4_chat")
-    with serving(tmp / "endpoints", tmp / "jobs.sqlite3", "--tiny", "--tiny-dir", str(tiny_dir),
+    with serving(tmp / "endpoints", tmp / "jobs.sqlite3", "--tiny",
+                 "--tiny-dir", str(tiny_llama4_dir),
                  "--max-batch", "4", kind="llama4", key=KEY, env=WORKER_ENV) as pair:
         yield pair
 
@@ -155,7 +150,8 @@ def test_over_long_context_is_refused_or_trimmed(chat_server, http):
         assert submit(http, server.url, max_new_tokens=3)["status"] == "done"
 
 
-def test_a_batch_of_chats_runs_together(start_server, start_worker, tiny_dir, http, monkeypatch):
+def test_a_batch_of_chats_runs_together(start_server, start_worker, tiny_llama4_dir, http,
+                                        monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     server = start_server()
     seeds = [1, 2, 3, 4]
@@ -163,7 +159,8 @@ def test_a_batch_of_chats_runs_together(start_server, start_worker, tiny_dir, ht
                    seed=seed, ignore_eos=True,
                    chat_context=[{"role": "user", "content": "hi " * (1 + 5 * i)}])
             for i, seed in enumerate(seeds)]
-    worker = start_worker(server.url, "--tiny", "--tiny-dir", str(tiny_dir), "--max-batch", "4",
+    worker = start_worker(server.url, "--tiny", "--tiny-dir", str(tiny_llama4_dir),
+                          "--max-batch", "4",
                           kind="llama4", key=KEY)
     with explained(server, worker):
         done = [wait_until(lambda j=j: _finished(http, server.url, j), 30) for j in jobs]
@@ -181,11 +178,12 @@ def _finished(http, url, job):
     return data if data["status"] in ("done", "failed", "canceled") else None
 
 
-def test_4bit_loads_and_serves_the_tiny_model(start_server, start_worker, tiny_dir, http,
+def test_4bit_loads_and_serves_the_tiny_model(start_server, start_worker, tiny_llama4_dir, http,
                                               monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     server = start_server()
-    worker = start_worker(server.url, "--tiny", "--tiny-dir", str(tiny_dir), "--quantize", "4bit",
+    worker = start_worker(server.url, "--tiny", "--tiny-dir", str(tiny_llama4_dir),
+                          "--quantize", "4bit",
                           kind="llama4", key=KEY)
     with explained(server, worker):
         worker.wait_for_output(r"4-bit NF4 in [1-9]\d* layers")
@@ -220,14 +218,14 @@ def test_concurrent_streams_each_get_their_own_text(chat_server, http):
 
 
 @pytest.fixture
-def local_worker(tiny_dir):
+def local_worker(tiny_llama4_dir):
     """The worker class in this process (float32 on CPU), for what HTTP cannot reach."""
     from workers.llama4 import Llama4Worker
     from workers.tiny_llama4 import build_tiny_llama4
 
-    build_tiny_llama4(tiny_dir)
-    args = argparse.Namespace(model=None, tiny=True, tiny_dir=tiny_dir, quantize="none",
-                              device="cpu", dtype="float32", max_context=None)
+    build_tiny_llama4(tiny_llama4_dir)
+    args = argparse.Namespace(model=None, tiny=True, tiny_dir=tiny_llama4_dir, quantize="none",
+                              device="cpu", dtype="float32", max_context=None, index=None)
     worker = Llama4Worker(args)
     worker.load()
     return worker

@@ -18,7 +18,11 @@ from workers.runner import Runner, RunnerSettings, WorkerRefused
 WORKER_TYPES = {
     "noop": ("workers.noop:NoopWorker", "echoes its inputs (no model; tests, demo, benchmarks)"),
     "sd3": ("workers.sd3:SD3Worker", "Stable Diffusion 3 text-to-image and image-to-image"),
-    "llama4": ("workers.llama4:Llama4Worker", "Llama 4 (or any chat model) with streamed tokens"),
+    "llama4": (
+        "workers.llama4:Llama4Worker",
+        "Llama 4 (or any chat model) with streamed tokens; with --index it serves rag_chat",
+    ),
+    "rag": ("workers.rag:RagWorker", "search an index of documents and images (rag_search)"),
 }
 
 

@@ -4,6 +4,9 @@ Serves the `llama4_chat` endpoint with a Hugging Face checkpoint from a local fo
 (Llama4ForConditionalGeneration, or Llama4ForCausalLM for a text-only checkpoint) or any other
 causal LM with a chat template (Llama 3.x...), in bf16 or 4-bit NF4 (bitsandbytes), spread over
 the host's GPUs with device_map. `--tiny` builds and serves a tiny random-weight Llama 4 offline.
+With `--index INDEX_DIR` the worker serves `rag_chat` instead: it retrieves sources for each
+chat's last user message from the index, puts them numbered in the system prompt and returns
+them with the answer (workers/rag.py).
 
 The jobs of a batch generate together in one loop of our own (left padding, one KV cache): each
 row samples with its own seed, temperature, top-k and top-p, stops on its own (end of turn, stop
@@ -23,6 +26,7 @@ from typing import Any
 
 import torch
 
+from workers import rag
 from workers.base import Job, ModelWorker, Progress
 from workers.tiny_llama4 import DEFAULT_DIR, build_tiny_llama4
 
@@ -48,6 +52,7 @@ class Chat:
     seed: int
     stop: list[str]
     ignore_eos: bool = False
+    sources: list[dict[str, Any]] | None = None  # rag_chat: the numbered sources in the prompt
     generator: torch.Generator | None = None
     generated: list[int] = field(default_factory=list)
     text: str = ""
@@ -82,6 +87,7 @@ class Llama4Worker(ModelWorker):
         parser.add_argument("--max-context", type=int, default=None,
                             help="the most tokens of prompt plus reply (default: the model's "
                             "max_position_embeddings)")
+        rag.add_index_arguments(parser, required=False)
 
     def __init__(self, args: argparse.Namespace) -> None:
         super().__init__(args)
@@ -92,6 +98,9 @@ class Llama4Worker(ModelWorker):
         self.folder = args.tiny_dir if args.tiny else Path(args.model)
         self.max_context = 0
         self.eos_ids: set[int] = set()
+        self.index: Any = None
+        if args.index:
+            self.job_type = "rag_chat"
 
     def info(self) -> dict[str, Any]:
         return {
@@ -100,6 +109,7 @@ class Llama4Worker(ModelWorker):
             "dtype": self.args.dtype,
             "device": str(getattr(self.model, "device", self.args.device)),
             "max_context": self.max_context,
+            **({"index": str(self.args.index)} if self.args.index else {}),
         }
 
     # ----- loading
@@ -141,6 +151,10 @@ class Llama4Worker(ModelWorker):
             self.max_context, "; tiny random weights: its text is gibberish" if self.args.tiny
             else "",
         )
+        # 5. For rag_chat, the index its sources come from.
+        if self.args.index:
+            self.index = rag.open_index(self.args)
+            log.info("llama4: rag_chat from index %s: %s", self.args.index, self.index.stats())
 
     def _load_options(self) -> dict[str, Any]:
         """from_pretrained's keyword arguments for --dtype, --quantize and --device."""
@@ -201,20 +215,32 @@ class Llama4Worker(ModelWorker):
         if len(stop) > MAX_STOP_STRINGS:
             raise InputError(f"`stop` holds at most {MAX_STOP_STRINGS} strings (got {len(stop)})")
         max_new_tokens = int(inputs["max_new_tokens"])
-        prompt_ids = self.fit_context(
-            list(inputs["chat_context"]), max_new_tokens, bool(inputs.get("trim_context"))
-        )
+        messages = list(inputs["chat_context"])
+        sources = None
+        if self.index is not None:
+            question = rag.question_of(messages)
+            if not question.strip():
+                raise InputError("`chat_context` needs a user message to find sources for")
+            # Text passages only: the model reads text, so an image could be named, not seen.
+            hits = self.index.search(text=question, top_k=int(inputs["num_sources"]),
+                                     kinds=("text",))
+            sources = rag.sources_from(hits)
+            messages = rag.grounded_messages(messages, sources)
+        # rag_chat trims by default: its sources may fill the window of a small model.
+        trim = bool(inputs.get("trim_context", sources is not None))
+        prompt_ids = self.fit_context(messages, max_new_tokens, trim)
         seed = int(inputs["seed"])
         return Chat(
             job=job,
             prompt_ids=prompt_ids,
             max_new_tokens=min(max_new_tokens, self.max_context - len(prompt_ids)),
             temperature=float(inputs["temperature"]),
-            top_p=float(inputs["top_p"]),
-            top_k=int(inputs["top_k"]),
+            top_p=float(inputs.get("top_p", 1.0)),
+            top_k=int(inputs.get("top_k", 0)),
             seed=seed if seed >= 0 else random.randrange(2**32),
             stop=stop,
             ignore_eos=bool(inputs.get("ignore_eos")),
+            sources=sources,
         )
 
     def fit_context(self, messages: list[dict[str, str]], max_new_tokens: int,
@@ -299,8 +325,10 @@ class Llama4Worker(ModelWorker):
         visible = text[: len(text) - _held_back(text, chat.stop)]
         if visible != chat.streamed:
             chat.streamed = visible
-            progress(chat.job, 100 * len(chat.generated) / chat.max_new_tokens,
-                     {"text": visible, "tokens": len(chat.generated)})
+            outputs: dict[str, Any] = {"text": visible, "tokens": len(chat.generated)}
+            if chat.sources is not None:  # progress outputs replace the last ones: resend
+                outputs["sources"] = chat.sources
+            progress(chat.job, 100 * len(chat.generated) / chat.max_new_tokens, outputs)
         return token
 
     def _finish(self, chat: Chat, reason: str) -> int:
@@ -311,7 +339,13 @@ class Llama4Worker(ModelWorker):
     def outputs(self, chat: Chat, started: float) -> dict[str, Any]:
         """A finished chat's outputs."""
         elapsed_s = (chat.finished_at or time.monotonic()) - started
+        grounding = (
+            {}
+            if chat.sources is None
+            else {"sources": chat.sources, "cited": rag.cited(chat.text, chat.sources)}
+        )
         return {
+            **grounding,
             "text": chat.text,
             "prompt_tokens": len(chat.prompt_ids),
             "generated_tokens": len(chat.generated),

@@ -15,7 +15,6 @@ two and retried; a single job that still does not fit fails with a message sayin
 from __future__ import annotations
 
 import argparse
-import base64
 import io
 import json
 import logging
@@ -30,6 +29,7 @@ import torch
 from PIL import Image, PngImagePlugin
 
 from workers.base import Job, ModelWorker, Progress
+from workers.images import data_url, decode_image
 
 log = logging.getLogger("jobhive.worker.sd3")
 
@@ -82,13 +82,6 @@ class Request:
             "strength": self.strength if self.image is not None else None,
             "mode": self.group_key[0],
         }
-
-
-def decode_image(value: str) -> Image.Image:
-    """An RGB PIL image from a base64 data URL (the server has checked it already)."""
-    data = base64.b64decode(value.partition(",")[2] if value.startswith("data:") else value)
-    with Image.open(io.BytesIO(data)) as image:
-        return image.convert("RGB")
 
 
 def check_request(job: Job, align: int) -> Request:
@@ -163,10 +156,6 @@ def encode_image(image: Image.Image, fmt: str, metadata: dict[str, Any]) -> byte
         exif[0x0131] = "jobhive sd3"  # Software
         image.save(buffer, format="JPEG", quality=92, exif=exif.tobytes())
     return buffer.getvalue()
-
-
-def data_url(data: bytes, fmt: str) -> str:
-    return f"data:image/{fmt};base64," + base64.b64encode(data).decode("ascii")
 
 
 def is_out_of_memory(error: BaseException) -> bool:

@@ -1,0 +1,303 @@
+/**
+ * ui.js: DOM helpers shared by the demo pages (plain ES module, no build step).
+ *
+ *   el(tag, attrs, ...children)            an element; attrs set properties (className, href,
+ *                                          hidden...), `data-*`/`aria-*` keys set attributes,
+ *                                          `on*` functions become listeners
+ *   errorBanner()                          {element, show(message), clear()}: one error line
+ *   statusText(job)                        "Queued: 2 jobs ahead", "Running: 40%", "Done in 1.2 s"
+ *   jobStatus()                            {element, update(job), reset()}: progress bar with
+ *                                          the queue position while queued and the percent
+ *                                          while running; element's data-status and data-job-id
+ *                                          attributes say which job and its status
+ *   renderOutputs(container, specs, values, {downloads, prefix})
+ *                                          draws a job's outputs (or progress outputs) by their
+ *                                          field type: image and image_list as a gallery with
+ *                                          download links, audio as a player, string as text,
+ *                                          numbers and booleans as values, the rest as JSON
+ *   showFieldErrors(root, fields)          puts each server message next to the field whose
+ *                                          element has data-field="NAME" (aria-invalid on its
+ *                                          control); returns the messages it found no field for
+ *   clearFieldErrors(root)
+ *   siteHeader(), siteFooter()             the header and footer every page shows
+ */
+
+export function el(tag, attrs = {}, ...children) {
+  const element = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs || {})) {
+    if (value === undefined || value === null || value === false) continue;
+    if (key.startsWith("on") && typeof value === "function") {
+      element.addEventListener(key.slice(2).toLowerCase(), value);
+    } else if (key.startsWith("data-") || key.startsWith("aria-") || key === "role" || key === "for") {
+      element.setAttribute(key, value === true ? "" : String(value));
+    } else {
+      element[key] = value;
+    }
+  }
+  for (const child of children.flat()) {
+    if (child === undefined || child === null || child === false) continue;
+    element.append(child instanceof Node ? child : String(child));
+  }
+  return element;
+}
+
+export function siteHeader() {
+  return el(
+    "header",
+    {className: "site"},
+    el("a", {className: "brand", href: "/"}, "jobhive"),
+    el("a", {href: "/"}, "All endpoints"),
+  );
+}
+
+export function siteFooter() {
+  return el(
+    "footer",
+    {className: "site"},
+    el("p", {}, "Served by jobhive. The API: ", el("a", {href: "/api/v1/endpoints"}, "/api/v1/endpoints")),
+  );
+}
+
+export function errorBanner() {
+  const element = el("p", {className: "error-banner", role: "alert", hidden: true});
+  return {
+    element,
+    show(message) {
+      element.textContent = message;
+      element.hidden = false;
+    },
+    clear() {
+      element.textContent = "";
+      element.hidden = true;
+    },
+  };
+}
+
+function seconds(ms) {
+  return ms < 10000 ? `${(ms / 1000).toFixed(1)} s` : `${Math.round(ms / 1000)} s`;
+}
+
+/** The text a job's state is shown with. */
+export function statusText(job) {
+  switch (job.status) {
+    case "queued": {
+      const ahead = job.queue_position;
+      if (ahead === null || ahead === undefined) return "Queued";
+      if (ahead === 0) return "Queued: next in line, waiting for a worker";
+      return `Queued: ${ahead} job${ahead === 1 ? "" : "s"} ahead`;
+    }
+    case "running":
+      return job.progress > 0 ? `Running: ${Math.round(job.progress)}%` : "Running";
+    case "done":
+      return job.finished_at_ms
+        ? `Done in ${seconds(job.finished_at_ms - job.created_at_ms)}`
+        : "Done";
+    case "failed":
+      return `Failed: ${job.error || "no reason given"}`;
+    case "canceled":
+      return "Canceled";
+    default:
+      return job.status;
+  }
+}
+
+export function jobStatus() {
+  const fill = el("div");
+  const bar = el("div", {
+    className: "progress",
+    role: "progressbar",
+    "aria-valuemin": 0,
+    "aria-valuemax": 100,
+    "aria-label": "Job progress",
+  }, fill);
+  const text = el("p", {className: "status-text", "aria-live": "polite"});
+  const element = el("div", {className: "job-status", hidden: true}, bar, text);
+  return {
+    element,
+    update(job) {
+      element.hidden = false;
+      element.dataset.status = job.status;
+      element.dataset.jobId = job.job_id;
+      text.textContent = statusText(job);
+      const running = job.status === "running" && job.progress > 0;
+      const finished = ["done", "failed", "canceled"].includes(job.status);
+      bar.className = "progress";
+      if (!running && !finished) bar.classList.add("indeterminate");
+      if (job.status === "done") bar.classList.add("done");
+      if (job.status === "failed" || job.status === "canceled") bar.classList.add("failed");
+      const percent = job.status === "done" ? 100 : running ? job.progress : finished ? 100 : 0;
+      fill.style.width = `${percent}%`;
+      if (running || finished) bar.setAttribute("aria-valuenow", String(Math.round(percent)));
+      else bar.removeAttribute("aria-valuenow");
+    },
+    reset() {
+      element.hidden = true;
+      delete element.dataset.status;
+      delete element.dataset.jobId;
+      text.textContent = "";
+      fill.style.width = "0";
+    },
+  };
+}
+
+// ----- outputs
+
+const EXTENSIONS = {
+  "image/jpeg": "jpg",
+  "image/png": "png",
+  "image/webp": "webp",
+  "image/gif": "gif",
+  "audio/wav": "wav",
+  "audio/x-wav": "wav",
+  "audio/mpeg": "mp3",
+  "audio/ogg": "ogg",
+  "audio/flac": "flac",
+};
+
+function mimeOf(dataUrl) {
+  const match = /^data:([^;,]+)/.exec(dataUrl);
+  return match ? match[1] : "application/octet-stream";
+}
+
+/** An object URL for a data URL (downloads of big data URLs work better as blobs). */
+function blobUrl(dataUrl, urls) {
+  const comma = dataUrl.indexOf(",");
+  const bytes = atob(dataUrl.slice(comma + 1));
+  const array = new Uint8Array(bytes.length);
+  for (let i = 0; i < bytes.length; i++) array[i] = bytes.charCodeAt(i);
+  const url = URL.createObjectURL(new Blob([array], {type: mimeOf(dataUrl)}));
+  urls.push(url);
+  return url;
+}
+
+function guessType(value) {
+  if (typeof value === "string") {
+    if (value.startsWith("data:image/")) return "image";
+    if (value.startsWith("data:audio/")) return "audio";
+    return "string";
+  }
+  if (typeof value === "number") return Number.isInteger(value) ? "integer" : "float";
+  if (typeof value === "boolean") return "boolean";
+  if (Array.isArray(value) && value.length && value.every((v) => guessType(v) === "image")) {
+    return "image_list";
+  }
+  return "json";
+}
+
+function isDataUrl(value) {
+  return typeof value === "string" && value.startsWith("data:");
+}
+
+function imageFigure(src, {download, filename, urls, alt}) {
+  const figure = el("figure", {}, el("img", {src, alt, loading: "lazy"}));
+  if (download) {
+    figure.append(
+      el("figcaption", {}, el("a", {href: blobUrl(src, urls), download: filename}, "Download")),
+    );
+  }
+  return figure;
+}
+
+function renderValue(name, type, value, options) {
+  const {downloads, prefix, urls} = options;
+  const filename = (i, src) => `${prefix}${name}${i === null ? "" : `-${i + 1}`}.${EXTENSIONS[mimeOf(src)] || "bin"}`;
+  if (value === null || value === undefined) return el("span", {className: "muted"}, "none");
+  if (type === "image" && isDataUrl(value)) {
+    if (!downloads) return el("img", {className: "preview", src: value, alt: name});
+    return el("div", {className: "gallery"},
+      imageFigure(value, {download: true, filename: filename(null, value), urls, alt: name}));
+  }
+  if (type === "image_list" && Array.isArray(value) && value.every(isDataUrl)) {
+    return el(
+      "div",
+      {className: "gallery"},
+      value.map((src, i) =>
+        imageFigure(src, {download: downloads, filename: filename(i, src), urls, alt: `${name} ${i + 1}`}),
+      ),
+    );
+  }
+  if (type === "audio" && isDataUrl(value)) {
+    return el(
+      "div",
+      {},
+      el("audio", {controls: true, src: value}),
+      downloads ? el("a", {href: blobUrl(value, urls), download: filename(null, value)}, "Download") : null,
+    );
+  }
+  if (type === "string" && typeof value === "string") return el("p", {className: "text"}, value);
+  if (["integer", "float", "boolean"].includes(type) && typeof value !== "object") {
+    return el("span", {className: "value"}, String(value));
+  }
+  return el("pre", {className: "json"}, JSON.stringify(value, null, 2));
+}
+
+/** Draws outputs by field type into container (replacing what was there). */
+export function renderOutputs(container, specs, values, {downloads = true, prefix = ""} = {}) {
+  for (const url of container._objectUrls || []) URL.revokeObjectURL(url);
+  const urls = [];
+  container._objectUrls = urls;
+  container.replaceChildren();
+  if (!values) return;
+  specs = specs || {};
+  const names = [
+    ...Object.keys(specs).filter((n) => n in values),
+    ...Object.keys(values).filter((n) => !(n in specs)),
+  ].filter((n) => values[n] !== null && values[n] !== undefined); // an output not given
+  for (const name of names) {
+    const spec = specs[name] || {};
+    const type = spec.type || guessType(values[name]);
+    container.append(
+      el(
+        "div",
+        {className: "output", "data-output": name, "data-type": type},
+        el("div", {className: "name", title: spec.description || ""}, spec.label || name),
+        renderValue(name, type, values[name], {downloads, prefix, urls}),
+      ),
+    );
+  }
+}
+
+// ----- field errors
+
+function fieldElement(root, name) {
+  for (const element of root.querySelectorAll("[data-field]")) {
+    if (element.dataset.field === name) return element;
+  }
+  return null;
+}
+
+export function clearFieldErrors(root) {
+  for (const message of root.querySelectorAll(".field-error")) message.remove();
+  for (const control of root.querySelectorAll('[aria-invalid="true"]')) {
+    control.removeAttribute("aria-invalid");
+    const described = (control.getAttribute("aria-describedby") || "")
+      .split(" ")
+      .filter((id) => id && !id.startsWith("error-"));
+    if (described.length) control.setAttribute("aria-describedby", described.join(" "));
+    else control.removeAttribute("aria-describedby");
+  }
+}
+
+export function showFieldErrors(root, fields) {
+  const unmatched = {};
+  let first = null;
+  for (const [name, reason] of Object.entries(fields || {})) {
+    const field = fieldElement(root, name);
+    if (!field) {
+      unmatched[name] = reason;
+      continue;
+    }
+    const id = `error-${name}`;
+    const message = el("p", {className: "field-error", id}, reason);
+    const controls = field.querySelectorAll("input, select, textarea");
+    for (const control of controls) {
+      control.setAttribute("aria-invalid", "true");
+      const described = control.getAttribute("aria-describedby");
+      control.setAttribute("aria-describedby", described ? `${described} ${id}` : id);
+    }
+    field.append(message);
+    first = first || controls[0];
+  }
+  first?.focus();
+  return unmatched;
+}

@@ -1,0 +1,191 @@
+"""The llama4_chat page (endpoints/llama4_chat/page.html, frontend/pages/chat.js) in real headless
+Chromium, against the real server and a real `jobhive-worker llama4 --tiny` on the CPU.
+
+The tiny model's text is gibberish, but it streams like a real one: with ignore_eos and a large
+max_new_tokens a reply lasts long enough to watch it grow and to stop it. The Markdown renderer
+(frontend/markdown.js) is checked in the same browser on fixed strings.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import httpx
+import pytest
+from conftest import REPO, serving
+from playwright.async_api import Page, expect
+
+KEY = "llama4-worker-key"
+WORKER_ENV = {"OMP_NUM_THREADS": "1"}
+TIMEOUT_MS = 20_000
+
+# Records every distinct text the reply being written shows, as the page draws it.
+WATCH_REPLY = """() => {
+  window.replyTexts = [];
+  new MutationObserver(() => {
+    const body = document.querySelector('.turn.assistant:last-of-type .body');
+    const text = body ? body.textContent : '';
+    const texts = window.replyTexts;
+    if (text && texts[texts.length - 1] !== text) texts.push(text);
+  }).observe(document.getElementById('conversation'),
+             {childList: true, subtree: true, characterData: true});
+}"""
+
+
+@pytest.fixture(scope="module")
+def chat_server(tmp_path_factory: pytest.TempPathFactory, tiny_llama4_dir: Path):
+    """A server with the llama4_chat endpoint (and its page) and one tiny llama4 worker."""
+    tmp = tmp_path_factory.mktemp("chat-page")
+    shutil.copytree(REPO / "endpoints" / "llama4_chat", tmp / "endpoints" / "llama4_chat")
+    with serving(tmp / "endpoints", tmp / "jobs.sqlite3", "--tiny",
+                 "--tiny-dir", str(tiny_llama4_dir), "--device", "cpu",
+                 kind="llama4", key=KEY, env=WORKER_ENV) as pair:
+        yield pair
+
+
+async def set_setting(page: Page, name: str, value: str | bool) -> None:
+    control = page.locator(f"#input-{name}")
+    if isinstance(value, bool):
+        await control.set_checked(value)
+    else:
+        await control.fill(value)
+    await control.dispatch_event("change")
+
+
+async def kept_chat(page: Page) -> dict:
+    return json.loads(await page.evaluate("localStorage.getItem('jobhive.chat.llama4_chat')"))
+
+
+async def test_a_reply_streams_stops_and_the_chat_survives_a_reload(chat_server, browser):
+    server, _ = chat_server
+    page = await browser.open(f"{server.url}/llama4_chat")
+    await expect(page.locator("h1")).to_have_text("Llama 4 chat")
+    await page.locator("#system-panel summary").click()
+    await page.locator("#system").fill("You are terse.")
+    await page.locator("#settings-panel summary").click()
+    await set_setting(page, "max_new_tokens", "2000")
+    await set_setting(page, "ignore_eos", True)
+    await set_setting(page, "temperature", "1")
+    await page.evaluate(WATCH_REPLY)
+
+    # Enter sends; the reply streams: the page shows it growing before it ends.
+    await page.locator("#prompt").fill("Hello there!")
+    await page.locator("#prompt").press("Enter")
+    user = page.locator(".turn.user")
+    await expect(user).to_have_count(1)
+    await expect(user.locator(".body")).to_have_text("Hello there!")
+    await expect(page.locator("#prompt")).to_have_value("")
+    reply = page.locator(".turn.assistant")
+    await page.wait_for_function("window.replyTexts.length >= 2", timeout=TIMEOUT_MS)
+    await expect(reply).to_have_attribute("data-status", "streaming")
+    texts = await page.evaluate("window.replyTexts")
+    assert len(set(texts)) >= 2 and all(t.strip() for t in texts), texts
+    await browser.screenshot(page, "streaming")
+
+    # Stop: the job ends canceled, the partial reply stays, marked stopped.
+    await page.locator("#stop").click()
+    await expect(reply).to_have_attribute("data-status", "stopped", timeout=TIMEOUT_MS)
+    await expect(reply.locator(".meta")).to_contain_text("stopped")
+    await expect(page.locator("#send")).to_be_visible()
+    partial = await reply.locator(".body").inner_text()
+    assert partial.strip(), "the partial reply was dropped"
+    kept = await kept_chat(page)
+    assert kept["system"] == "You are terse."
+    assert [m["role"] for m in kept["messages"]] == ["user", "assistant"]
+    stopped = kept["messages"][1]
+    assert stopped["status"] == "stopped" and stopped["content"]
+    async with httpx.AsyncClient() as client:
+        job = (await client.get(f"{server.url}/api/v1/jobs/{stopped['jobId']}")).json()
+    assert job["status"] == "canceled", job
+    assert job["progress_outputs"]["tokens"] < 2000
+
+    # A reload shows the same conversation, system prompt and settings.
+    await page.reload()
+    await expect(page.locator(".turn")).to_have_count(2)
+    await expect(page.locator(".turn.user .body")).to_have_text("Hello there!")
+    await expect(reply).to_have_attribute("data-status", "stopped")
+    assert await reply.locator(".body").inner_text() == partial
+    await expect(page.locator("#system")).to_have_value("You are terse.")
+    await expect(page.locator("#input-max_new_tokens")).to_have_value("2000")
+    await browser.screenshot(page, "reloaded")
+
+
+async def test_regenerate_replaces_the_last_reply_and_new_chat_clears(chat_server, browser):
+    server, _ = chat_server
+    page = await browser.open(f"{server.url}/llama4_chat", phone=True)
+    await page.locator("#settings-panel summary").click()
+    await set_setting(page, "max_new_tokens", "6")
+    await set_setting(page, "ignore_eos", True)
+    await page.locator("#settings-panel summary").click()
+    await page.locator("#prompt").fill("First line")
+    await page.locator("#prompt").press("Shift+Enter")  # a new line, not a send
+    await page.locator("#prompt").type("second line")
+    await expect(page.locator(".turn")).to_have_count(0)
+    await page.locator("#send").click()
+    await expect(page.locator(".turn.user .body")).to_have_text("First line\nsecond line")
+    reply = page.locator(".turn.assistant")
+    await expect(reply).to_have_attribute("data-status", "done", timeout=TIMEOUT_MS)
+    await expect(reply.locator(".meta")).to_contain_text("length · 6 tokens")
+    first_job = (await kept_chat(page))["messages"][1]["jobId"]
+
+    await reply.locator("button.regenerate").click()
+    await expect(page.locator(".turn")).to_have_count(2)
+    await expect(reply).to_have_attribute("data-status", "done", timeout=TIMEOUT_MS)
+    kept = await kept_chat(page)
+    assert len(kept["messages"]) == 2 and kept["messages"][1]["jobId"] != first_job
+    # The page fits a phone: nothing is wider than the screen.
+    width = await page.evaluate("document.documentElement.scrollWidth")
+    assert width <= 375, width
+    await browser.screenshot(page, "phone")
+
+    await page.locator("#new-chat").click()
+    await expect(page.locator(".turn")).to_have_count(0)
+    assert (await kept_chat(page))["messages"] == []
+
+
+MARKDOWN_CASES = """async () => {
+  const {markdownFragment, renderMarkdown} = await import('/static/markdown.js');
+  const html = (text) => {
+    const div = document.createElement('div');
+    div.append(markdownFragment(text));
+    return div.innerHTML;
+  };
+  const streamed = document.createElement('div');
+  renderMarkdown(streamed, 'Intro\\n\\n```py\\nprint(1)');
+  const intro = streamed.firstElementChild;
+  renderMarkdown(streamed, 'Intro\\n\\n```py\\nprint(1)\\nprint(2)\\n```\\n\\nDone');
+  return {
+    unsafe: html('<img src=x onerror=alert(1)> <script>x()</script> [a](javascript:alert(1))'),
+    styles: html('**bold** *em* `a<b>` ~~gone~~ snake_case_name'),
+    list: html('# Title\\n\\n- one\\n- two\\n  1. nested\\n\\n> quoted'),
+    link: html('[docs](https://example.com/a) and https://example.org/x.'),
+    open: html('```js\\nlet a = 1;'),
+    streamed: streamed.innerHTML,
+    introKept: streamed.firstElementChild === intro,
+  };
+}"""
+
+
+async def test_markdown_renders_a_safe_subset(chat_server, browser):
+    server, _ = chat_server
+    page = await browser.open(f"{server.url}/llama4_chat")
+    out = await page.evaluate(MARKDOWN_CASES)
+    # Nothing of the text becomes HTML, and only http(s) links are made.
+    assert "<img" not in out["unsafe"] and "<script" not in out["unsafe"], out["unsafe"]
+    assert "&lt;img src=x onerror=alert(1)&gt;" in out["unsafe"]
+    assert "<a" not in out["unsafe"] and "javascript" not in out["unsafe"], out["unsafe"]
+    assert out["styles"] == (
+        "<p><strong>bold</strong> <em>em</em> <code>a&lt;b&gt;</code> <del>gone</del> "
+        "snake_case_name</p>"
+    )
+    assert out["list"].startswith("<h1>Title</h1><ul><li>one</li><li>two<ol><li>nested</li>")
+    assert "<blockquote><p>quoted</p></blockquote>" in out["list"]
+    assert '<a href="https://example.com/a"' in out["link"]
+    assert '<a href="https://example.org/x"' in out["link"] and "</a>." in out["link"]
+    # An unclosed fence is a code block up to the end (marked open); it closes in place.
+    assert 'class="code-block open"' in out["open"] and "let a = 1;" in out["open"]
+    assert "<button" in out["open"]
+    assert 'class="code-block"' in out["streamed"] and "print(2)" in out["streamed"]
+    assert out["streamed"].endswith("<p>Done</p>") and out["introKept"]

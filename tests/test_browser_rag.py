@@ -1,0 +1,152 @@
+"""The retrieval page (endpoints/rag_search/page.html, frontend/pages/rag.js) in real headless
+Chromium, against the real server, `jobhive-worker rag` and `jobhive-worker llama4 --tiny --index`
+over an index of the shipped corpus (examples/corpus) built by the real `jobhive-index` CLI.
+
+The text side of the index runs the real sentence model, so a shipped question finds its
+paragraph; CLIP is tiny and random, but an image still finds itself. The tiny chat model writes
+gibberish without citations, so the [n] links are checked by rendering a fixed answer with the
+page's own citation linker next to the real source cards.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import REPO, spawn_server, spawn_worker
+from playwright.async_api import expect
+
+WORKER_ENV = {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+CORPUS = REPO / "examples" / "corpus"
+QUESTIONS = json.loads((REPO / "examples" / "corpus_questions.json").read_text())
+TIMEOUT_MS = 20_000
+
+
+def question_about(source: str) -> dict:
+    return next(q for q in QUESTIONS if q["source"] == source)
+
+
+@pytest.fixture(scope="module")
+def rag_page_server(tmp_path_factory: pytest.TempPathFactory, tiny_llama4_dir: Path):
+    """An index of examples/corpus, a server with rag_search (its page) and rag_chat, a rag
+    worker and a tiny llama4 --index worker. Returns the server."""
+    tmp = tmp_path_factory.mktemp("rag-page")
+    index = tmp / "index"
+    built = subprocess.run(
+        [sys.executable, "-m", "workers.index_cli", "build", str(CORPUS), "--out", str(index),
+         "--clip", "tiny", "--device", "cpu"],
+        capture_output=True, text=True, timeout=120, cwd=REPO, env={**os.environ, **WORKER_ENV},
+    )
+    assert built.returncode == 0, built.stderr
+    for name in ("rag_search", "rag_chat"):
+        shutil.copytree(REPO / "endpoints" / name, tmp / "endpoints" / name)
+    server = spawn_server(tmp / "endpoints", tmp / "jobs.sqlite3")
+    workers = []
+    try:
+        workers.append(spawn_worker(server.url, "--index", str(index), "--index-device", "cpu",
+                                    kind="rag", key="rag-worker-key", env=WORKER_ENV))
+        workers.append(spawn_worker(server.url, "--tiny", "--tiny-dir", str(tiny_llama4_dir),
+                                    "--device", "cpu", "--index", str(index),
+                                    "--index-device", "cpu", kind="llama4",
+                                    key="rag-chat-worker-key", env=WORKER_ENV))
+        yield server
+    finally:
+        for worker in workers:
+            worker.stop()
+        server.stop()
+
+
+@pytest.mark.timeout(120)  # the first test also builds the index and starts both workers
+async def test_a_search_finds_a_shipped_paragraph_and_an_image_finds_itself(
+    rag_page_server, browser
+):
+    server = rag_page_server
+    wanted = question_about("footwear-guide.md")
+    page = await browser.open(f"{server.url}/rag_search")
+    await expect(page.locator("h1")).to_have_text("Search documents and images")
+    await expect(page.locator("#tab-search")).to_have_attribute("aria-selected", "true")
+
+    await page.locator("#query").fill(wanted["question"])
+    await page.locator("#query").press("Enter")
+    cards = page.locator("#results .source-card")
+    await expect(cards.first).to_be_visible(timeout=TIMEOUT_MS)
+    found = cards.filter(has_text=wanted["phrase"])
+    await expect(found).not_to_have_count(0)
+    card = found.first
+    await expect(card).to_have_attribute("data-kind", "text")
+    await expect(card.locator(".where")).to_contain_text(wanted["source"])
+    await expect(card.locator(".where")).to_contain_text("bytes")
+    await expect(card.locator(".score")).to_contain_text("score")
+    await expect(card.locator("mark").first).to_be_visible()  # the query's words are marked
+    await expect(page.locator("#search-summary")).to_contain_text("results in")
+    await browser.screenshot(page, "text-search")
+
+    # An image alone, images only: the same picture comes first, as a thumbnail.
+    await page.locator("#query").fill("")
+    await page.locator("#image-file").set_input_files(CORPUS / "images" / "red-sneaker.png")
+    await expect(page.locator("#image-preview")).to_be_visible()
+    await page.locator("#input-kinds").select_option(label="image")
+    await page.locator("#search").click()
+    first = cards.first
+    await expect(first.locator(".where")).to_contain_text("red-sneaker.png", timeout=TIMEOUT_MS)
+    await expect(first).to_have_attribute("data-kind", "image")
+    src = await first.locator("img.thumb").get_attribute("src")
+    assert src and src.startswith("data:image/"), src
+    width = await page.evaluate("document.documentElement.scrollWidth")
+    assert width <= 1100, width
+    await browser.screenshot(page, "image-search")
+
+
+async def test_the_chat_tab_streams_an_answer_with_numbered_linked_sources(
+    rag_page_server, browser
+):
+    server = rag_page_server
+    wanted = question_about("sourdough.md")
+    page = await browser.open(f"{server.url}/rag_search#chat", phone=True)
+    await expect(page.locator("#tab-chat")).to_have_attribute("aria-selected", "true")
+    await expect(page.locator("#panel-search")).to_be_hidden()
+    await page.locator("#chat-settings-panel summary").click()
+    await page.locator("#input-max_new_tokens").fill("12")
+    await page.locator("#chat-settings-panel summary").click()
+
+    await page.locator("#question").fill(wanted["question"])
+    await page.locator("#question").press("Enter")
+    answer = page.locator("#turn-0 .turn.assistant")
+    await expect(answer).to_have_attribute("data-status", "done", timeout=TIMEOUT_MS)
+    sources = answer.locator(".source-card")
+    await expect(sources).to_have_count(4)  # num_sources' default
+    assert [await s.get_attribute("data-n") for s in await sources.all()] == ["1", "2", "3", "4"]
+    await expect(sources.filter(has_text=wanted["source"])).not_to_have_count(0)
+    await expect(answer.locator(".meta")).to_contain_text("tokens")
+
+    # The page's citation linker on an answer that cites: [n] of a listed source is a link to
+    # its card (other numbers stay text); a click scrolls to the card and highlights it.
+    await page.evaluate("""async () => {
+      const {renderAnswer} = await import('/static/pages/rag.js');
+      const cards = document.querySelectorAll('#turn-0 .source-card');
+      const sources = Array.from(cards, (card) => ({n: Number(card.dataset.n)}));
+      const probe = document.createElement('div');
+      probe.id = 'probe';
+      document.querySelector('#turn-0 .turn.assistant .body').after(probe);
+      renderAnswer(probe, 'Mix **500 g** of flour [1]; shape it [4][2], not [9].', sources,
+                   'source-0-');
+    }""")
+    links = page.locator("#probe a.citation")
+    await expect(links).to_have_text(["[1]", "[4]", "[2]"])
+    assert [await a.get_attribute("href") for a in await links.all()] == [
+        "#source-0-1", "#source-0-4", "#source-0-2"]
+    await expect(page.locator("#probe")).to_contain_text("not [9].")
+    await page.evaluate("window.scrollTo(0, 0)")
+    await links.nth(1).click()
+    target = page.locator("#source-0-4")
+    await expect(target).to_have_class("source-card card highlight")
+    await expect(target).to_be_focused()
+    await expect(target).to_be_in_viewport()
+    width = await page.evaluate("document.documentElement.scrollWidth")
+    assert width <= 375, width
+    await browser.screenshot(page, "chat-phone")

@@ -1,0 +1,79 @@
+"""The browser side over plain HTTP: the index, frontend/'s files under /static/, and each
+endpoint's page at its route (its own page, or the generic one). The pages' behaviour is tested
+in a real browser by test_browser_pages.py."""
+
+from __future__ import annotations
+
+import http.client
+from urllib.parse import urlsplit
+
+from conftest import REPO
+from e2e_http import assert_error, echo_variant
+
+FRONTEND = REPO / "frontend"
+
+
+def raw_get(url: str, path: str) -> int:
+    """The status of a GET of `path` exactly as written (no client tidies `..` away)."""
+    parts = urlsplit(url)
+    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
+    try:
+        connection.request("GET", path)
+        return connection.getresponse().status
+    finally:
+        connection.close()
+
+
+def test_index_static_files_and_pages(start_server, endpoints_dir, http):
+    custom = echo_variant(endpoints_dir, "custom", ENDPOINT={"route": "/demos/custom"})
+    custom.write_text(custom.read_text() + '\n[STATIC]\npage = "page.html"\n')
+    (custom.parent / "page.html").write_text("<!doctype html><p>my own page</p>\n")
+    server = start_server()
+    url = server.url
+
+    index = http.get(url + "/")
+    assert index.status_code == 200
+    assert index.headers["content-type"] == "text/html; charset=utf-8"
+    assert index.content == (FRONTEND / "index.html").read_bytes()
+    assert index.headers["cache-control"] == "no-cache"
+    assert index.headers["x-content-type-options"] == "nosniff"
+    assert http.head(url + "/").status_code == 200
+
+    generic = http.get(url + "/echo")
+    assert generic.status_code == 200
+    assert generic.content == (FRONTEND / "endpoint.html").read_bytes()
+    own = http.get(url + "/demos/custom")
+    assert (own.status_code, own.text) == (200, "<!doctype html><p>my own page</p>\n")
+    assert own.headers["content-type"] == "text/html; charset=utf-8"
+    assert_error(http.get(url + "/custom"), 404)  # its route moved
+    listing = {e["name"]: e for e in http.get(url + "/api/v1/endpoints").json()["endpoints"]}
+    assert listing["custom"]["route"] == "/demos/custom"
+
+    for name, content_type in (
+        ("jobhive.js", "text/javascript; charset=utf-8"),  # an ES module needs a JS type
+        ("ui.js", "text/javascript; charset=utf-8"),
+        ("style.css", "text/css; charset=utf-8"),
+        ("favicon.svg", "image/svg+xml"),
+    ):
+        reply = http.get(f"{url}/static/{name}")
+        assert reply.status_code == 200, name
+        assert reply.headers["content-type"] == content_type
+        assert reply.content == (FRONTEND / name).read_bytes()
+        again = http.get(f"{url}/static/{name}", headers={"If-None-Match": reply.headers["etag"]})
+        assert again.status_code == 304  # no-cache: kept, but checked before each use
+    assert http.get(url + "/favicon.ico").headers["content-type"] == "image/svg+xml"
+
+
+def test_nothing_else_is_served(start_server, http):
+    server = start_server()
+    for path in ("/static/", "/static", "/static/nope.js", "/static/index", "/nope"):
+        assert_error(http.get(server.url + path), 404)
+    for path in (
+        "/static/../api_server/app.py",
+        "/static/%2e%2e/api_server/app.py",
+        "/static/..%2fapi_server%2fapp.py",
+        "/static//etc/hostname",
+        "/static/%2fetc%2fhostname",
+        "/echo/../api_server/app.py",
+    ):
+        assert raw_get(server.url, path) == 404, path

@@ -1,0 +1,228 @@
+"""rag_search and rag_chat end to end: an index built by the real `jobhive-index` CLI (tiny random
+CLIP, real MiniLM), the real server, `jobhive-worker rag` and `jobhive-worker llama4 --index`.
+
+With a random CLIP, image-to-image search still works (an image is nearest to itself) but text
+to image does not; the text side runs on the real sentence model, so text queries are real.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import REPO, spawn_server, spawn_worker
+from e2e_http import assert_error, explained, read_events
+from PIL import Image, ImageDraw
+
+from workers import rag
+
+WORKER_ENV = {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+DOCS = {
+    "shoes.md": (
+        "# Running shoes\n\n"
+        "The Ember Sprint is a red running sneaker with a foam sole that returns energy on every "
+        "stride; runners who train on roads love its light mesh upper.\n\n"
+        "Trail shoes need deep lugs: on mud and loose rock the grip matters more than the weight."
+    ),
+    "bread.txt": (
+        "Sourdough starts with a starter of flour and water, fed daily until it bubbles.\n\n"
+        "Bake the loaf in a covered pot at a high heat so the crust crackles and the crumb opens."
+    ),
+    "stars.html": (
+        "<html><head><title>Night sky</title><style>p {color: red}</style></head><body>"
+        "<p>Orion is easy to find in winter: three bright stars in a row make its belt.</p>"
+        "<script>var hidden = 'never indexed';</script></body></html>"
+    ),
+}
+
+
+def draw(path: Path, color: tuple[int, int, int], shape: str) -> None:
+    image = Image.new("RGB", (96, 96), (250, 250, 245))
+    pen = ImageDraw.Draw(image)
+    if shape == "box":
+        pen.rectangle((12, 30, 84, 70), fill=color)
+    else:
+        pen.ellipse((20, 20, 76, 76), fill=color)
+    image.save(path)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("corpus")
+    for name, text in DOCS.items():
+        (root / name).write_text(text)
+    draw(root / "red-box.png", (220, 30, 30), "box")
+    draw(root / "blue-ball.jpg", (30, 60, 220), "ball")
+    return root
+
+
+@pytest.fixture(scope="module")
+def index_dir(corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("index") / "index"
+    built = subprocess.run(
+        [sys.executable, "-m", "workers.index_cli", "build", str(corpus), "--out", str(out),
+         "--clip", "tiny", "--device", "cpu"],
+        capture_output=True, text=True, timeout=120, cwd=REPO, env={**os.environ, **WORKER_ENV},
+    )
+    assert built.returncode == 0, built.stderr
+    return out
+
+
+@pytest.fixture(scope="module")
+def rag_server(tmp_path_factory: pytest.TempPathFactory, index_dir: Path, tiny_llama4_dir: Path):
+    """One server with rag_search and rag_chat, a rag worker and a tiny llama4 --index worker.
+    Returns (server, search_worker, chat_worker)."""
+    tmp = tmp_path_factory.mktemp("rag-server")
+    for name in ("rag_search", "rag_chat"):
+        shutil.copytree(REPO / "endpoints" / name, tmp / "endpoints" / name)
+    server = spawn_server(tmp / "endpoints", tmp / "jobs.sqlite3")
+    workers = []
+    try:
+        workers.append(spawn_worker(server.url, "--index", str(index_dir), "--index-device", "cpu",
+                                    kind="rag", key="rag-worker-key", env=WORKER_ENV))
+        workers.append(spawn_worker(server.url, "--tiny", "--tiny-dir", str(tiny_llama4_dir),
+                                    "--device", "cpu", "--index", str(index_dir),
+                                    "--index-device", "cpu", "--max-batch", "2",
+                                    kind="llama4", key="rag-chat-worker-key", env=WORKER_ENV))
+        yield server, *workers
+    finally:
+        for worker in workers:
+            worker.stop()
+        server.stop()
+
+
+def search(http, url, **inputs):
+    reply = http.post(f"{url}/api/v1/endpoints/rag_search/jobs?wait=30", json={"inputs": inputs})
+    assert reply.status_code == 200, reply.text
+    job = reply.json()
+    assert job["status"] == "done", job
+    return job["outputs"]
+
+
+def image_data_url(path: Path) -> str:
+    buffer = io.BytesIO()
+    with Image.open(path) as image:
+        image.save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+# ----- rag_search
+
+
+def test_a_text_query_finds_its_paragraph_first(rag_server, http):
+    server, search_worker, _ = rag_server
+    with explained(server, search_worker):
+        outputs = search(http, server.url, text="lightweight red sneakers for road running",
+                         kinds="text", top_k=3)
+    hits = outputs["hits"]
+    assert [h["rank"] for h in hits] == [1, 2, 3]
+    assert hits[0]["source"].endswith("shoes.md") and "Ember Sprint" in hits[0]["text"], hits[0]
+    assert all(h["kind"] == "text" for h in hits)
+    assert [h["score"] for h in hits] == sorted((h["score"] for h in hits), reverse=True)
+    assert outputs["search_ms"] > 0
+
+
+def test_an_html_page_is_indexed_without_its_script(rag_server, http):
+    server, _, _ = rag_server
+    hits = search(http, server.url, text="constellation with a belt of three stars",
+                  kinds="text", top_k=5)["hits"]
+    assert hits[0]["source"].endswith("stars.html") and "Orion" in hits[0]["text"]
+    assert not any("never indexed" in (h["text"] or "") for h in hits)
+
+
+def test_an_image_query_finds_the_same_image_first(rag_server, http, corpus):
+    server, _, _ = rag_server
+    hits = search(http, server.url, image=image_data_url(corpus / "blue-ball.jpg"),
+                  kinds="image", top_k=2)["hits"]
+    assert hits[0]["source"].endswith("blue-ball.jpg"), hits
+    assert hits[0]["thumbnail"].startswith("data:image/")
+    assert all(h["kind"] == "image" for h in hits)
+
+
+def test_text_and_image_together_return_both_kinds(rag_server, http, corpus):
+    server, _, _ = rag_server
+    hits = search(http, server.url, text="sourdough loaf", image=image_data_url(
+        corpus / "red-box.png"), top_k=6)["hits"]
+    assert {h["kind"] for h in hits} == {"text", "image"}
+    assert any(h["source"].endswith("bread.txt") for h in hits[:3]), hits
+
+
+@pytest.mark.parametrize("inputs", [{}, {"text": ""}, {"top_k": 3}])
+def test_a_query_needs_text_or_an_image(rag_server, http, inputs):
+    server, _, _ = rag_server
+    reply = http.post(f"{server.url}/api/v1/endpoints/rag_search/jobs", json={"inputs": inputs})
+    body = assert_error(reply, 400, "text", "image")
+    assert "at least one of" in body["fields"]["text"]
+
+
+def test_a_query_image_that_is_not_an_image_is_refused(rag_server, http):
+    server, _, _ = rag_server
+    bogus = "data:image/png;base64," + base64.b64encode(b"not a png at all").decode()
+    reply = http.post(f"{server.url}/api/v1/endpoints/rag_search/jobs",
+                      json={"inputs": {"image": bogus}})
+    body = assert_error(reply, 400, "image")
+    assert "not an image" in body["fields"]["image"] and "text" not in body["fields"]
+
+
+# ----- rag_chat
+
+
+def test_rag_chat_streams_an_answer_with_numbered_sources(rag_server, http):
+    server, _, chat_worker = rag_server
+    chat = [{"role": "user", "content": "How do I bake sourdough with a crackling crust?"}]
+    with explained(server, chat_worker):
+        reply = http.post(f"{server.url}/api/v1/endpoints/rag_chat/jobs", json={"inputs": {
+            "chat_context": chat, "num_sources": 3, "max_new_tokens": 24, "seed": 3}})
+        assert reply.status_code == 202, reply.text
+        events = read_events(f"{server.url}/api/v1/jobs/{reply.json()['job_id']}/events")
+    assert events[-1].event == "result", events[-1]
+    outputs = events[-1].data["outputs"]
+    sources = outputs["sources"]
+    assert [s["n"] for s in sources] == [1, 2, 3]
+    assert sources[0]["source"].endswith("bread.txt") and "crust" in sources[0]["text"]
+    assert isinstance(outputs["text"], str) and outputs["finish_reason"] in ("stop", "length")
+    assert set(outputs["cited"]) <= {1, 2, 3}
+    streamed = [e.data["progress_outputs"] for e in events
+                if e.event == "progress" and e.data["progress_outputs"]]
+    assert streamed and all(p["sources"] == sources for p in streamed)
+
+
+def test_rag_chat_without_a_question_fails_with_the_reason(rag_server, http):
+    server, _, _ = rag_server
+    chat = [{"role": "system", "content": "Be brief."}]
+    reply = http.post(f"{server.url}/api/v1/endpoints/rag_chat/jobs?wait=30",
+                      json={"inputs": {"chat_context": chat}})
+    job = reply.json()
+    assert job["status"] == "failed" and "user message" in job["error"], job
+
+
+# ----- grounding (no model needed)
+
+SOURCES = [
+    {"n": 1, "kind": "text", "source": "a.md", "text": "Alpha.", "thumbnail": None, "score": 0.5},
+    {"n": 2, "kind": "text", "source": "b.md", "text": "Beta.", "thumbnail": None, "score": 0.4},
+]
+
+
+def test_grounded_messages_number_the_sources_in_the_system_prompt():
+    chat = [{"role": "user", "content": "What is alpha?"}]
+    grounded = rag.grounded_messages(chat, SOURCES)
+    assert grounded[1:] == chat and grounded[0]["role"] == "system"
+    assert "[1] (a.md) Alpha." in grounded[0]["content"]
+    assert "[2] (b.md) Beta." in grounded[0]["content"]
+    # The user's own system prompt stays first, the sources after it.
+    own = [{"role": "system", "content": "Be brief."}, *chat]
+    merged = rag.grounded_messages(own, SOURCES)
+    assert len(merged) == 2 and merged[0]["content"].startswith("Be brief.\n\n")
+    assert rag.question_of(own) == "What is alpha?"
+
+
+def test_cited_lists_the_sources_an_answer_cites_once_in_order():
+    assert rag.cited("See [2], and [1][2]; not [7] or [x].", SOURCES) == [2, 1]
+    assert rag.cited("no citations", SOURCES) == []

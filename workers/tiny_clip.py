@@ -1,0 +1,142 @@
+"""A tiny random-weight CLIP built offline, for the retrieval tests and the demo.
+
+`build_tiny_clip(folder)` trains a small byte-level BPE tokenizer in-process (with the `tokenizers`
+library) in CLIP's format, builds a transformers CLIPModel from a tiny CLIPConfig (hidden size 32,
+2 layers, 32x32 images, 32-d projections) and a CLIPImageProcessor for 32x32 inputs, and saves all
+three with save_pretrained. The index then loads the folder through the same from_pretrained path
+as real CLIP weights (workers/rag_embed.py). Its embeddings are random projections: an image
+finds itself, but "red sneakers" finds nothing in particular.
+
+Token ids come from tokenizer training and are not fixed: nothing should hard-code them. The
+weights and the tokenizer must stay together, so an index built with the tiny CLIP keeps its own
+copy in INDEX_DIR/tiny-clip/.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+log = logging.getLogger("jobhive.rag")
+
+VERSION = "1"  # bump when what is built changes: an older folder is then rebuilt
+STAMP = "jobhive-tiny-clip.txt"
+IMAGE_SIZE = 32
+
+_CORPUS = (
+    "a photo of red sneakers on a wooden floor. a black cat sleeping on a sofa. "
+    "the lighthouse stands on the rocks at dawn; waves break below it. "
+    "Invoices, receipts and the quarterly report are in the documents folder. "
+    "How do I reset my password? Open the settings page and choose security. "
+    "0123456789 !?.,;:'\"()[]{}<>+-*/=_ blue green yellow white dog bird car tree house\n"
+)
+
+
+def _train_tokenizer(vocab_size: int):
+    """A byte-level BPE tokenizer in CLIP's format (words end with "</w>"), trained on _CORPUS."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import CLIPTokenizer
+
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    bpe = Tokenizer(models.BPE(unk_token="<|endoftext|>", end_of_word_suffix="</w>"))
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.train_from_iterator(
+        [_CORPUS] * 8,
+        trainers.BpeTrainer(
+            vocab_size=vocab_size,
+            special_tokens=["<|startoftext|>", "<|endoftext|>"],
+            end_of_word_suffix="</w>",
+            initial_alphabet=alphabet,
+            show_progress=False,
+        ),
+    )
+    with tempfile.TemporaryDirectory() as folder:
+        bpe.model.save(folder)
+        vocab = bpe.get_vocab()
+        merges = [
+            tuple(line.split())
+            for line in Path(folder, "merges.txt").read_text().splitlines()[1:]
+            if line.strip()
+        ]
+    for char in alphabet:  # CLIP ends each word with "</w>": every byte needs that form too
+        vocab.setdefault(char + "</w>", len(vocab))
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)
+
+
+def _image_processor():
+    """CLIP's preprocessing (resize the short side, center crop, normalise) at IMAGE_SIZE."""
+    from workers.rag_embed import clip_image_processor_class
+
+    return clip_image_processor_class()(
+        size={"shortest_edge": IMAGE_SIZE},
+        crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
+    )
+
+
+def build_tiny_clip(folder: Path, seed: int = 0, projection_dim: int = 32) -> Path:
+    """Builds the tiny CLIP (model, tokenizer, image processor) into `folder` unless it is there.
+
+    The folder is written beside its final place and renamed, so two processes building at once
+    never see half a model.
+
+    Args:
+        folder (Path): where save_pretrained writes (created if missing).
+        seed (int, default 0): the seed of the random weights.
+        projection_dim (int, default 32): the size of its embeddings.
+
+    Returns:
+        Path: the folder, ready for CLIPModel / CLIPTokenizer / CLIPImageProcessor.from_pretrained.
+    """
+    import torch
+    from transformers import CLIPConfig, CLIPModel
+
+    wanted = f"{VERSION} {seed} {projection_dim}"
+    stamp = folder / STAMP
+    if stamp.exists() and stamp.read_text() == wanted:
+        return folder
+    log.info("building the tiny random-weight CLIP in %s", folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tokenizer = _train_tokenizer(vocab_size=500)
+    config = CLIPConfig(
+        text_config={
+            "vocab_size": len(tokenizer),
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "max_position_embeddings": 77,
+            "bos_token_id": tokenizer.bos_token_id,
+            "eos_token_id": tokenizer.eos_token_id,
+            "pad_token_id": tokenizer.pad_token_id,
+        },
+        vision_config={
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "image_size": IMAGE_SIZE,
+            "patch_size": 8,
+        },
+        projection_dim=projection_dim,
+    )
+    torch.manual_seed(seed)
+    model = CLIPModel(config)
+    if folder.exists():  # an older build: replaced whole
+        shutil.rmtree(folder)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    try:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        _image_processor().save_pretrained(staging)
+        (staging / STAMP).write_text(wanted)
+        try:
+            os.rename(staging, folder)
+        except OSError:  # another process got there first
+            if not (stamp.exists() and stamp.read_text() == wanted):
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return folder
