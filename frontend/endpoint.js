@@ -5,9 +5,17 @@
 
 import * as jobhive from "./jobhive.js";
 import {buildForm} from "./form.js";
-import {el, errorBanner, jobStatus, renderOutputs, siteFooter, siteHeader} from "./ui.js";
+import {
+  el,
+  errorBanner,
+  jobStatus,
+  keyNote,
+  renderOutputs,
+  siteFooter,
+  siteHeader,
+  workersNote,
+} from "./ui.js";
 
-const WORKERS_REFRESH_MS = 5000;
 const page = document.getElementById("page");
 const banner = errorBanner();
 
@@ -19,47 +27,6 @@ function showError(error, form) {
   } else {
     banner.show(error.message || String(error));
   }
-}
-
-function keyNote(schema) {
-  if (!schema.client_auth) return null;
-  const forget = el("button", {type: "button", className: "secondary"}, "Forget key");
-  const text = el("span");
-  const note = el("p", {className: "muted buttons", "data-key-note": true}, text, forget);
-  const draw = () => {
-    const kept = Boolean(jobhive.getKey(schema.name));
-    text.textContent = kept
-      ? "This endpoint needs a client key: yours is kept in this browser."
-      : "This endpoint needs a client key: you will be asked for it once.";
-    forget.hidden = !kept;
-  };
-  forget.addEventListener("click", () => {
-    jobhive.forgetKey(schema.name);
-    draw();
-  });
-  draw();
-  return {element: note, draw};
-}
-
-function workersNote(name) {
-  const note = el("p", {className: "muted", "data-workers": ""});
-  const refresh = async () => {
-    try {
-      const endpoint = (await jobhive.listEndpoints()).find((e) => e.name === name);
-      if (endpoint) {
-        note.dataset.workers = String(endpoint.workers);
-        note.textContent = endpoint.workers
-          ? `${endpoint.workers} worker${endpoint.workers === 1 ? "" : "s"} online, ` +
-            `${endpoint.queued} job${endpoint.queued === 1 ? "" : "s"} queued.`
-          : "No worker is online: jobs wait in the queue until one connects.";
-      }
-    } catch {
-      note.textContent = "";
-    }
-  };
-  refresh();
-  setInterval(() => document.hidden || refresh(), WORKERS_REFRESH_MS);
-  return note;
 }
 
 function build(schema) {

@@ -19,8 +19,30 @@
  *                                          element has data-field="NAME" (aria-invalid on its
  *                                          control); returns the messages it found no field for
  *   clearFieldErrors(root)
+ *   blobUrl(dataUrl, urls)                 an object URL for a data URL (a download link to a
+ *                                          big image works better as a blob); pushed onto the
+ *                                          array urls, if given, for revoking later
+ *   keyNote(schema)                        null unless the endpoint needs a client key; else
+ *                                          {element, draw()}: the line "This endpoint needs a
+ *                                          client key: ..." (data-key-note) with a Forget key
+ *                                          button; draw() redraws it (after a submit asked)
+ *   workersNote(name, {element, what})     the workers of endpoint name, refreshed every 5 s
+ *                                          while the page is shown; hidden until the first
+ *                                          answer and while none can be had; data-workers holds
+ *                                          the count. Without what: "2 workers online, 1 job
+ *                                          queued." or "No worker is online: jobs wait ...";
+ *                                          with what ("messages"): shown only while no worker
+ *                                          is online, "No worker is online for NAME: WHAT wait
+ *                                          ...". Fills element (else a new <p class="muted
+ *                                          workers-note">) and returns it
  *   siteHeader(), siteFooter()             the header and footer every page shows
+ *
+ * keyNote and workersNote read the key store and /api/v1/endpoints through jobhive.js.
  */
+
+import {forgetKey, getKey, listEndpoints} from "./jobhive.js";
+
+const WORKERS_REFRESH_MS = 5000;
 
 export function el(tag, attrs = {}, ...children) {
   const element = document.createElement(tag);
@@ -56,6 +78,60 @@ export function siteFooter() {
     {className: "site"},
     el("p", {}, "Served by jobhive. The API: ", el("a", {href: "/api/v1/endpoints"}, "/api/v1/endpoints")),
   );
+}
+
+// ----- notes about the endpoint
+
+export function keyNote(schema) {
+  if (!schema.client_auth) return null;
+  const text = el("span");
+  const forget = el("button", {type: "button", className: "secondary"}, "Forget key");
+  const element = el("p", {className: "muted buttons", "data-key-note": ""}, text, forget);
+  const draw = () => {
+    const kept = Boolean(getKey(schema.name));
+    text.textContent = kept
+      ? "This endpoint needs a client key: yours is kept in this browser."
+      : "This endpoint needs a client key: you will be asked for it once.";
+    forget.hidden = !kept;
+  };
+  forget.addEventListener("click", () => {
+    forgetKey(schema.name);
+    draw();
+  });
+  draw();
+  return {element, draw};
+}
+
+function plural(count, noun) {
+  return `${count} ${noun}${count === 1 ? "" : "s"}`;
+}
+
+export function workersNote(name, {element = null, what = null} = {}) {
+  const note = element || el("p", {className: "muted workers-note", hidden: true});
+  const refresh = async () => {
+    try {
+      const endpoint = (await listEndpoints()).find((e) => e.name === name);
+      if (!endpoint || (what && endpoint.workers > 0)) {
+        note.hidden = true;
+        return;
+      }
+      note.dataset.workers = String(endpoint.workers);
+      if (what) {
+        note.textContent = `No worker is online for ${name}: ${what} wait in the queue until ` +
+          "one connects.";
+      } else {
+        note.textContent = endpoint.workers
+          ? `${plural(endpoint.workers, "worker")} online, ${plural(endpoint.queued, "job")} queued.`
+          : "No worker is online: jobs wait in the queue until one connects.";
+      }
+      note.hidden = false;
+    } catch {
+      note.hidden = true;
+    }
+  };
+  refresh();
+  setInterval(() => document.hidden || refresh(), WORKERS_REFRESH_MS);
+  return note;
 }
 
 export function errorBanner() {
@@ -159,14 +235,15 @@ function mimeOf(dataUrl) {
   return match ? match[1] : "application/octet-stream";
 }
 
-/** An object URL for a data URL (downloads of big data URLs work better as blobs). */
-function blobUrl(dataUrl, urls) {
+/** An object URL for a data URL (downloads of big data URLs work better as blobs); pushed onto
+ * urls, if given, so that the caller can revoke it. */
+export function blobUrl(dataUrl, urls = null) {
   const comma = dataUrl.indexOf(",");
   const bytes = atob(dataUrl.slice(comma + 1));
   const array = new Uint8Array(bytes.length);
   for (let i = 0; i < bytes.length; i++) array[i] = bytes.charCodeAt(i);
   const url = URL.createObjectURL(new Blob([array], {type: mimeOf(dataUrl)}));
-  urls.push(url);
+  urls?.push(url);
   return url;
 }
 

@@ -20,6 +20,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from workers.tiny_sd3 import train_clip_tokenizer
+
 log = logging.getLogger("jobhive.rag")
 
 VERSION = "1"  # bump when what is built changes: an older folder is then rebuilt
@@ -33,37 +35,6 @@ _CORPUS = (
     "How do I reset my password? Open the settings page and choose security. "
     "0123456789 !?.,;:'\"()[]{}<>+-*/=_ blue green yellow white dog bird car tree house\n"
 )
-
-
-def _train_tokenizer(vocab_size: int):
-    """A byte-level BPE tokenizer in CLIP's format (words end with "</w>"), trained on _CORPUS."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-    from transformers import CLIPTokenizer
-
-    alphabet = pre_tokenizers.ByteLevel.alphabet()
-    bpe = Tokenizer(models.BPE(unk_token="<|endoftext|>", end_of_word_suffix="</w>"))
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.train_from_iterator(
-        [_CORPUS] * 8,
-        trainers.BpeTrainer(
-            vocab_size=vocab_size,
-            special_tokens=["<|startoftext|>", "<|endoftext|>"],
-            end_of_word_suffix="</w>",
-            initial_alphabet=alphabet,
-            show_progress=False,
-        ),
-    )
-    with tempfile.TemporaryDirectory() as folder:
-        bpe.model.save(folder)
-        vocab = bpe.get_vocab()
-        merges = [
-            tuple(line.split())
-            for line in Path(folder, "merges.txt").read_text().splitlines()[1:]
-            if line.strip()
-        ]
-    for char in alphabet:  # CLIP ends each word with "</w>": every byte needs that form too
-        vocab.setdefault(char + "</w>", len(vocab))
-    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)
 
 
 def _image_processor():
@@ -99,7 +70,7 @@ def build_tiny_clip(folder: Path, seed: int = 0, projection_dim: int = 32) -> Pa
         return folder
     log.info("building the tiny random-weight CLIP in %s", folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
-    tokenizer = _train_tokenizer(vocab_size=500)
+    tokenizer = train_clip_tokenizer([_CORPUS] * 8, vocab_size=500)
     config = CLIPConfig(
         text_config={
             "vocab_size": len(tokenizer),

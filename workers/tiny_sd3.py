@@ -31,8 +31,9 @@ _CORPUS = [
 ]
 
 
-def _clip_tokenizer():
-    """A byte-level BPE tokenizer in CLIP's format, trained on _CORPUS."""
+def train_clip_tokenizer(texts: list[str], vocab_size: int):
+    """A byte-level BPE tokenizer in CLIP's format (words end with "</w>"), trained on `texts`
+    (ids differ from one training to the next: never hard-code them)."""
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
     from transformers import CLIPTokenizer
 
@@ -40,9 +41,9 @@ def _clip_tokenizer():
     bpe = Tokenizer(models.BPE(unk_token="<|endoftext|>", end_of_word_suffix="</w>"))
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.train_from_iterator(
-        _CORPUS * 4,
+        texts,
         trainers.BpeTrainer(
-            vocab_size=600,
+            vocab_size=vocab_size,
             special_tokens=["<|startoftext|>", "<|endoftext|>"],
             end_of_word_suffix="</w>",
             initial_alphabet=alphabet,
@@ -102,7 +103,7 @@ def build_tiny_pipeline(seed: int = 0):
     from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
 
     torch.manual_seed(seed)
-    tokenizer, tokenizer_3 = _clip_tokenizer(), _t5_tokenizer()
+    tokenizer, tokenizer_3 = train_clip_tokenizer(_CORPUS * 4, vocab_size=600), _t5_tokenizer()
 
     def clip_encoder():
         config = CLIPTextConfig(

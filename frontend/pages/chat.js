@@ -8,7 +8,7 @@
 // the sampling settings are built from the endpoint's schema (form.js controls).
 
 import * as jobhive from "../jobhive.js";
-import {el, errorBanner, siteFooter, siteHeader, statusText} from "../ui.js";
+import {el, errorBanner, siteFooter, siteHeader, statusText, workersNote} from "../ui.js";
 import {
   bindComposer,
   liveMarkdown,
@@ -17,7 +17,6 @@ import {
   saved,
   settingsPanel,
   stickToBottom,
-  workersNote,
 } from "./common.js";
 
 const CHAT_INPUT = "chat_context";
@@ -325,7 +324,7 @@ async function start() {
   document.title = `${schema.title} · jobhive`;
   $("title").textContent = schema.title;
   $("description").textContent = schema.description || "";
-  $("notes").append(workersNote(schema.name));
+  $("notes").append(workersNote(schema.name, {what: "messages"}));
   store = saved(`jobhive.chat.${schema.name}`);
   const names = Object.keys(schema.inputs).filter((n) => n !== CHAT_INPUT);
   settings = settingsPanel($("settings"), schema.inputs, names, `jobhive.chat-settings.${schema.name}`);

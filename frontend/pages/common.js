@@ -14,7 +14,6 @@
  *                                    frame while text streams in
  *   stickToBottom(fn)                runs fn (which adds to the page) and keeps the page scrolled
  *                                    to its end if it was there
- *   workersNote(name, what)          a line shown while no worker serves the endpoint
  *   replyMeta(outputs, stopped)      "length · 200 tokens · 512 tokens/s"
  *   runJob(endpoint, {inputs, jobId, onUpdate, onRetry})
  *                                    submits inputs (or, without them, follows the job jobId)
@@ -26,9 +25,8 @@
 import * as jobhive from "../jobhive.js";
 import {fieldControl} from "../form.js";
 import {renderMarkdown} from "../markdown.js";
-import {clearFieldErrors, el, showFieldErrors} from "../ui.js";
+import {clearFieldErrors, showFieldErrors} from "../ui.js";
 
-const WORKERS_REFRESH_MS = 5000;
 const BOTTOM_SLACK_PX = 80; // this close to the end counts as "at the end"
 
 export function saved(key) {
@@ -144,23 +142,6 @@ export function stickToBottom(fn) {
   const atEnd = scroller.scrollHeight - scroller.scrollTop - scroller.clientHeight < BOTTOM_SLACK_PX;
   fn();
   if (atEnd) scroller.scrollTop = scroller.scrollHeight;
-}
-
-export function workersNote(name, what = "messages") {
-  const note = el("p", {className: "muted workers-note", hidden: true});
-  const refresh = async () => {
-    try {
-      const endpoint = (await jobhive.listEndpoints()).find((e) => e.name === name);
-      note.hidden = !endpoint || endpoint.workers > 0;
-      note.textContent = `No worker is online for ${name}: ${what} wait in the queue until ` +
-        "one connects.";
-    } catch {
-      note.hidden = true;
-    }
-  };
-  refresh();
-  setInterval(() => document.hidden || refresh(), WORKERS_REFRESH_MS);
-  return note;
 }
 
 export function replyMeta(outputs, stopped = false) {

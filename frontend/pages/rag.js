@@ -20,6 +20,7 @@ import {
   siteFooter,
   siteHeader,
   statusText,
+  workersNote,
 } from "../ui.js";
 import {
   bindComposer,
@@ -28,7 +29,6 @@ import {
   runJob,
   settingsPanel,
   stickToBottom,
-  workersNote,
 } from "./common.js";
 import {citationOptions, sourceCard} from "./sources.js";
 
@@ -441,7 +441,7 @@ async function start() {
   $("title").textContent = searchSchema.title;
   $("description").textContent = searchSchema.description || "";
   $("search-status").append(searchStatus.element);
-  $("search-form").before(workersNote(searchSchema.name, "searches"));
+  $("search-form").before(workersNote(searchSchema.name, {what: "searches"}));
   const searchNames = Object.keys(searchSchema.inputs).filter((n) => !["text", "image"].includes(n));
   searchSettings = settingsPanel($("search-settings"), searchSchema.inputs, searchNames,
     `jobhive.search-settings.${searchSchema.name}`);
@@ -449,7 +449,7 @@ async function start() {
   bindImageInput();
 
   if (chatSchema) {
-    $("chat-intro").after(workersNote(chatSchema.name, "questions"));
+    $("chat-intro").after(workersNote(chatSchema.name, {what: "questions"}));
     const names = Object.keys(chatSchema.inputs).filter((n) => n !== CHAT_INPUT);
     chatSettings = settingsPanel($("chat-settings"), chatSchema.inputs, names,
       `jobhive.chat-settings.${chatSchema.name}`);

@@ -6,9 +6,17 @@
 // file or paste one; a strength slider appears with it.
 
 import * as jobhive from "/static/jobhive.js";
-import {clearFieldErrors, el, errorBanner, jobStatus, showFieldErrors} from "/static/ui.js";
+import {
+  blobUrl,
+  clearFieldErrors,
+  el,
+  errorBanner,
+  jobStatus,
+  keyNote,
+  showFieldErrors,
+  workersNote,
+} from "/static/ui.js";
 
-const WORKERS_REFRESH_MS = 5000;
 const TEXT_FIELDS = ["prompt", "negative_prompt"];
 const NUMBER_FIELDS = ["width", "height", "steps", "num_images", "cfg_scale", "seed",
   "preview_every_n_steps"];
@@ -74,16 +82,6 @@ function sliderStep(spec) {
   if (spec.type === "integer") return 1;
   const span = (spec.maximum ?? 1) - (spec.minimum ?? 0);
   return span <= 2 ? 0.01 : span <= 50 ? 0.1 : 1;
-}
-
-/** An object URL for a data URL: downloads of large data URLs work better as blobs. */
-function blobUrl(dataUrl) {
-  const [head, data] = dataUrl.split(",", 2);
-  const bytes = atob(data);
-  const array = new Uint8Array(bytes.length);
-  for (let i = 0; i < bytes.length; i++) array[i] = bytes.charCodeAt(i);
-  const type = /^data:([^;,]+)/.exec(head)?.[1] || "application/octet-stream";
-  return URL.createObjectURL(new Blob([array], {type}));
 }
 
 function extensionOf(dataUrl) {
@@ -473,49 +471,6 @@ async function cancelJob() {
   }
 }
 
-// ----- notes above the form
-
-function workersNote() {
-  const note = $("workers");
-  const refresh = async () => {
-    try {
-      const endpoint = (await jobhive.listEndpoints()).find((e) => e.name === schema.name);
-      if (!endpoint) return;
-      note.dataset.workers = String(endpoint.workers);
-      note.textContent = endpoint.workers
-        ? `${endpoint.workers} worker${endpoint.workers === 1 ? "" : "s"} online, ` +
-          `${endpoint.queued} job${endpoint.queued === 1 ? "" : "s"} queued.`
-        : "No worker is online: jobs wait in the queue until one connects.";
-      note.hidden = false;
-    } catch {
-      note.hidden = true;
-    }
-  };
-  refresh();
-  setInterval(() => document.hidden || refresh(), WORKERS_REFRESH_MS);
-}
-
-function keyNote() {
-  if (!schema.client_auth) return;
-  const text = el("span");
-  const forget = el("button", {type: "button", className: "secondary"}, "Forget key");
-  const note = el("p", {className: "muted buttons", "data-key-note": ""}, text, forget);
-  const draw = () => {
-    const kept = Boolean(jobhive.getKey(schema.name));
-    text.textContent = kept
-      ? "This endpoint needs a client key: yours is kept in this browser."
-      : "This endpoint needs a client key: you will be asked for it once.";
-    forget.hidden = !kept;
-  };
-  forget.addEventListener("click", () => {
-    jobhive.forgetKey(schema.name);
-    draw();
-  });
-  draw();
-  drawKeyNote = draw;
-  $("workers").after(note);
-}
-
 // ----- start
 
 function setUp() {
@@ -542,8 +497,12 @@ function setUp() {
   $("viewer").addEventListener("click", (event) => {
     if (event.target === event.currentTarget) event.currentTarget.close(); // the backdrop
   });
-  workersNote();
-  keyNote();
+  workersNote(schema.name, {element: $("workers")});
+  const key = keyNote(schema);
+  if (key) {
+    drawKeyNote = key.draw;
+    $("workers").after(key.element);
+  }
 }
 
 try {
