@@ -14,7 +14,7 @@ from pathlib import Path
 from aiohttp import web
 
 from api_server.app import create_app
-from api_server.config import ConfigError, load_endpoints, load_server_config
+from api_server.config import LOG_LEVELS, ConfigError, load_endpoints, load_server_config
 from api_server.demo import demo_workers
 from api_server.state import ENDPOINTS
 from jobhive.aio import run_loop
@@ -39,7 +39,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--config", type=Path, help="server.toml with a [SERVER] table")
     parser.add_argument("--store", help="job store: sqlite:PATH (default sqlite:jobhive.sqlite3)")
-    parser.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument("--log-level", choices=LOG_LEVELS)
     parser.add_argument(
         "--demo",
         action="store_true",

@@ -24,6 +24,7 @@ NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 ROUTE_PATTERN = re.compile(r"^(/[A-Za-z0-9_~-][A-Za-z0-9_.~-]*)+$")
 # First route segments the server uses itself (the API, static files, status, planned routes).
 RESERVED_ROUTES = ("api", "static", "v1", "health", "metrics", "favicon.ico")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")  # [SERVER] log_level, --log-level
 
 
 class ConfigError(Exception):
@@ -171,7 +172,6 @@ class Endpoint:
         }
 
 
-_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 _SECTIONS = {"ENDPOINT", "WORKER", "CLIENTS", "INPUTS", "OUTPUTS", "PROGRESS", "STATIC"}
 
 
@@ -448,9 +448,9 @@ def load_server_config(path: Path | None, **overrides: Any) -> ServerConfig:
 def _check_server(config: ServerConfig, where: str, problems: list[str]) -> None:
     if not 0 <= config.port <= 65535:
         problems.append(f"{where}.port: must be 0 to 65535 (got {config.port})")
-    if config.log_level not in _LOG_LEVELS:
+    if config.log_level not in LOG_LEVELS:
         problems.append(
-            f"{where}.log_level: must be one of {', '.join(_LOG_LEVELS)} (got {config.log_level!r})"
+            f"{where}.log_level: must be one of {', '.join(LOG_LEVELS)} (got {config.log_level!r})"
         )
     scheme, _, rest = config.store.partition(":")
     if scheme != "sqlite" or not rest:  # a Redis store is planned, not built yet

@@ -132,9 +132,7 @@ class NumberField(FieldSpec):
         number = self._number(value)
         if self.auto_convert:
             return self._convert(number)
-        low_ok = self.minimum is None or number >= self.minimum
-        high_ok = self.maximum is None or number <= self.maximum
-        if not (low_ok and high_ok):
+        if not self._in_range(number):
             raise FieldError(f"must be {self._range_text()} (got {_show(number)})")
         if self.align and not self._aligned(number):
             nearest = " or ".join(str(n) for n in self._nearest(number))
@@ -242,7 +240,7 @@ class IntegerField(NumberField):
                     f"must be an integer (got {value}; nearest: {math.floor(value)} or "
                     f"{math.ceil(value)})"
                 )
-            return math.floor(value + 0.5)
+            return self._cast(value)
         return value
 
     def check(self, value: Any) -> int:

@@ -191,12 +191,12 @@ class SqliteJournal:
             self._in_thread = loop.run_in_executor(self._thread, self._commit, ops)
             self._in_thread.add_done_callback(lambda done: self._committed(waiters, done))
             return
+        error: Exception | None = None
         try:
             self._commit(ops)
         except (sqlite3.Error, OSError) as e:
-            self._settle(waiters, e, len(ops))
-        else:
-            self._settle(waiters, None, len(ops))
+            error = e
+        self._settle(waiters, error, len(ops))
 
     def _committed(self, waiters: list[asyncio.Future[None]], done: asyncio.Future[None]) -> None:
         self._in_thread = None

@@ -50,8 +50,9 @@ def main() -> None:
             with Image.open(path) as image:
                 images.append(image.convert("RGB"))
     with RagIndex.open(args.index, device=args.device) as index:
-        print(f"index {args.index}: {index.stats()['text_chunks']} text chunks, "
-              f"{index.stats()['images']} images, device {args.device}")
+        stats = index.stats()
+        print(f"index {args.index}: {stats['text_chunks']} text chunks, "
+              f"{stats['images']} images, device {args.device}")
         cases = {
             "text": [{"text": q} for q in questions],
             "image": [{"image": i} for i in images],

@@ -9,6 +9,9 @@
  *   });                                       // value cannot even be read (bad JSON)
  *   form.showErrors(error.fields)             // server messages next to their fields
  *
+ * fieldControl(name, spec) makes one control alone ({element, read()}); readControls(pairs,
+ * message) reads [name, control] pairs as form.values() does (pages/common.js's settings).
+ *
  * One control per input, by field type: string (a text box, or a text area past 200
  * characters), integer and float (number with min, max and step), boolean (checkbox),
  * selection (select), json (a JSON text area), chat_context (a chat: the conversation, a
@@ -316,6 +319,34 @@ export function fieldControl(name, spec) {
   return (CONTROLS[spec.type] || jsonControl)(name, spec);
 }
 
+/**
+ * Reads controls made by fieldControl.
+ *
+ * Args:
+ *   controls (Iterable<[string, control]>): name and control pairs (a Map or an array).
+ *   message (string): the error's message when some value cannot be read.
+ *
+ * Returns:
+ *   Promise<object>: {name: value} of the fields given (a field left empty is left out: the
+ *   server fills its default). Rejects with a JobhiveError (400) whose `fields` holds the reason
+ *   of every value that cannot be read (bad JSON, a number the browser could not parse).
+ */
+export async function readControls(controls, message = "some inputs cannot be read") {
+  const values = {};
+  const errors = {};
+  for (const [name, control] of controls) {
+    try {
+      const value = await control.read();
+      if (value !== undefined) values[name] = value;
+    } catch (e) {
+      if (!(e instanceof InputError)) throw e;
+      errors[name] = e.message;
+    }
+  }
+  if (Object.keys(errors).length) throw new JobhiveError(400, message, {fields: errors});
+  return values;
+}
+
 export function buildForm(inputs, {submitLabel = "Run"} = {}) {
   const controls = new Map(Object.entries(inputs).map(([n, spec]) => [n, fieldControl(n, spec)]));
   const submitButton = el("button", {type: "submit"}, submitLabel);
@@ -332,23 +363,7 @@ export function buildForm(inputs, {submitLabel = "Run"} = {}) {
     submitButton,
     buttons,
     /** The inputs to submit; fields left empty are left out (the server fills defaults). */
-    async values() {
-      const values = {};
-      const errors = {};
-      for (const [name, control] of controls) {
-        try {
-          const value = await control.read();
-          if (value !== undefined) values[name] = value;
-        } catch (e) {
-          if (!(e instanceof InputError)) throw e;
-          errors[name] = e.message;
-        }
-      }
-      if (Object.keys(errors).length) {
-        throw new JobhiveError(400, "some inputs cannot be read", {fields: errors});
-      }
-      return values;
-    },
+    values: () => readControls(controls),
     showErrors: (fields) => showFieldErrors(element, fields),
     clearErrors: () => clearFieldErrors(element),
     /** Tells the controls that care (the chat) about the job's progress and its end. */

@@ -2,16 +2,12 @@
 // link to its demo page; refreshed every few seconds.
 
 import * as jobhive from "./jobhive.js";
-import {el} from "./ui.js";
+import {el, plural} from "./ui.js";
 
 const REFRESH_MS = 3000;
 const list = document.getElementById("endpoints");
 const error = document.getElementById("error");
 const cards = new Map(); // endpoint name -> {card, update(endpoint)}
-
-function plural(n, word) {
-  return `${n} ${word}${n === 1 ? "" : "s"}`;
-}
 
 function makeCard(endpoint) {
   const title = el("a", {href: endpoint.route});

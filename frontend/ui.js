@@ -34,8 +34,10 @@
  *                                          with what ("messages"): shown only while no worker
  *                                          is online, "No worker is online for NAME: WHAT wait
  *                                          ...". Fills element (else a new <p class="muted
- *                                          workers-note">) and returns it
+ *                                          workers-note">) and returns it. All the notes of a
+ *                                          page share one request
  *   siteHeader(), siteFooter()             the header and footer every page shows
+ *   plural(count, noun)                    "1 worker", "2 workers"
  *
  * keyNote and workersNote read the key store and /api/v1/endpoints through jobhive.js.
  */
@@ -102,35 +104,46 @@ export function keyNote(schema) {
   return {element, draw};
 }
 
-function plural(count, noun) {
+/** "1 worker", "2 workers". */
+export function plural(count, noun) {
   return `${count} ${noun}${count === 1 ? "" : "s"}`;
+}
+
+const workersNotes = []; // draw(endpoints | null) of each workers note: one poll feeds them all
+let workersPoll = null; // the request in flight; a note made meanwhile waits for it
+
+function pollWorkers() {
+  workersPoll ??= listEndpoints()
+    .catch(() => null) // none can be had now: the notes hide until the next answer
+    .then((endpoints) => {
+      workersPoll = null;
+      for (const draw of workersNotes) draw(endpoints);
+    });
 }
 
 export function workersNote(name, {element = null, what = null} = {}) {
   const note = element || el("p", {className: "muted workers-note", hidden: true});
-  const refresh = async () => {
-    try {
-      const endpoint = (await listEndpoints()).find((e) => e.name === name);
-      if (!endpoint || (what && endpoint.workers > 0)) {
-        note.hidden = true;
-        return;
-      }
-      note.dataset.workers = String(endpoint.workers);
-      if (what) {
-        note.textContent = `No worker is online for ${name}: ${what} wait in the queue until ` +
-          "one connects.";
-      } else {
-        note.textContent = endpoint.workers
-          ? `${plural(endpoint.workers, "worker")} online, ${plural(endpoint.queued, "job")} queued.`
-          : "No worker is online: jobs wait in the queue until one connects.";
-      }
-      note.hidden = false;
-    } catch {
+  workersNotes.push((endpoints) => {
+    const endpoint = endpoints?.find((e) => e.name === name);
+    if (!endpoint || (what && endpoint.workers > 0)) {
       note.hidden = true;
+      return;
     }
-  };
-  refresh();
-  setInterval(() => document.hidden || refresh(), WORKERS_REFRESH_MS);
+    note.dataset.workers = String(endpoint.workers);
+    if (what) {
+      note.textContent = `No worker is online for ${name}: ${what} wait in the queue until ` +
+        "one connects.";
+    } else {
+      note.textContent = endpoint.workers
+        ? `${plural(endpoint.workers, "worker")} online, ${plural(endpoint.queued, "job")} queued.`
+        : "No worker is online: jobs wait in the queue until one connects.";
+    }
+    note.hidden = false;
+  });
+  pollWorkers();
+  if (workersNotes.length === 1) {
+    setInterval(() => document.hidden || pollWorkers(), WORKERS_REFRESH_MS);
+  }
   return note;
 }
 
@@ -160,7 +173,7 @@ export function statusText(job) {
       const ahead = job.queue_position;
       if (ahead === null || ahead === undefined) return "Queued";
       if (ahead === 0) return "Queued: next in line, waiting for a worker";
-      return `Queued: ${ahead} job${ahead === 1 ? "" : "s"} ahead`;
+      return `Queued: ${plural(ahead, "job")} ahead`;
     }
     case "running":
       return job.progress > 0 ? `Running: ${Math.round(job.progress)}%` : "Running";

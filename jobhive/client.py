@@ -454,7 +454,7 @@ class AsyncClient:
         current = await self.get(job_id)
         while True:
             # A finished job always ends the stream with its event, even one whose version is
-            # not past `since`: versions start again from 1 when the server restarts.
+            # not past `since`: versions are not stored, a restarted server numbers them afresh.
             if current.version > since or current.finished:
                 yield Event(_EVENT_FOR_STATUS.get(current.status, "progress"), current)
                 since = current.version

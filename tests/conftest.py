@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -163,6 +164,61 @@ def tiny_llama4_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("tiny-llama4")
 
 
+SD3_WORKER_KEY = "sd3-worker-key"
+
+
+@pytest.fixture(scope="module")
+def sd3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Process, Process]]:
+    """(server, worker): the repository's endpoints and one tiny-model SD3 worker on the CPU
+    (max batch 4), shared by the tests of a module."""
+    folder = tmp_path_factory.mktemp("sd3")
+    with serving(REPO / "endpoints", folder / "jobs.db", "--tiny", "--tiny-dir",
+                 str(folder / "tiny-sd3"), "--device", "cpu", "--max-batch", "4",
+                 "--poll-wait-s", "2", "--preview-size", "64", kind="sd3",
+                 key=SD3_WORKER_KEY) as pair:
+        yield pair
+
+
+# One torch thread (the models are tiny; more threads only spin) and no Hugging Face downloads.
+RAG_WORKER_ENV = {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+
+
+def build_index(source: Path, out: Path) -> Path:
+    """Builds an index of `source` into `out` with the real `jobhive-index build` (tiny random
+    CLIP, the real MiniLM, on the CPU); returns `out`."""
+    built = subprocess.run(
+        [sys.executable, "-m", "workers.index_cli", "build", str(source), "--out", str(out),
+         "--clip", "tiny", "--device", "cpu"],
+        capture_output=True, text=True, timeout=120, cwd=REPO,
+        env={**os.environ, **RAG_WORKER_ENV},
+    )
+    assert built.returncode == 0, built.stderr
+    return out
+
+
+@contextlib.contextmanager
+def serving_rag(
+    folder: Path, index: Path, tiny_llama4_dir: Path, *chat_args: str
+) -> Iterator[tuple[Process, Process, Process]]:
+    """A server with the rag_search and rag_chat endpoints (copied into folder/endpoints), a rag
+    worker and a tiny `llama4 --index` worker (with `chat_args`), both over `index`; all three
+    are stopped on exit. Yields (server, search_worker, chat_worker)."""
+    for name in ("rag_search", "rag_chat"):
+        shutil.copytree(REPO / "endpoints" / name, folder / "endpoints" / name)
+    with serving(folder / "endpoints", folder / "jobs.sqlite3", "--index", str(index),
+                 "--index-device", "cpu", kind="rag", key="rag-worker-key",
+                 env=RAG_WORKER_ENV) as (server, search_worker):
+        chat_worker = spawn_worker(
+            server.url, "--tiny", "--tiny-dir", str(tiny_llama4_dir), "--device", "cpu",
+            "--index", str(index), "--index-device", "cpu", *chat_args,
+            kind="llama4", key="rag-chat-worker-key", env=RAG_WORKER_ENV,
+        )
+        try:
+            yield server, search_worker, chat_worker
+        finally:
+            chat_worker.stop()
+
+
 @pytest.fixture
 def endpoints_dir(tmp_path: Path) -> Path:
     """A copy of the repository's endpoints/ that a test may change."""
@@ -252,3 +308,10 @@ def wait_until(condition: Callable[[], object], timeout_s: float = 10.0, every_s
             return value
         time.sleep(every_s)
     raise AssertionError(f"condition not met within {timeout_s} s")
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on now, for a server started later or restarted on it."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

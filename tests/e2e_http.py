@@ -1,4 +1,4 @@
-"""Helpers of the end-to-end HTTP tests (test_api.py, test_worker_protocol.py).
+"""Helpers of the end-to-end HTTP tests (test_api.py, test_worker_protocol.py and others).
 
 `echo_variant` writes a copy of the echo endpoint with some settings changed; `read_events`
 reads a Server-Sent Events stream; `RawWorker` speaks the worker protocol by hand, so a test
@@ -186,6 +186,14 @@ class RawWorker:
         return self.http.post(
             f"{self.url}/api/v1/worker/results", json={"reports": reports}, headers=self.headers
         )
+
+
+def get_job(http: httpx.Client, url: str, job_id: str, wait_s: float = 0) -> dict[str, Any]:
+    """The job as `GET /api/v1/jobs/{id}` shows it (long-polling with `?wait=` when wait_s)."""
+    params = {"wait": f"{wait_s:g}"} if wait_s else None
+    reply = http.get(f"{url}/api/v1/jobs/{job_id}", params=params)
+    assert reply.status_code == 200, reply.text
+    return reply.json()
 
 
 def entry(job: dict[str, Any], **fields: Any) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from e2e_http import (
     echo_variant,
     entry,
     explained,
+    get_job,
     parse_events,
     read_events,
 )
@@ -54,12 +55,6 @@ def submitted(http: httpx.Client, url: str, inputs: dict[str, Any] | None = None
 def queued_counts(http: httpx.Client, url: str) -> dict[str, int]:
     stats = http.get(f"{url}/api/v1/status").json()
     return {name: e["queued"] for name, e in stats["endpoints"].items()}
-
-
-def get_job(http: httpx.Client, url: str, job_id: str, **kwargs: Any) -> dict:
-    reply = http.get(f"{url}/api/v1/jobs/{job_id}", **kwargs)
-    assert reply.status_code == 200, reply.text
-    return reply.json()
 
 
 # ----- health, status, endpoint schemas
@@ -164,7 +159,7 @@ def test_submit_then_poll_until_a_worker_finishes(start_server, start_worker, ht
     start_worker(server.url)
 
     def finished() -> dict | None:
-        seen = get_job(http, server.url, job["job_id"], params={"wait": 5})
+        seen = get_job(http, server.url, job["job_id"], wait_s=5)
         return seen if seen["status"] == "done" else None
 
     done = wait_until(finished, timeout_s=30)

@@ -11,17 +11,12 @@ page's own citation linker next to the real source cards.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO, spawn_server, spawn_worker
+from conftest import REPO, build_index, serving_rag
 from playwright.async_api import expect
 
-WORKER_ENV = {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
 CORPUS = REPO / "examples" / "corpus"
 QUESTIONS = json.loads((REPO / "examples" / "corpus_questions.json").read_text())
 TIMEOUT_MS = 20_000
@@ -36,29 +31,9 @@ def rag_page_server(tmp_path_factory: pytest.TempPathFactory, tiny_llama4_dir: P
     """An index of examples/corpus, a server with rag_search (its page) and rag_chat, a rag
     worker and a tiny llama4 --index worker. Returns the server."""
     tmp = tmp_path_factory.mktemp("rag-page")
-    index = tmp / "index"
-    built = subprocess.run(
-        [sys.executable, "-m", "workers.index_cli", "build", str(CORPUS), "--out", str(index),
-         "--clip", "tiny", "--device", "cpu"],
-        capture_output=True, text=True, timeout=120, cwd=REPO, env={**os.environ, **WORKER_ENV},
-    )
-    assert built.returncode == 0, built.stderr
-    for name in ("rag_search", "rag_chat"):
-        shutil.copytree(REPO / "endpoints" / name, tmp / "endpoints" / name)
-    server = spawn_server(tmp / "endpoints", tmp / "jobs.sqlite3")
-    workers = []
-    try:
-        workers.append(spawn_worker(server.url, "--index", str(index), "--index-device", "cpu",
-                                    kind="rag", key="rag-worker-key", env=WORKER_ENV))
-        workers.append(spawn_worker(server.url, "--tiny", "--tiny-dir", str(tiny_llama4_dir),
-                                    "--device", "cpu", "--index", str(index),
-                                    "--index-device", "cpu", kind="llama4",
-                                    key="rag-chat-worker-key", env=WORKER_ENV))
+    index = build_index(CORPUS, tmp / "index")
+    with serving_rag(tmp, index, tiny_llama4_dir) as (server, _, _):
         yield server
-    finally:
-        for worker in workers:
-            worker.stop()
-        server.stop()
 
 
 @pytest.mark.timeout(120)  # the first test also builds the index and starts both workers
@@ -127,7 +102,7 @@ async def test_the_chat_tab_streams_an_answer_with_numbered_linked_sources(
     # The page's citation linker on an answer that cites: [n] of a listed source is a link to
     # its card (other numbers stay text); a click scrolls to the card and highlights it.
     await page.evaluate("""async () => {
-      const {renderAnswer} = await import('/static/pages/rag.js');
+      const {renderAnswer} = await import('/static/pages/sources.js');
       const cards = document.querySelectorAll('#turn-0 .source-card');
       const sources = Array.from(cards, (card) => ({n: Number(card.dataset.n)}));
       const probe = document.createElement('div');

@@ -13,15 +13,12 @@ import asyncio
 import base64
 import io
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import REPO, Process, serving
 from PIL import Image
 from playwright.async_api import Page, expect
 
-SD3_KEY = "sd3-worker-key"
 TIMEOUT_MS = 45_000  # a job on the tiny model, on a busy 2-core machine
 # Collects every distinct preview the page shows (the tiles' src) until the final images come.
 WATCH_PREVIEWS = """() => {
@@ -43,16 +40,6 @@ DROP_FILE = """async ([data, name]) => {
     zone.dispatchEvent(new DragEvent(type, init));
   }
 }"""
-
-
-@pytest.fixture(scope="module")
-def sd3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Process, Process]]:
-    """(server, worker): the repository's endpoints and one tiny-model worker on the CPU."""
-    folder = tmp_path_factory.mktemp("sd3-browser")
-    with serving(REPO / "endpoints", folder / "jobs.db", "--tiny", "--tiny-dir",
-                 str(folder / "tiny-sd3"), "--device", "cpu", "--max-batch", "4",
-                 "--poll-wait-s", "2", "--preview-size", "64", kind="sd3", key=SD3_KEY) as pair:
-        yield pair
 
 
 def png_bytes(color: tuple[int, int, int]) -> bytes:

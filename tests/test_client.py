@@ -9,13 +9,13 @@ import json
 import logging
 import random
 import re
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO, write_endpoint
+from conftest import REPO, free_port
+from e2e_http import echo_variant
 from PIL import Image
 
 from jobhive import (
@@ -35,7 +35,6 @@ from jobhive import (
     backoff_delay_s,
 )
 
-ECHO_TOML = (REPO / "endpoints" / "echo" / "endpoint.toml").read_text()
 FAST_RETRIES = {"max_retries": 40, "backoff_s": 0.05, "max_backoff_s": 0.5}
 
 
@@ -45,13 +44,6 @@ def echo_url(start_server, start_worker) -> str:
     server = start_server()
     start_worker(server.url)
     return server.url
-
-
-def free_port() -> int:
-    """A port nothing listens on now (the OS picks it), for a server started later."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def retry_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
@@ -243,7 +235,7 @@ async def test_stream_reconnects_after_the_server_restarts(start_server, start_w
             events.append(event)
             previews = [e for e in events if e.job.progress_outputs]
             if len(previews) == 3 and server.proc.poll() is None:
-                server.kill()  # a crash mid-job: the running job goes back to the queue
+                server.kill()  # a crash mid-job: the job waits for its worker to report again
                 start_server(port=port)  # same store file, same port
     assert events[-1].event == "result" and events[-1].job.outputs["text"] == "survivor"
     assert events[-1].job.attempts >= 1
@@ -306,10 +298,7 @@ async def test_bad_inputs_raise_validation_error_with_a_message_per_field(start_
 def test_client_keys_raise_auth_error_without_the_right_key(
     endpoints_dir, start_server, start_worker
 ):
-    toml, n = re.subn(r"(?m)^\[CLIENTS\]\nauth_keys = \[\].*$",
-                      '[CLIENTS]\nauth_keys = ["key-a", "key-b"]', ECHO_TOML)
-    assert n == 1
-    write_endpoint(endpoints_dir, "private", toml)
+    echo_variant(endpoints_dir, "private", CLIENTS={"auth_keys": ["key-a", "key-b"]})
     server = start_server()
     start_worker(server.url)
     for key in (None, "wrong-key"):
@@ -325,11 +314,7 @@ def test_client_keys_raise_auth_error_without_the_right_key(
 
 
 def test_a_full_queue_and_a_large_body_raise_typed_errors(endpoints_dir, start_server):
-    toml = ECHO_TOML.replace(
-        "max_queue_length = 100000", "max_queue_length = 1\nmax_body_bytes = 2000"
-    )
-    assert toml != ECHO_TOML
-    write_endpoint(endpoints_dir, "tiny", toml)
+    echo_variant(endpoints_dir, "tiny", ENDPOINT={"max_queue_length": 1, "max_body_bytes": 2000})
     server = start_server()
     with Client(server.url) as client:
         client.submit("tiny", {"text": "first"})

@@ -9,20 +9,16 @@ from __future__ import annotations
 
 import base64
 import io
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO, spawn_server, spawn_worker
+from conftest import build_index, serving_rag
 from e2e_http import assert_error, explained, read_events
 from PIL import Image, ImageDraw
 
 from workers import rag
+from workers.images import data_url
 
-WORKER_ENV = {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
 DOCS = {
     "shoes.md": (
         "# Running shoes\n\n"
@@ -64,37 +60,16 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def index_dir(corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("index") / "index"
-    built = subprocess.run(
-        [sys.executable, "-m", "workers.index_cli", "build", str(corpus), "--out", str(out),
-         "--clip", "tiny", "--device", "cpu"],
-        capture_output=True, text=True, timeout=120, cwd=REPO, env={**os.environ, **WORKER_ENV},
-    )
-    assert built.returncode == 0, built.stderr
-    return out
+    return build_index(corpus, tmp_path_factory.mktemp("index") / "index")
 
 
 @pytest.fixture(scope="module")
 def rag_server(tmp_path_factory: pytest.TempPathFactory, index_dir: Path, tiny_llama4_dir: Path):
-    """One server with rag_search and rag_chat, a rag worker and a tiny llama4 --index worker.
-    Returns (server, search_worker, chat_worker)."""
-    tmp = tmp_path_factory.mktemp("rag-server")
-    for name in ("rag_search", "rag_chat"):
-        shutil.copytree(REPO / "endpoints" / name, tmp / "endpoints" / name)
-    server = spawn_server(tmp / "endpoints", tmp / "jobs.sqlite3")
-    workers = []
-    try:
-        workers.append(spawn_worker(server.url, "--index", str(index_dir), "--index-device", "cpu",
-                                    kind="rag", key="rag-worker-key", env=WORKER_ENV))
-        workers.append(spawn_worker(server.url, "--tiny", "--tiny-dir", str(tiny_llama4_dir),
-                                    "--device", "cpu", "--index", str(index_dir),
-                                    "--index-device", "cpu", "--max-batch", "2",
-                                    kind="llama4", key="rag-chat-worker-key", env=WORKER_ENV))
-        yield server, *workers
-    finally:
-        for worker in workers:
-            worker.stop()
-        server.stop()
+    """One server with rag_search and rag_chat, a rag worker and a tiny llama4 --index worker
+    (batches of up to 2). Returns (server, search_worker, chat_worker)."""
+    with serving_rag(tmp_path_factory.mktemp("rag-server"), index_dir, tiny_llama4_dir,
+                     "--max-batch", "2") as started:
+        yield started
 
 
 def search(http, url, **inputs):
@@ -109,7 +84,7 @@ def image_data_url(path: Path) -> str:
     buffer = io.BytesIO()
     with Image.open(path) as image:
         image.save(buffer, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+    return data_url(buffer.getvalue(), "png")
 
 
 # ----- rag_search

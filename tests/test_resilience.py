@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import re
 import signal
-import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from conftest import REPO, Process, wait_until, write_endpoint
+from conftest import Process, free_port, wait_until
+from e2e_http import echo_variant, get_job
 
 FINISHED = ("done", "failed", "canceled")
 
@@ -26,34 +25,10 @@ FINISHED = ("done", "failed", "canceled")
 # ----- helpers
 
 
-def free_port() -> int:
-    """A loopback port nobody listens on now, for a server that must come back on the same one."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def echo_endpoint(endpoints_dir: Path, **settings: object) -> None:
-    """Rewrites the test copy of the echo endpoint with other [ENDPOINT] settings (lease_s...)."""
-    text = (REPO / "endpoints" / "echo" / "endpoint.toml").read_text()
-    for key, value in settings.items():
-        text, count = re.subn(rf"(?m)^{key} = .*$", f"{key} = {value}", text)
-        if not count:
-            text = text.replace("[ENDPOINT]\n", f"[ENDPOINT]\n{key} = {value}\n", 1)
-    write_endpoint(endpoints_dir, "echo", text)
-
-
 def submit(http: httpx.Client, url: str, **inputs: Any) -> str:
     reply = http.post(f"{url}/api/v1/endpoints/echo/jobs", json={"inputs": inputs})
     assert reply.status_code == 202, reply.text
     return reply.json()["job_id"]
-
-
-def get_job(http: httpx.Client, url: str, job_id: str, wait_s: float = 0) -> dict[str, Any]:
-    query = f"?wait={wait_s:g}" if wait_s else ""
-    reply = http.get(f"{url}/api/v1/jobs/{job_id}{query}")
-    assert reply.status_code == 200, reply.text
-    return reply.json()
 
 
 def wait_status(
@@ -130,7 +105,7 @@ def test_two_workers_share_one_queue_each_job_done_once(start_server, start_work
 def test_killed_worker_job_is_finished_by_another_after_lease(
     start_server, start_worker, endpoints_dir, http
 ):
-    echo_endpoint(endpoints_dir, lease_s=2)
+    echo_variant(endpoints_dir, "echo", ENDPOINT={"lease_s": 2})
     server = start_server()
     doomed = start_worker(server.url, "--worker-id", "doomed")
     job_id = submit(http, server.url, text="survivor", delay_s=3, steps=6)
@@ -150,7 +125,7 @@ def test_killed_worker_job_is_finished_by_another_after_lease(
 def test_job_fails_after_max_attempts_when_every_worker_dies(
     start_server, start_worker, endpoints_dir, http
 ):
-    echo_endpoint(endpoints_dir, lease_s=2, max_attempts=2)
+    echo_variant(endpoints_dir, "echo", ENDPOINT={"lease_s": 2, "max_attempts": 2})
     server = start_server()
     job_id = submit(http, server.url, text="cursed", delay_s=30, steps=30)
 
@@ -175,7 +150,7 @@ def test_job_fails_after_max_attempts_when_every_worker_dies(
 def test_server_restart_keeps_queued_running_and_finished_jobs(
     start_server, start_worker, endpoints_dir, tmp_path, http, how
 ):
-    echo_endpoint(endpoints_dir, lease_s=2)
+    echo_variant(endpoints_dir, "echo", ENDPOINT={"lease_s": 2})
     port, store = free_port(), tmp_path / "restart.sqlite3"
     server = start_server(port=port, store=store)
     first = start_worker(server.url, "--worker-id", "first")
@@ -218,7 +193,7 @@ def test_server_restart_keeps_queued_running_and_finished_jobs(
 def test_results_expire_after_their_ttl_also_across_a_restart(
     start_server, start_worker, endpoints_dir, tmp_path, http
 ):
-    echo_endpoint(endpoints_dir, result_ttl_s=1)
+    echo_variant(endpoints_dir, "echo", ENDPOINT={"result_ttl_s": 1})
     port, store = free_port(), tmp_path / "ttl.sqlite3"
     server = start_server(port=port, store=store)
     start_worker(server.url)
@@ -246,8 +221,7 @@ def test_results_expire_after_their_ttl_also_across_a_restart(
 def test_server_sigterm_answers_long_polls_and_exits_promptly(
     start_server, start_worker, endpoints_dir, http
 ):
-    echo_text = (REPO / "endpoints" / "echo" / "endpoint.toml").read_text()
-    write_endpoint(endpoints_dir, "parked", echo_text.replace('"echo"', '"parked"'))  # no worker
+    echo_variant(endpoints_dir, "parked", WORKER={"job_type": "parked"})  # no worker serves it
     server = start_server()
     worker = start_worker(server.url, "--worker-id", "idle", "--poll-wait-s", "30")
     wait_until(lambda: http.get(f"{server.url}/api/v1/status").json()["workers"])

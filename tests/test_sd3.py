@@ -2,8 +2,8 @@
 
 The tiny model (workers/tiny_sd3.py) has random weights: its images are noise, but it runs the
 real SD3 pipeline classes, so sizes, seeds, batching, previews and cancel behave as with real
-weights. One server and one worker (max batch 4) serve the whole module; the tiny model is built
-once per session into a temporary folder (--tiny-dir).
+weights. One server and one worker (max batch 4: the `sd3` fixture of conftest.py) serve the
+whole module; the tiny model is built once for it into a temporary folder (--tiny-dir).
 """
 
 from __future__ import annotations
@@ -12,28 +12,16 @@ import base64
 import io
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from conftest import REPO, Process, serving, wait_until
+from conftest import Process, wait_until
 from PIL import Image
 
 from jobhive import Client
 
-SD3_KEY = "sd3-worker-key"
 TINY = {"width": 64, "height": 64, "steps": 4, "cfg_scale": 5.0, "preview": "none"}
-
-
-@pytest.fixture(scope="module")
-def sd3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Process, Process]]:
-    """(server, worker): one server on a free port and one tiny-model worker, max batch 4."""
-    folder = tmp_path_factory.mktemp("sd3")
-    with serving(REPO / "endpoints", folder / "jobs.db", "--tiny", "--tiny-dir",
-                 str(folder / "tiny-sd3"), "--device", "cpu", "--max-batch", "4",
-                 "--poll-wait-s", "2", "--preview-size", "64", kind="sd3", key=SD3_KEY) as pair:
-        yield pair
 
 
 def submit(http: httpx.Client, url: str, wait_s: float = 0, **inputs) -> dict:
@@ -304,14 +292,14 @@ def test_metadata_is_embedded_in_png_and_jpeg():
 
 def test_tiny_model_folder_is_a_diffusers_checkpoint(sd3):
     # the module's worker built it through save_pretrained; the layout real weights have
-    folder = next(Path(p) for p in _tiny_dirs(sd3[1]))
+    folder = _tiny_dir(sd3[1])
     index = json.loads((folder / "model_index.json").read_text())
     assert index["_class_name"] == "StableDiffusion3Pipeline"
     for part in ("transformer", "vae", "text_encoder", "text_encoder_3", "tokenizer_3"):
         assert (folder / part).is_dir()
 
 
-def _tiny_dirs(worker: Process) -> list[str]:
+def _tiny_dir(worker: Process) -> Path:
     args = worker.proc.args
     assert isinstance(args, list)
-    return [args[args.index("--tiny-dir") + 1]]
+    return Path(args[args.index("--tiny-dir") + 1])

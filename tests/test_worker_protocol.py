@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 
 import httpx
 from conftest import ECHO_WORKER_KEY, wait_until
-from e2e_http import RawWorker, assert_error, echo_variant, entry
+from e2e_http import RawWorker, assert_error, echo_variant, entry, get_job
 
 
 def submit(http: httpx.Client, url: str, endpoint: str = "echo", **inputs: Any) -> str:
@@ -27,17 +27,11 @@ def submit(http: httpx.Client, url: str, endpoint: str = "echo", **inputs: Any) 
     return reply.json()["job_id"]
 
 
-def job_of(http: httpx.Client, url: str, job_id: str) -> dict[str, Any]:
-    reply = http.get(f"{url}/api/v1/jobs/{job_id}")
-    assert reply.status_code == 200, reply.text
-    return reply.json()
-
-
 def status_is(http: httpx.Client, url: str, job_id: str, status: str):
     """A wait_until condition: the job once it has this status."""
 
     def check() -> dict[str, Any] | None:
-        job = job_of(http, url, job_id)
+        job = get_job(http, url, job_id)
         return job if job["status"] == status else None
 
     return check
@@ -178,16 +172,16 @@ def test_progress_renews_the_lease(start_server, endpoints_dir, http):
         assert reply.status_code == 200, reply.text
         assert reply.json() == {"job_id": job_id, "ok": True, "canceled": False}
         time.sleep(0.15)
-    job = job_of(http, server.url, job_id)
+    job = get_job(http, server.url, job_id)
     assert (job["status"], job["attempts"]) == ("running", 1)
     assert (job["progress"], job["progress_outputs"]) == (step, {"step": step})
     assert f"job {job_id} requeued" not in server.text
     # A heartbeat (no progress, no outputs) renews it as well and changes nothing shown.
     assert worker.progress(grant).status_code == 200
-    assert job_of(http, server.url, job_id)["progress"] == step
+    assert get_job(http, server.url, job_id)["progress"] == step
 
     assert worker.result(grant, outputs={"text": "kept"}).status_code == 200
-    assert job_of(http, server.url, job_id)["status"] == "done"
+    assert get_job(http, server.url, job_id)["status"] == "done"
 
 
 def test_an_expired_lease_requeues_then_fails_after_max_attempts(start_server, endpoints_dir, http):
@@ -203,7 +197,7 @@ def test_an_expired_lease_requeues_then_fails_after_max_attempts(start_server, e
     requeued = wait_until(status_is(http, server.url, job_id, "queued"), timeout_s=15)
     assert requeued["attempts"] == 1
     assert requeued["queue_position"] == 0
-    assert job_of(http, server.url, behind)["queue_position"] == 1
+    assert get_job(http, server.url, behind)["queue_position"] == 1
 
     (second,) = worker.take()
     assert (second["job_id"], second["attempt"]) == (job_id, 2)
@@ -215,13 +209,13 @@ def test_an_expired_lease_requeues_then_fails_after_max_attempts(start_server, e
     assert "lease expired" in failed["error"]
     assert "max_attempts = 2" in failed["error"]
     assert failed["outputs"] is None
-    assert job_of(http, server.url, behind)["status"] == "queued"
+    assert get_job(http, server.url, behind)["status"] == "queued"
 
     # The worker that held the last lease comes back with a result: the job failed for good,
     # and the worker is told its result was not taken rather than that all is well.
     late = worker.result(second, outputs={"text": "too late"})
     assert_error(late, 409)
-    assert job_of(http, server.url, job_id)["status"] == "failed"
+    assert get_job(http, server.url, job_id)["status"] == "failed"
     no_server_errors(server)
 
 
@@ -236,7 +230,7 @@ def test_a_late_result_is_taken_when_nobody_retook_the_job(start_server, endpoin
     reply = worker.result(grant, outputs={"text": "slow"})
     assert reply.status_code == 200, reply.text
     assert reply.json()["ok"] is True
-    done = job_of(http, server.url, job_id)
+    done = get_job(http, server.url, job_id)
     assert (done["status"], done["outputs"], done["attempts"]) == ("done", {"text": "slow"}, 1)
     stats = http.get(f"{server.url}/api/v1/status").json()["endpoints"]["short"]
     assert stats == {"queued": 0, "running": 0, "workers": 1}
@@ -254,12 +248,12 @@ def test_late_progress_takes_the_job_back_when_nobody_retook_it(start_server, en
     reply = worker.progress(grant, progress=60)
     assert reply.status_code == 200, reply.text
     assert reply.json()["canceled"] is False
-    job = job_of(http, server.url, job_id)
+    job = get_job(http, server.url, job_id)
     assert (job["status"], job["progress"], job["queue_position"]) == ("running", 60, None)
     assert http.get(f"{server.url}/api/v1/status").json()["endpoints"]["short"]["queued"] == 0
     assert worker.poll(wait_s=0).status_code == 204  # nobody else can take it now
     assert worker.result(grant, outputs={"text": "x"}).status_code == 200
-    assert job_of(http, server.url, job_id)["status"] == "done"
+    assert get_job(http, server.url, job_id)["status"] == "done"
 
 
 def test_a_lost_lease_is_refused_and_the_new_holder_wins(start_server, endpoints_dir, http):
@@ -279,13 +273,13 @@ def test_a_lost_lease_is_refused_and_the_new_holder_wins(start_server, endpoints
     (answer,) = slow.batch_results([entry(old, outputs={"text": "slow"})]).json()["answers"]
     assert (answer["ok"], answer["canceled"]) == (False, False)
     assert "lease" in answer["error"]
-    assert job_of(http, server.url, job_id)["status"] == "running"
+    assert get_job(http, server.url, job_id)["status"] == "running"
 
     accepted = quick.result(new, outputs={"text": "quick"})
     assert accepted.status_code == 200, accepted.text
     assert accepted.json()["ok"] is True
     assert_error(slow.result(old, outputs={"text": "slow"}), 409)
-    done = job_of(http, server.url, job_id)
+    done = get_job(http, server.url, job_id)
     assert (done["status"], done["outputs"]) == ("done", {"text": "quick"})
     workers = {
         w["worker_id"]: (w["jobs_done"], w["running"])
@@ -314,9 +308,9 @@ def test_results_are_idempotent(start_server, http):
     ).json()["answers"]
     assert [a["ok"] for a in answers] == [True, True]
 
-    job = job_of(http, server.url, done_id)
+    job = get_job(http, server.url, done_id)
     assert (job["status"], job["outputs"]) == ("done", {"text": "a"})
-    assert job_of(http, server.url, failed_id)["error"] == "CUDA out of memory"
+    assert get_job(http, server.url, failed_id)["error"] == "CUDA out of memory"
     stats = http.get(f"{server.url}/api/v1/status").json()
     (seen,) = stats["workers"]
     assert (seen["jobs_done"], seen["jobs_failed"], seen["running"]) == (1, 1, 0)
@@ -326,7 +320,7 @@ def test_results_are_idempotent(start_server, http):
     assert "done" in body["error"]
     # A different result for a job already finished is not silently taken.
     assert_error(worker.result(done, outputs={"text": "changed"}), 409)
-    assert job_of(http, server.url, done_id)["outputs"] == {"text": "a"}
+    assert get_job(http, server.url, done_id)["outputs"] == {"text": "a"}
 
 
 def test_release_hands_the_job_back_to_the_front(start_server, http):
@@ -341,10 +335,10 @@ def test_release_hands_the_job_back_to_the_front(start_server, http):
     reply = worker.result(grant, release=True)
     assert reply.status_code == 200, reply.text
     assert reply.json()["ok"] is True
-    job = job_of(http, server.url, first_id)
+    job = get_job(http, server.url, first_id)
     assert (job["status"], job["queue_position"], job["attempts"]) == ("queued", 0, 0)
     assert (job["progress"], job["progress_outputs"]) == (0, None)
-    assert job_of(http, server.url, second_id)["queue_position"] == 1
+    assert get_job(http, server.url, second_id)["queue_position"] == 1
 
     (again,) = worker.take()
     assert (again["job_id"], again["attempt"]) == (first_id, 1)
@@ -353,7 +347,7 @@ def test_release_hands_the_job_back_to_the_front(start_server, http):
     # Through the batch route as well.
     answers = worker.batch_results([entry(again, release=True)]).json()["answers"]
     assert answers == [{"job_id": first_id, "ok": True, "canceled": False}]
-    assert job_of(http, server.url, first_id)["attempts"] == 0
+    assert get_job(http, server.url, first_id)["attempts"] == 0
 
 
 def test_a_release_after_the_lease_expired_gives_no_attempt_back(
@@ -369,7 +363,7 @@ def test_a_release_after_the_lease_expired_gives_no_attempt_back(
 
     reply = worker.result(grant, release=True)  # the worker, late, hands it back too
     assert reply.status_code == 200, reply.text
-    job = job_of(http, server.url, job_id)
+    job = get_job(http, server.url, job_id)
     assert (job["status"], job["queue_position"], job["attempts"]) == ("queued", 0, 1)
 
 
@@ -400,7 +394,7 @@ def test_batch_routes_answer_per_job(start_server, http):
             (ids[2], False, False, True),
         ]
     )
-    second = job_of(http, server.url, ids[1])
+    second = get_job(http, server.url, ids[1])
     assert (second["progress"], second["progress_outputs"]) == (20, {"step": 1})
 
     assert http.delete(f"{server.url}/api/v1/jobs/{ids[2]}").status_code == 200
@@ -421,9 +415,9 @@ def test_batch_routes_answer_per_job(start_server, http):
     assert reply.status_code == 200, reply.text
     answers = {a["job_id"]: (a["ok"], a["canceled"]) for a in reply.json()["answers"]}
     assert answers == {ids[0]: (True, False), ids[1]: (True, False), ids[2]: (False, True)}
-    statuses = [job_of(http, server.url, i)["status"] for i in ids]
+    statuses = [get_job(http, server.url, i)["status"] for i in ids]
     assert statuses == ["done", "failed", "canceled"]
-    assert job_of(http, server.url, ids[2])["outputs"] is None
+    assert get_job(http, server.url, ids[2])["outputs"] is None
 
 
 def test_results_with_a_poll_get_the_next_batch(start_server, http):
@@ -451,7 +445,7 @@ def test_results_with_a_poll_get_the_next_batch(start_server, http):
     )
     assert reply.status_code == 200, reply.text
     assert reply.json()["jobs"] == []
-    assert [job_of(http, server.url, i)["status"] for i in ids] == ["done"] * 3
+    assert [get_job(http, server.url, i)["status"] for i in ids] == ["done"] * 3
 
 
 # ----- keys
@@ -462,7 +456,7 @@ def test_wrong_worker_keys_get_401(start_server, http):
     job_id = submit(http, server.url)
     worker = RawWorker(http, server.url)
     (grant,) = worker.take()
-    version = job_of(http, server.url, job_id)["version"]
+    version = get_job(http, server.url, job_id)["version"]
     routes = [
         ("/api/v1/worker/jobs", {"worker_id": "w", "job_types": ["echo"], "wait_s": 0}),
         (f"/api/v1/worker/jobs/{job_id}/progress", {"lease_id": grant["lease_id"]}),
@@ -477,7 +471,7 @@ def test_wrong_worker_keys_get_401(start_server, http):
             assert reply.headers["WWW-Authenticate"].startswith("Bearer")
             # The key is checked before the body is even read.
             assert_error(http.post(server.url + path, content=b"{oops", headers=headers), 401)
-    job = job_of(http, server.url, job_id)
+    job = get_job(http, server.url, job_id)
     assert (job["status"], job["version"]) == ("running", version)  # nothing changed
     assert worker.result(grant, outputs={"text": "fine"}).status_code == 200
 
@@ -489,7 +483,7 @@ def test_another_endpoints_worker_key_cannot_report(start_server, endpoints_dir,
     server = start_server()
     job_id = submit(http, server.url)
     (grant,) = RawWorker(http, server.url).take()
-    before = job_of(http, server.url, job_id)
+    before = get_job(http, server.url, job_id)
     intruder = RawWorker(
         http, server.url, worker_id="intruder", key="other-worker-key", job_types=["echo"]
     )
@@ -506,7 +500,7 @@ def test_another_endpoints_worker_key_cannot_report(start_server, endpoints_dir,
         (answer,) = reply.json()["answers"]
         assert (answer["job_id"], answer["ok"]) == (job_id, False)
         assert "echo" in answer["error"]
-    after = job_of(http, server.url, job_id)
+    after = get_job(http, server.url, job_id)
     assert after == before
     # Its own endpoint's jobs it may take.
     other_id = submit(http, server.url, "other")
@@ -594,7 +588,7 @@ def test_bad_per_job_report_bodies_get_400(start_server, http):
     job_id = submit(http, server.url)
     worker = RawWorker(http, server.url)
     (grant,) = worker.take()
-    version = job_of(http, server.url, job_id)["version"]
+    version = get_job(http, server.url, job_id)["version"]
     lease = {"lease_id": grant["lease_id"]}
     for route in ("progress", "result"):
         url = f"{server.url}/api/v1/worker/jobs/{job_id}/{route}"
@@ -606,7 +600,7 @@ def test_bad_per_job_report_bodies_get_400(start_server, http):
             _post(http, f"{server.url}/api/v1/worker/jobs/{long_id}/{route}", lease), 400, "job_id"
         )
         assert_error(_post(http, f"{server.url}/api/v1/worker/jobs/nope/{route}", lease), 404)
-    job = job_of(http, server.url, job_id)
+    job = get_job(http, server.url, job_id)
     assert (job["status"], job["version"]) == ("running", version)  # nothing changed
     assert worker.result(grant, outputs={"text": "ok"}).status_code == 200
     no_server_errors(server)
@@ -617,7 +611,7 @@ def test_bad_batch_report_bodies_get_400(start_server, http):
     job_id = submit(http, server.url)
     worker = RawWorker(http, server.url)
     (grant,) = worker.take()
-    version = job_of(http, server.url, job_id)["version"]
+    version = get_job(http, server.url, job_id)["version"]
     good = entry(grant)
     for route in ("progress", "results"):
         url = f"{server.url}/api/v1/worker/{route}"
@@ -638,7 +632,7 @@ def test_bad_batch_report_bodies_get_400(start_server, http):
         ]
         for body, field in cases:
             assert_error(_post(http, url, body), 400, field)
-    job = job_of(http, server.url, job_id)
+    job = get_job(http, server.url, job_id)
     assert (job["status"], job["version"]) == ("running", version)  # nothing changed
     no_server_errors(server)
 
@@ -648,7 +642,7 @@ def test_bad_poll_beside_batch_results_gets_400(start_server, http):
     job_id = submit(http, server.url)
     worker = RawWorker(http, server.url)
     (grant,) = worker.take()
-    version = job_of(http, server.url, job_id)["version"]
+    version = get_job(http, server.url, job_id)["version"]
     url = f"{server.url}/api/v1/worker/results"
     ok = {"worker_id": "w", "job_types": ["echo"], "wait_s": 0}
     reports = [entry(grant, outputs={})]
@@ -660,6 +654,6 @@ def test_bad_poll_beside_batch_results_gets_400(start_server, http):
         ({**ok, "priority": 1}, "poll.priority"),
     ):
         assert_error(_post(http, url, {"reports": reports, "poll": poll}), 400, field)
-    job = job_of(http, server.url, job_id)
+    job = get_job(http, server.url, job_id)
     assert (job["status"], job["version"]) == ("running", version)  # the result was not taken
     no_server_errors(server)

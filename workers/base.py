@@ -55,7 +55,6 @@ class ModelWorker:
     """
 
     job_type: ClassVar[str]
-    description: ClassVar[str] = ""
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args

@@ -281,12 +281,12 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"index:    {info['index_dir']} (created {info['created_at']})")
     print(f"files:    {info['files']} indexed, {info['files_failed']} failed")
     print(f"items:    {info['text_chunks']} text chunks, {info['images']} images")
-    for name, model in (("text", "text"), ("clip", "clip")):
+    for name in ("text", "clip"):
         faiss = info["faiss"].get(name, {})
         shape = ", ".join(f"{k} {v}" for k, v in faiss.items() if k != "kind")
         print(
             f"{name + ':':9} {faiss.get('kind', '?')} ({shape}); {info['dims'][name]}-d, "
-            f"model {info['models'][model]}"
+            f"model {info['models'][name]}"
         )
     print(f"settings: {settings}")
     for source, reason in info["failed"]:
@@ -303,11 +303,14 @@ def cmd_search(args: argparse.Namespace) -> int:
             image = args.image.read_bytes()
         except OSError as e:
             raise UsageError(f"--image {args.image}: {e.strerror or e}") from e
+    from workers.rag import KINDS
+
     index = _open(args.index, args.device)
-    kinds = ("text", "image") if args.kinds == "all" else (args.kinds,)
     with index:
         try:
-            hits = index.search(text=args.text, image=image, top_k=args.top_k, kinds=kinds)
+            hits = index.search(
+                text=args.text, image=image, top_k=args.top_k, kinds=KINDS[args.kinds]
+            )
         except ValueError as e:
             raise UsageError(str(e)) from e
     if args.json:

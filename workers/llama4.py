@@ -66,7 +66,6 @@ class Llama4Worker(ModelWorker):
     """Chat with Llama 4 (or any chat model); several chats of a batch generate together."""
 
     job_type = "llama4_chat"
-    description = "Llama 4 (or any chat model) with streamed tokens"
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
@@ -367,8 +366,8 @@ def sample(logits: torch.Tensor, chat: Chat) -> int:
         logits = logits.masked_fill(logits < kth, float("-inf"))
     if 0 < chat.top_p < 1:
         sorted_logits, order = torch.sort(logits, descending=True)
-        cumulative = sorted_logits.softmax(-1).cumsum(-1)
-        drop = cumulative - sorted_logits.softmax(-1) >= chat.top_p  # keeps at least the top one
+        probs = sorted_logits.softmax(-1)
+        drop = probs.cumsum(-1) - probs >= chat.top_p  # keeps at least the top one
         logits = logits.masked_fill(drop.scatter(0, order, drop), float("-inf"))
     if chat.generator is None:
         chat.generator = torch.Generator(device=logits.device).manual_seed(chat.seed)

@@ -5,7 +5,6 @@ No torch: it serves the `echo` endpoint for tests, the demo and the benchmarks.
 
 from __future__ import annotations
 
-import base64
 import io
 import time
 from typing import Any
@@ -13,6 +12,7 @@ from typing import Any
 from PIL import Image, ImageDraw
 
 from workers.base import Job, ModelWorker, Progress
+from workers.images import data_url
 
 
 def preview_image(step: int, steps: int, size_px: int = 96) -> str:
@@ -24,7 +24,7 @@ def preview_image(step: int, steps: int, size_px: int = 96) -> str:
     draw.text((6, 6), f"{step}/{steps}", fill=(255, 255, 255))
     buffer = io.BytesIO()
     image.save(buffer, format="JPEG", quality=70)
-    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+    return data_url(buffer.getvalue(), "jpeg")
 
 
 class NoopWorker(ModelWorker):
@@ -32,7 +32,6 @@ class NoopWorker(ModelWorker):
     batch takes as long as its longest delay."""
 
     job_type = "echo"
-    description = "echoes its inputs (no model; for tests, the demo and benchmarks)"
 
     def info(self) -> dict[str, Any]:
         return {"model": "noop"}

@@ -73,7 +73,6 @@ class RagWorker(ModelWorker):
     """Searches an index of texts and images; each job is one query."""
 
     job_type = "rag_search"
-    description = "search an index of documents and images by text and/or image"
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
@@ -82,13 +81,17 @@ class RagWorker(ModelWorker):
     def __init__(self, args: argparse.Namespace) -> None:
         super().__init__(args)
         self.index: Any = None
+        self.stats: dict[str, Any] = {}
 
     def info(self) -> dict[str, Any]:
-        return {"index": str(self.args.index), **(self.index.stats() if self.index else {})}
+        return {"index": str(self.args.index), **self.stats}
 
     def load(self) -> None:
         self.index = open_index(self.args)
-        log.info("rag: index %s: %s", self.args.index, self.index.stats())
+        # Read once: info() goes with every poll (on the runner's event loop), and what this
+        # worker searches does not change while it runs (its FAISS files are read at open).
+        self.stats = self.index.stats()
+        log.info("rag: index %s: %s", self.args.index, self.stats)
 
     def run(self, batch: list[Job], progress: Progress) -> list[dict[str, Any] | Exception]:
         return [self.search(job) for job in batch]

@@ -58,7 +58,6 @@ from workers.rag_embed import (
     model_path,
     recorded_path,
 )
-from workers.rag_faiss import build_faiss_index
 from workers.rag_meta import (
     FORMAT,
     META,
@@ -92,7 +91,6 @@ __all__ = [
     "Hit",
     "IndexSettings",
     "RagIndex",
-    "build_faiss_index",
     "fuse",
     "image_from_bytes",
     "index_info",

@@ -23,7 +23,6 @@ whitespace; the offsets are those of the trimmed text.
 
 from __future__ import annotations
 
-import base64
 import io
 import os
 import re
@@ -35,6 +34,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError, features
+
+from workers.images import data_url
 
 TEXT_READERS = {
     ".txt": "txt",
@@ -443,8 +444,7 @@ def thumbnail_url(image: Image.Image, size: int = THUMBNAIL_PX) -> str:
     small.thumbnail((size, size), Image.Resampling.LANCZOS)
     buffer = io.BytesIO()
     small.save(buffer, _THUMB_FORMAT, quality=75)
-    mime = "image/webp" if _THUMB_FORMAT == "WEBP" else "image/jpeg"
-    return f"data:{mime};base64,{base64.b64encode(buffer.getvalue()).decode('ascii')}"
+    return data_url(buffer.getvalue(), _THUMB_FORMAT.lower())
 
 
 ProgressFn = Callable[[int, int, str], None]  # (files done, files in all, source)

@@ -309,7 +309,6 @@ class SD3Worker(ModelWorker):
     """Stable Diffusion 3 text-to-image and image-to-image, with previews and batching."""
 
     job_type = "sd3"
-    description = "Stable Diffusion 3 text-to-image and image-to-image"
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:

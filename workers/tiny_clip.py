@@ -15,11 +15,9 @@ copy in INDEX_DIR/tiny-clip/.
 from __future__ import annotations
 
 import logging
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
+from workers.tiny_build import publish_folder
 from workers.tiny_sd3 import train_clip_tokenizer
 
 log = logging.getLogger("jobhive.rag")
@@ -69,7 +67,6 @@ def build_tiny_clip(folder: Path, seed: int = 0, projection_dim: int = 32) -> Pa
     if stamp.exists() and stamp.read_text() == wanted:
         return folder
     log.info("building the tiny random-weight CLIP in %s", folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
     tokenizer = train_clip_tokenizer([_CORPUS] * 8, vocab_size=500)
     config = CLIPConfig(
         text_config={
@@ -95,19 +92,12 @@ def build_tiny_clip(folder: Path, seed: int = 0, projection_dim: int = 32) -> Pa
     )
     torch.manual_seed(seed)
     model = CLIPModel(config)
-    if folder.exists():  # an older build: replaced whole
-        shutil.rmtree(folder)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
-    try:
+
+    def save(staging: Path) -> None:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         _image_processor().save_pretrained(staging)
         (staging / STAMP).write_text(wanted)
-        try:
-            os.rename(staging, folder)
-        except OSError:  # another process got there first
-            if not (stamp.exists() and stamp.read_text() == wanted):
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+
+    publish_folder(folder, save, lambda: stamp.exists() and stamp.read_text() == wanted)
     return folder

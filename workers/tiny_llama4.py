@@ -14,6 +14,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from workers.tiny_build import publish_folder
+
 log = logging.getLogger("jobhive.worker.llama4")
 
 DEFAULT_DIR = Path.home() / ".cache" / "jobhive" / "tiny-llama4"
@@ -92,7 +94,6 @@ def build_tiny_llama4(folder: Path, max_context: int = 2048, seed: int = 0) -> P
     if stamp.exists() and stamp.read_text() == wanted:
         return folder
     log.info("building the tiny random-weight Llama 4 in %s", folder)
-    folder.mkdir(parents=True, exist_ok=True)
     tokenizer = _train_tokenizer(vocab_size=600)
     tokenizer.model_max_length = max_context
     config = Llama4TextConfig(
@@ -117,7 +118,11 @@ def build_tiny_llama4(folder: Path, max_context: int = 2048, seed: int = 0) -> P
     torch.manual_seed(seed)
     model = Llama4ForCausalLM(config).to(torch.bfloat16)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    stamp.write_text(wanted)
-    return folder
+
+    def save(staging: Path) -> None:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        (staging / stamp.name).write_text(wanted)
+
+    # Saved beside the folder, then renamed: two workers starting at once never see half a model.
+    return publish_folder(folder, save, lambda: stamp.exists() and stamp.read_text() == wanted)

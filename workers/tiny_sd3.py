@@ -12,10 +12,10 @@ and the latent previews work as for the real model.
 
 from __future__ import annotations
 
-import os
-import shutil
 import tempfile
 from pathlib import Path
+
+from workers.tiny_build import publish_folder
 
 # Bump when the configs below change, so that a stale cached copy is not reused.
 TINY_VERSION = 1
@@ -156,16 +156,7 @@ def ensure_tiny_model(folder: Path | str | None = None) -> Path:
     target = Path(folder) if folder else DEFAULT_TINY_DIR
     if (target / "model_index.json").exists():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
     # Saved beside the target, then renamed: two workers starting at once never see half a model.
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    try:
-        build_tiny_pipeline().save_pretrained(staging)
-        try:
-            os.rename(staging, target)
-        except OSError:  # another process got there first (or target is a non-empty folder)
-            if not (target / "model_index.json").exists():
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    publish_folder(target, build_tiny_pipeline().save_pretrained,
+                   lambda: (target / "model_index.json").exists())
     return target

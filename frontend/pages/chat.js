@@ -12,6 +12,7 @@ import {el, errorBanner, siteFooter, siteHeader, statusText, workersNote} from "
 import {
   bindComposer,
   liveMarkdown,
+  replyEnd,
   replyMeta,
   runJob,
   saved,
@@ -232,24 +233,13 @@ function progress(message, job) {
 }
 
 function finish(message, job) {
-  const outputs = job.outputs || {};
-  const partial = job.progress_outputs || {};
-  const text = [outputs.text, partial.text].find((t) => typeof t === "string");
-  if (text !== undefined && (job.status === "done" || text.length >= message.content.length)) {
-    message.content = text;
-  }
-  if (job.status === "done") {
-    message.status = "done";
-    message.meta = {
-      finish_reason: outputs.finish_reason,
-      generated_tokens: outputs.generated_tokens,
-      tokens_per_s: outputs.tokens_per_s,
-    };
-  } else if (job.status === "canceled") {
-    message.status = "stopped";
-  } else {
-    message.status = "failed";
-    message.error = job.error || "the job failed";
+  const end = replyEnd(job, message.content);
+  message.content = end.text;
+  message.status = end.status;
+  if (end.error) message.error = end.error;
+  if (end.status === "done") {
+    const {finish_reason, generated_tokens, tokens_per_s} = job.outputs || {};
+    message.meta = {finish_reason, generated_tokens, tokens_per_s};
   }
 }
 

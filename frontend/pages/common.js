@@ -15,6 +15,8 @@
  *   stickToBottom(fn)                runs fn (which adds to the page) and keeps the page scrolled
  *                                    to its end if it was there
  *   replyMeta(outputs, stopped)      "length · 200 tokens · 512 tokens/s"
+ *   replyEnd(job, shown)             {text, status, error}: what a streamed reply becomes when
+ *                                    its job ends
  *   runJob(endpoint, {inputs, jobId, onUpdate, onRetry})
  *                                    submits inputs (or, without them, follows the job jobId)
  *                                    and follows it: {jobId, done (a Promise of the finished
@@ -23,7 +25,7 @@
  */
 
 import * as jobhive from "../jobhive.js";
-import {fieldControl} from "../form.js";
+import {fieldControl, readControls} from "../form.js";
 import {renderMarkdown} from "../markdown.js";
 import {clearFieldErrors, showFieldErrors} from "../ui.js";
 
@@ -75,22 +77,7 @@ export function settingsPanel(container, specs, names, storageKey) {
   restoreState(container, store.load() || {});
   container.addEventListener("change", () => store.save(controlState(container)));
   return {
-    async values() {
-      const values = {};
-      const errors = {};
-      for (const [name, control] of controls) {
-        try {
-          const value = await control.read();
-          if (value !== undefined) values[name] = value;
-        } catch (e) {
-          errors[name] = e.message;
-        }
-      }
-      if (Object.keys(errors).length) {
-        throw new jobhive.JobhiveError(400, "some settings cannot be read", {fields: errors});
-      }
-      return values;
-    },
+    values: () => readControls(controls, "some settings cannot be read"),
     reset() {
       restoreState(container, defaults);
       store.save(defaults);
@@ -152,6 +139,26 @@ export function replyMeta(outputs, stopped = false) {
   else if (outputs?.tokens !== undefined) parts.push(`${outputs.tokens} tokens`);
   if (outputs?.tokens_per_s) parts.push(`${Math.round(outputs.tokens_per_s)} tokens/s`);
   return parts.join(" · ");
+}
+
+/**
+ * What a streamed reply becomes when its job ends.
+ *
+ * Args:
+ *   job (object): the finished job (done, failed or canceled).
+ *   shown (string): the reply's text on the page so far.
+ *
+ * Returns:
+ *   {text, status, error}: the text to keep (the `text` output, else the last partial text
+ *   unless it is shorter than what is shown), the status ("done", "stopped" for a canceled job,
+ *   else "failed") and, for a failed one, why (else null).
+ */
+export function replyEnd(job, shown) {
+  const text = [job.outputs?.text, job.progress_outputs?.text].find((t) => typeof t === "string");
+  const keep = text !== undefined && (job.status === "done" || text.length >= shown.length);
+  const status = {done: "done", canceled: "stopped"}[job.status] ?? "failed";
+  const error = status === "failed" ? job.error || "the job failed" : null;
+  return {text: keep ? text : shown, status, error};
 }
 
 export function runJob(endpoint, {inputs = null, jobId = jobhive.newJobId(), onUpdate, onRetry} = {}) {

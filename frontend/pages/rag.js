@@ -5,10 +5,8 @@
 //  - Chat: questions to the chat endpoint named by <meta name="jobhive-chat-endpoint"> (rag_chat);
 //    the answer streams as Markdown, its sources show as numbered cards below it, and every
 //    [n] in the answer is a link that scrolls to source card n and highlights it.
-// The tab is in the URL's hash (#chat), so /rag_search#chat opens the chat.
-//
-// Re-exported from sources.js for other pages and tests: sourceCard, renderAnswer,
-// citationOptions, showSource.
+// The tab is in the URL's hash (#chat), so /rag_search#chat opens the chat. The cards and the
+// citation links are drawn by sources.js.
 
 import * as jobhive from "../jobhive.js";
 import {
@@ -16,6 +14,7 @@ import {
   el,
   errorBanner,
   jobStatus,
+  plural,
   showFieldErrors,
   siteFooter,
   siteHeader,
@@ -25,14 +24,13 @@ import {
 import {
   bindComposer,
   liveMarkdown,
+  replyEnd,
   replyMeta,
   runJob,
   settingsPanel,
   stickToBottom,
 } from "./common.js";
 import {citationOptions, sourceCard} from "./sources.js";
-
-export {citationOptions, renderAnswer, showSource, sourceCard} from "./sources.js";
 
 const CHAT_INPUT = "chat_context";
 const MAX_QUERY_IMAGE_PX = 1024; // a larger query image is scaled down before it is sent
@@ -111,7 +109,7 @@ function showHits(outputs, query) {
   const hits = Array.isArray(outputs.hits) ? outputs.hits : [];
   const took = typeof outputs.search_ms === "number" ? ` in ${Math.round(outputs.search_ms)} ms` : "";
   $("search-summary").textContent = hits.length
-    ? `${hits.length} result${hits.length === 1 ? "" : "s"}${took}.`
+    ? `${plural(hits.length, "result")}${took}.`
     : "Nothing found.";
   $("results").replaceChildren(
     ...hits.map((hit) => sourceCard(hit, {id: `hit-${hit.rank}`, query})),
@@ -328,22 +326,15 @@ function answerProgress(turn, job) {
 
 function answerEnd(turn, job) {
   const outputs = job.outputs || {};
-  const partial = job.progress_outputs || {};
-  const text = [outputs.text, partial.text].find((t) => typeof t === "string");
-  if (text !== undefined && (job.status === "done" || text.length >= turn.answer.length)) {
-    turn.answer = text;
-  }
-  const sources = [outputs.sources, partial.sources].find(Array.isArray);
+  const end = replyEnd(job, turn.answer);
+  turn.answer = end.text;
+  turn.status = end.status;
+  if (end.error) turn.error = end.error;
+  const sources = [outputs.sources, job.progress_outputs?.sources].find(Array.isArray);
   if (sources) turn.sources = sources;
   if (Array.isArray(outputs.cited)) turn.cited = outputs.cited;
-  if (job.status === "done") {
-    turn.status = "done";
+  if (end.status === "done") {
     turn.meta = {finish_reason: outputs.finish_reason, generated_tokens: outputs.generated_tokens};
-  } else if (job.status === "canceled") {
-    turn.status = "stopped";
-  } else {
-    turn.status = "failed";
-    turn.error = job.error || "the job failed";
   }
 }
 

@@ -34,7 +34,7 @@ $("status").replaceWith(status.element);
 
 let schema = null; // GET /api/v1/endpoints/{name}
 let image = null; // the start image: {dataUrl, name}
-let active = null; // the job being run: {jobId, controller, inputs, canceled}
+let active = null; // the job being run: {jobId, canceled}
 let drawKeyNote = () => {}; // redraws the client key note (once a key was asked for)
 
 // ----- small helpers
@@ -365,7 +365,7 @@ function addResult(job, settings) {
     const caption = `${prompt || "(no prompt)"}, seed ${seed}`;
     const useSeed = el("button", {
       type: "button",
-      className: "link-button",
+      className: "link",
       onclick: () => {
         $("seed").value = seed;
         $("seed").focus();
@@ -411,8 +411,8 @@ async function generate() {
     return;
   }
   const settings = settingsOf(inputs);
-  active = {jobId: jobhive.newJobId(), controller: new AbortController(), inputs, canceled: false};
-  const {jobId, controller} = active;
+  active = {jobId: jobhive.newJobId(), canceled: false};
+  const {jobId} = active;
   setRunning(true);
   status.update({status: "queued", queue_position: null});
   resetPreviews(settings);
@@ -422,13 +422,12 @@ async function generate() {
   try {
     const job = await jobhive.submit(schema.name, inputs, {
       jobId,
-      signal: controller.signal,
       onRetry: (seconds) => banner.show(`The server is busy; trying again in ${seconds} s.`),
     });
     banner.clear();
     drawKeyNote();
     if (active.canceled) jobhive.cancel(job).catch(() => {}); // canceled while submitting
-    const final = await jobhive.follow(job, {signal: controller.signal, onUpdate});
+    const final = await jobhive.follow(job, {onUpdate});
     status.update(final);
     if (final.status === "done") {
       showFinal(final.outputs?.images || [], final.outputs?.seeds || []);
@@ -445,7 +444,6 @@ async function generate() {
     status.reset();
     $("previews").replaceChildren();
     $("preview-caption").textContent = IDLE_CAPTION;
-    if (e.name === "AbortError") return;
     if (e.fields) showErrors(e.fields);
     else banner.show(e.message || String(e));
   } finally {

@@ -1,5 +1,6 @@
 // Cards for search hits and chat sources, and the [n] citation links of answers: what the
-// retrieval page (rag.js, which re-exports these) draws, kept apart to be reused.
+// retrieval page (rag.js) draws, kept apart to be reused (tests/test_browser_rag.py imports
+// renderAnswer).
 
 import {renderMarkdown} from "../markdown.js";
 import {el} from "../ui.js";
