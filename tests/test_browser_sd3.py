@@ -177,8 +177,9 @@ async def test_img2img_from_a_chosen_file_and_from_a_dropped_one(sd3, browser, t
 async def test_cancel_stops_a_long_job(sd3, browser):
     server, worker = sd3
     page = await open_page(browser, server.url)
-    # 4 images of 256x256 in 100 steps: many seconds on the tiny model
-    await fill(page, prompt="long", width=256, height=256, steps=100, num_images=4, seed=3)
+    # 4 images of 768x768 in 100 steps: about a minute on the tiny model on 2 CPU cores, so
+    # the job is surely still running when it is canceled (256x256 took 2 s on a fast CI host)
+    await fill(page, prompt="long", width=768, height=768, steps=100, num_images=4, seed=3)
     await page.locator("#generate").click()
     status = page.locator(".job-status")
     await expect(status).to_have_attribute("data-status", "running", timeout=TIMEOUT_MS)

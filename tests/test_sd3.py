@@ -134,8 +134,9 @@ def test_no_previews_when_none_asked(sd3):
 
 
 def _submit_long_job(http: httpx.Client, url: str, seed: int = 3, num_images: int = 4) -> str:
-    """A job that takes seconds on the tiny model (4 images, 100 steps at 256x256)."""
-    return submit(http, url, prompt="long", seed=seed, width=256, height=256, steps=100,
+    """A job that takes seconds on the tiny model: 4 images, 100 steps at 512x512 take about
+    14 s on 2 CPU cores (256x256 took 2 s on a fast CI host: too short to be sure of a race)."""
+    return submit(http, url, prompt="long", seed=seed, width=512, height=512, steps=100,
                   cfg_scale=7.0, num_images=num_images, preview="latent",
                   preview_every_n_steps=5)["job_id"]
 
@@ -202,7 +203,7 @@ def test_a_canceled_job_leaves_its_batch_and_the_others_finish(sd3, http):
     job = finished(http, server.url, stays)
     assert job["status"] == "done", job
     assert job["outputs"]["seeds"] == [11]
-    assert picture(job["outputs"]["images"][0]).size == (256, 256)
+    assert picture(job["outputs"]["images"][0]).size == (512, 512)
 
 
 def test_bad_inputs_are_rejected_with_clear_messages(sd3, http):
