@@ -267,3 +267,23 @@ def test_a_failure_inside_generation_fails_the_jobs_with_its_reason(local_worker
     assert [type(o) for o in outcomes] == [RuntimeError, RuntimeError], outcomes
     assert "generation failed: RuntimeError: CUDA out of memory (simulated)" in str(outcomes[0])
     assert reports and reports[-1]["tokens"] <= 9  # it had streamed before failing
+
+
+def test_text_decoded_a_token_at_a_time_is_the_whole_decode(local_worker):
+    """new_text() decodes a short window per token, never the whole reply: the pieces join
+    into what one decode of every token gives, and no piece ends in half a character."""
+    from workers.llama4 import Chat
+
+    tokenizer = local_worker.tokenizer
+    text = "Grüße aus Köln! 日本語のテキスト 🙂🚀 and plain ASCII, twice. " * 2
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    assert len(ids) > len(text.encode()) // 4  # multi-byte characters span several tokens
+    chat = Chat(job=local_job("d"), prompt_ids=[], max_new_tokens=len(ids), temperature=0.0,
+                top_p=1.0, top_k=0, seed=0, stop=[])
+    pieces = []
+    for token in ids:
+        chat.generated.append(token)
+        pieces.append(local_worker.new_text(chat))
+    assert "".join(pieces) == tokenizer.decode(ids, skip_special_tokens=True)
+    assert "日本語" in "".join(pieces) and not any("\ufffd" in p for p in pieces)
+    assert chat.decoded_upto == len(ids) and chat.context_from > 0
