@@ -398,6 +398,8 @@ class ImageField(FieldSpec):
         auto_convert (bool, default False): shrink an image over the size limits (keeping its
             aspect ratio) and re-encode other formats as `formats[0]` instead of rejecting;
             formats Pillow cannot read are tried through ffmpeg.
+        ffmpeg_timeout_s (float, default 30): the longest ffmpeg may take on one image; a
+            slower one is refused.
     """
 
     type_name: ClassVar[str] = "image"
@@ -407,6 +409,7 @@ class ImageField(FieldSpec):
     max_height: int = 4096
     max_bytes: int = 20 * 1024 * 1024
     auto_convert: bool = False
+    ffmpeg_timeout_s: float = media.FFMPEG_TIMEOUT_S
 
     def check(self, value: Any) -> str:
         try:
@@ -416,12 +419,14 @@ class ImageField(FieldSpec):
                 max_size=(self.max_width, self.max_height),
                 max_bytes=self.max_bytes,
                 auto_convert=self.auto_convert,
+                ffmpeg_timeout_s=self.ffmpeg_timeout_s,
             )
         except media.MediaError as e:
             raise FieldError(str(e)) from e
 
     def problems(self) -> list[tuple[str, str]]:
         found = _at_least_one(self, "max_width", "max_height", "max_bytes")
+        found += _above_zero(self, "ffmpeg_timeout_s")
         unknown = [f for f in self.formats if f not in media.IMAGE_FORMATS]
         if not self.formats or unknown:
             found.append((
@@ -465,6 +470,8 @@ class AudioField(FieldSpec):
         max_bytes (int, default 50 MiB): the largest decoded file.
         sample_rate (int | None, default None): with auto_convert, resample to this rate (Hz).
         auto_convert (bool, default False): re-encode other formats as `formats[0]`.
+        ffmpeg_timeout_s (float, default 30): the longest each ffprobe or ffmpeg run may take
+            on one clip; a slower one is refused.
     """
 
     type_name: ClassVar[str] = "audio"
@@ -474,6 +481,7 @@ class AudioField(FieldSpec):
     max_bytes: int = 50 * 1024 * 1024
     sample_rate: int | None = None
     auto_convert: bool = False
+    ffmpeg_timeout_s: float = media.FFMPEG_TIMEOUT_S
 
     def check(self, value: Any) -> str:
         try:
@@ -484,6 +492,7 @@ class AudioField(FieldSpec):
                 max_bytes=self.max_bytes,
                 sample_rate=self.sample_rate,
                 auto_convert=self.auto_convert,
+                ffmpeg_timeout_s=self.ffmpeg_timeout_s,
             )
         except media.MediaError as e:
             raise FieldError(str(e)) from e
@@ -492,8 +501,7 @@ class AudioField(FieldSpec):
         found = _at_least_one(self, "max_bytes")
         if not self.formats:
             found.append(("formats", "must list at least one ffmpeg format name"))
-        if not self.max_duration_s > 0:
-            found.append(("max_duration_s", f"must be greater than 0 (got {self.max_duration_s})"))
+        found += _above_zero(self, "max_duration_s", "ffmpeg_timeout_s")
         if self.sample_rate is not None and self.sample_rate <= 0:
             found.append(("sample_rate", f"must be greater than 0 (got {self.sample_rate})"))
         return found
@@ -503,6 +511,12 @@ def _at_least_one(spec: FieldSpec, *keys: str) -> list[tuple[str, str]]:
     """(key, reason) for each of the spec's limits that is below 1."""
     low = [k for k in keys if getattr(spec, k) < 1]
     return [(k, f"must be at least 1 (got {getattr(spec, k)})") for k in low]
+
+
+def _above_zero(spec: FieldSpec, *keys: str) -> list[tuple[str, str]]:
+    """(key, reason) for each of the spec's limits that is not above 0."""
+    low = [k for k in keys if not getattr(spec, k) > 0]
+    return [(k, f"must be greater than 0 (got {getattr(spec, k)})") for k in low]
 
 
 FIELD_TYPES: Mapping[str, type[FieldSpec]] = {

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import base64
 import io
+import json
+import subprocess
 import tempfile
 import warnings
 from collections.abc import Sequence
@@ -23,6 +25,8 @@ IMAGE_FORMATS = (
 )
 # The largest image auto_convert decodes to shrink it (a 48-megapixel photo fits).
 MAX_SHRINK_PIXELS = 50_000_000
+# The longest one ffmpeg or ffprobe run may take on a client's value (a field's default).
+FFMPEG_TIMEOUT_S = 30.0
 _PILLOW_OPEN = tuple(f.upper() for f in IMAGE_FORMATS)  # JPEG covers MPO too
 # Pillow's format names -> MIME subtypes for the data URLs we write back (others: image/NAME).
 _IMAGE_MIME = {"ppm": "x-portable-pixmap", "tga": "x-tga"}
@@ -78,6 +82,7 @@ def check_image(
     max_size: tuple[int, int],
     max_bytes: int,
     auto_convert: bool,
+    ffmpeg_timeout_s: float = FFMPEG_TIMEOUT_S,
 ) -> str:
     """Checks one image value; returns it unchanged, or converted when auto_convert allows.
 
@@ -88,6 +93,7 @@ def check_image(
         max_bytes (int): the largest decoded file in bytes.
         auto_convert (bool): shrink oversize images and re-encode other formats as formats[0];
             formats Pillow cannot read are decoded through ffmpeg first.
+        ffmpeg_timeout_s (float): the longest that ffmpeg may take to decode it.
 
     Returns:
         str: a data URL of an image that meets every limit.
@@ -99,7 +105,7 @@ def check_image(
     except UnidentifiedImageError as e:
         if not auto_convert:
             raise MediaError(f"is not an image in a supported format ({', '.join(formats)})") from e
-        data, decoded_by_ffmpeg = _ffmpeg_to_png(data), True
+        data, decoded_by_ffmpeg = _ffmpeg_to_png(data, ffmpeg_timeout_s), True
         try:
             image = _open_image(data)
         except UnidentifiedImageError as e2:
@@ -175,19 +181,33 @@ def _open_image(data: bytes) -> Image.Image:
         raise MediaError(f"is a damaged image file ({e})") from e
 
 
-def _ffmpeg_to_png(data: bytes) -> bytes:
+def _ffmpeg_to_png(data: bytes, timeout_s: float) -> bytes:
     """Decodes the first frame of anything ffmpeg reads (AVIF, HEIC, TIFF variants) to PNG."""
-    try:
-        png, _ = (
-            ffmpeg.input("pipe:0", format_whitelist=_FFMPEG_IMAGE_DEMUXERS)
-            .output("pipe:1", vframes=1, format="image2pipe", vcodec="png")
-            .run(input=data, capture_stdout=True, capture_stderr=True, quiet=True)
-        )
-    except ffmpeg.Error as e:
-        raise MediaError("is not an image that Pillow or ffmpeg can read") from e
+    command = (
+        ffmpeg.input("pipe:0", format_whitelist=_FFMPEG_IMAGE_DEMUXERS)
+        .output("pipe:1", vframes=1, format="image2pipe", vcodec="png")
+        .compile()
+    )
+    unreadable = "is not an image that Pillow or ffmpeg can read"
+    png = _run(command, timeout_s, failed=unreadable, slow="to decode it", stdin=data)
     if not png:
-        raise MediaError("is not an image that Pillow or ffmpeg can read")
+        raise MediaError(unreadable)
     return png
+
+
+def _run(command: list[str], timeout_s: float, *, failed: str, slow: str,
+         stdin: bytes | None = None) -> bytes:
+    """Runs ffmpeg or ffprobe and returns its stdout. Raises MediaError(failed) when it fails,
+    and kills it past timeout_s (MediaError naming `slow`, what it was doing): ffmpeg-python's
+    run() and probe() wait without a limit, and a hostile file must not hold a server process
+    for good."""
+    try:
+        done = subprocess.run(command, input=stdin, capture_output=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired as e:
+        raise MediaError(f"took ffmpeg longer than {timeout_s:g} s {slow}") from e
+    if done.returncode != 0:
+        raise MediaError(failed)
+    return done.stdout
 
 
 def check_audio(
@@ -198,6 +218,7 @@ def check_audio(
     max_bytes: int,
     sample_rate: int | None,
     auto_convert: bool,
+    ffmpeg_timeout_s: float = FFMPEG_TIMEOUT_S,
 ) -> str:
     """Checks one audio value with ffprobe; converts it with ffmpeg when auto_convert allows.
 
@@ -208,6 +229,7 @@ def check_audio(
         max_bytes (int): the largest decoded file in bytes.
         sample_rate (int | None): with auto_convert, the rate in Hz to resample to.
         auto_convert (bool): re-encode other formats (or other sample rates) as formats[0].
+        ffmpeg_timeout_s (float): the longest that each ffprobe or ffmpeg run may take.
 
     Returns:
         str: a data URL of audio that meets every limit.
@@ -217,10 +239,10 @@ def check_audio(
     with tempfile.NamedTemporaryFile(suffix=".audio") as source:
         source.write(data)
         source.flush()
-        try:
-            info = ffmpeg.probe(source.name, format_whitelist=demuxers)
-        except ffmpeg.Error as e:
-            raise MediaError("is not audio that ffmpeg can read") from e
+        probe = ["ffprobe", "-show_format", "-show_streams", "-of", "json",
+                 "-format_whitelist", demuxers, source.name]
+        info = json.loads(_run(probe, ffmpeg_timeout_s, failed="is not audio that ffmpeg can "
+                               "read", slow="to read it"))
         streams = [s for s in info.get("streams", []) if s.get("codec_type") == "audio"]
         if not streams:
             raise MediaError("holds no audio stream")
@@ -249,15 +271,14 @@ def check_audio(
         options = {"ar": sample_rate} if sample_rate else {}
         # A file, not a pipe: muxers seek back to write sizes (WAV) and indexes (MP4).
         with tempfile.NamedTemporaryFile(suffix=f".{out_fmt}") as target:
-            try:
-                (
-                    ffmpeg.input(source.name, format_whitelist=demuxers)
-                    .output(target.name, format=out_fmt, vn=None, **options)
-                    .overwrite_output()
-                    .run(capture_stdout=True, capture_stderr=True, quiet=True)
-                )
-            except ffmpeg.Error as e:
-                raise MediaError(f"could not be converted to {out_fmt}") from e
+            command = (
+                ffmpeg.input(source.name, format_whitelist=demuxers)
+                .output(target.name, format=out_fmt, vn=None, **options)
+                .overwrite_output()
+                .compile()
+            )
+            _run(command, ffmpeg_timeout_s, failed=f"could not be converted to {out_fmt}",
+                 slow=f"to convert it to {out_fmt}")
             converted = Path(target.name).read_bytes()
     if len(converted) > max_bytes:
         raise MediaError(

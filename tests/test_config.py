@@ -383,6 +383,8 @@ def test_a_bad_default_is_named(tmp_path, toml, expected):
         ('type = "audio"\nformats = []', "INPUTS.p.formats: must list at least one"),
         ('type = "audio"\nsample_rate = -1', "INPUTS.p.sample_rate: must be greater than 0"),
         ('type = "audio"\nmax_duration_s = 0', "INPUTS.p.max_duration_s: must be greater than 0"),
+        ('type = "audio"\nffmpeg_timeout_s = 0', "INPUTS.p.ffmpeg_timeout_s: must be greater than"),
+        ('type = "image"\nffmpeg_timeout_s = -1', "INPUTS.p.ffmpeg_timeout_s: must be greater"),
     ],
 )
 def test_an_impossible_field_setting_is_named(tmp_path, toml, expected):

@@ -478,6 +478,12 @@ def test_an_ffmpeg_only_format_is_shrunk_too(dpx):
     assert image(out).size == (32, 24)
 
 
+def test_an_image_that_ffmpeg_cannot_decode_in_time_is_refused(dpx):
+    # No ffmpeg starts in a millisecond: the limit is met for sure and the process killed.
+    with pytest.raises(MediaError, match=r"took ffmpeg longer than 0.001 s to decode it"):
+        check(url(dpx), formats=("png",), auto_convert=True, ffmpeg_timeout_s=0.001)
+
+
 def test_ffmpeg_does_not_follow_an_image_playlist_to_server_files(tmp_path: Path):
     secret = tmp_path / "secret.png"
     secret.write_bytes(encode_image("png"))
@@ -547,6 +553,13 @@ def test_audio_longer_than_the_limit_is_refused():
     with pytest.raises(MediaError, match=r"must be at most 1.5 s long \(got 2.0 s\)"):
         audio_check(value, max_duration_s=1.5)
     assert audio_check(value, max_duration_s=2.0) is value
+
+
+@pytest.mark.parametrize("auto_convert", [False, True])
+def test_audio_that_ffmpeg_cannot_read_in_time_is_refused(audio, auto_convert):
+    with pytest.raises(MediaError, match=r"took ffmpeg longer than 0.001 s to read it"):
+        audio_check(data_url(audio["mp3"], "audio/mpeg"), formats=("wav",),
+                    auto_convert=auto_convert, ffmpeg_timeout_s=0.001)
 
 
 def test_audio_over_max_bytes_is_refused(audio):
