@@ -133,6 +133,10 @@ def _parse_reports(entries: Any) -> list[WorkerReport]:
         raise ApiError(400, "invalid reports", {"reports": "must be a non-empty list"})
     errors: dict[str, str] = {}
     reports = [_parse_report(e, f"reports[{i}]", errors) for i, e in enumerate(entries)]
+    first_of: dict[str, int] = {}  # one answer per job: a job twice in a batch is ambiguous
+    for i, report in enumerate(reports):
+        if report is not None and first_of.setdefault(report.job_id, i) != i:
+            errors[f"reports[{i}].job_id"] = f"repeats reports[{first_of[report.job_id]}]"
     if errors:
         raise ApiError(400, "invalid worker report", errors)
     return reports  # type: ignore[return-value]  # no errors: every entry parsed

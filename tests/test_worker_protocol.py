@@ -625,6 +625,7 @@ def test_bad_batch_report_bodies_get_400(start_server, http):
             ({"reports": [5]}, "reports[0]"),
             ({"reports": [good, {"job_id": 5, "lease_id": "x"}]}, "reports[1].job_id"),
             ({"reports": [good, {"lease_id": "x"}]}, "reports[1].job_id"),
+            ({"reports": [good, {**good, "progress": 9}]}, "reports[1].job_id"),
             *(
                 ({"reports": [good, {"job_id": job_id, **bad}]}, field)
                 for bad, field in _report_cases(grant["lease_id"], "reports[1].")
