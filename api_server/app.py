@@ -7,12 +7,11 @@ import contextlib
 import logging
 import os
 from collections.abc import AsyncIterator, Mapping
-from pathlib import Path
 
 from aiohttp import web
 
 from api_server import routes_clients, routes_jobs, routes_pages, routes_status, routes_workers
-from api_server.config import ConfigError, Endpoint, ServerConfig
+from api_server.config import ConfigError, Endpoint, ServerConfig, sqlite_path
 from api_server.httputil import ApiError, error_response
 from api_server.media_pool import MediaPool
 from api_server.ratelimit import RateLimiter
@@ -51,9 +50,9 @@ async def json_errors(request: web.Request, handler):
 
 def journal_for(store_url: str) -> SqliteJournal:
     """The journal a `--store` URL names (`sqlite:PATH`)."""
-    scheme, _, rest = store_url.partition(":")
-    if scheme == "sqlite" and rest:
-        return SqliteJournal(Path(rest))
+    path = sqlite_path(store_url)
+    if path is not None:
+        return SqliteJournal(path)
     raise ConfigError([f"store: {store_url!r} is not a store URL (use sqlite:PATH)"])
 
 

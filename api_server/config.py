@@ -445,6 +445,12 @@ def load_server_config(path: Path | None, **overrides: Any) -> ServerConfig:
     return config
 
 
+def sqlite_path(store: str) -> Path | None:
+    """The file a `sqlite:PATH` store URL names; None for anything else."""
+    scheme, _, rest = store.partition(":")
+    return Path(rest) if scheme == "sqlite" and rest else None
+
+
 def _check_server(config: ServerConfig, where: str, problems: list[str]) -> None:
     if not 0 <= config.port <= 65535:
         problems.append(f"{where}.port: must be 0 to 65535 (got {config.port})")
@@ -452,8 +458,7 @@ def _check_server(config: ServerConfig, where: str, problems: list[str]) -> None
         problems.append(
             f"{where}.log_level: must be one of {', '.join(LOG_LEVELS)} (got {config.log_level!r})"
         )
-    scheme, _, rest = config.store.partition(":")
-    if scheme != "sqlite" or not rest:  # a Redis store is planned, not built yet
+    if sqlite_path(config.store) is None:  # a Redis store is planned, not built yet
         problems.append(f"{where}.store: must be sqlite:PATH (got {config.store!r})")
     for key in ("max_body_bytes", "worker_poll_max_s", "client_wait_max_s", "sweep_interval_s",
                 "worker_seen_ttl_s", "sse_keepalive_s"):
