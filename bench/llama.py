@@ -22,50 +22,22 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import re
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
-REPO = Path(__file__).resolve().parents[1]
+# The repository instead of bench/ (whose queue.py would shadow the standard library's queue).
+sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+from bench.common import start, start_server, stop, wait_for_line  # noqa: E402
+
 WORKER_KEY = "llama4-worker-key"
 PROMPT = "Write a short story about a worker bee who learns to queue jobs. " * 2
-
-
-def start(args: list[str]) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, *args], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-
-
-def wait_for_line(process: subprocess.Popen[str], pattern: str) -> re.Match[str]:
-    """Reads the process's output until a line matches; then keeps draining it in a thread."""
-    assert process.stdout is not None
-    for line in process.stdout:
-        if match := re.search(pattern, line):
-            threading.Thread(target=process.stdout.read, daemon=True).start()
-            return match
-    raise RuntimeError(f"process exited before printing {pattern!r}")
-
-
-def stop(process: subprocess.Popen[str]) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 async def chat(http: aiohttp.ClientSession, url: str, max_new_tokens: int,
@@ -119,9 +91,7 @@ async def measure(url: str, clients: int, max_new_tokens: int) -> dict[str, floa
 
 def run(args: argparse.Namespace, max_batch: int) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp:
-        server = start(["-m", "api_server.cli", "-p", "0", "--store",
-                        f"sqlite:{Path(tmp) / 'bench.sqlite3'}", "--log-level", "WARNING"])
-        url = wait_for_line(server, r"listening on (http://\S+)").group(1)
+        server, url = start_server(Path(tmp) / "bench.sqlite3")
         model = ["--model", args.model] if args.model else ["--tiny"]
         worker = start(["-m", "workers.cli", "llama4", "--server", url, "--key", WORKER_KEY,
                         *model, "--quantize", args.quantize, "--device", args.device,
@@ -130,8 +100,7 @@ def run(args: argparse.Namespace, max_batch: int) -> dict[str, float]:
             wait_for_line(worker, r"loaded in")
             return asyncio.run(measure(url, args.clients, args.max_new_tokens))
         finally:
-            stop(worker)
-            stop(server)
+            stop(worker, server)
 
 
 def main() -> None:

@@ -15,23 +15,21 @@ import argparse
 import asyncio
 import contextlib
 import os
-import re
 import resource
-import signal
-import statistics
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
 
-from jobhive.aio import run_loop
+# The repository instead of bench/ (this file's name would shadow the standard library's queue).
+sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-REPO = Path(__file__).resolve().parents[1]
+from bench.common import percentile, start, start_server, stop  # noqa: E402
+from jobhive.aio import run_loop  # noqa: E402
+
 WORKER_KEY = "echo-worker-key"
 
 
@@ -50,27 +48,6 @@ STANDARD = [
 ]
 
 
-def start(args: list[str]) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, *args], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-
-
-def stop(processes: list[subprocess.Popen[str]]) -> None:
-    for p in processes:
-        if p.poll() is None:
-            p.send_signal(signal.SIGTERM)
-    for p in processes:
-        try:
-            p.wait(10)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
-        if p.stdout is not None:
-            p.stdout.close()
-
-
 def cpu_s(pid: int) -> float:
     """User plus system CPU seconds a process has used so far (Linux /proc)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -80,18 +57,6 @@ def cpu_s(pid: int) -> float:
 def own_cpu_s() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
-
-
-def start_server(store: Path, log_level: str) -> tuple[subprocess.Popen[str], str]:
-    server = start(["-m", "api_server.cli", "-p", "0", "--store", f"sqlite:{store}",
-                    "--log-level", log_level])
-    assert server.stdout is not None
-    for line in server.stdout:
-        if match := re.search(r"listening on (http://\S+)", line):
-            # Keep reading (and dropping) its log, or a full pipe would stall the server.
-            threading.Thread(target=server.stdout.read, daemon=True).start()
-            return server, match.group(1)
-    raise RuntimeError("server did not start")
 
 
 async def client(http: aiohttp.ClientSession, url: str, stop_at: float, out: list[float]) -> None:
@@ -134,13 +99,11 @@ def run(scenario: Scenario, duration_s: float, log_level: str) -> None:
             elapsed_s = time.perf_counter() - started - 1.0
             cpu_after = [cpu_s(p.pid) for p in (server, *workers)] + [own_cpu_s()]
         finally:
-            stop([*workers, server])
+            stop(*workers, server)
     used = [after - before for before, after in zip(cpu_before, cpu_after, strict=True)]
     jobs = len(latencies) * (duration_s + 1.0) / duration_s  # warm-up jobs used CPU too
     per_job_us = [1e6 * u / jobs for u in (used[0], sum(used[1:-1]), used[-1])]
-    latencies.sort()
-    p50 = statistics.median(latencies) * 1000
-    p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000
+    p50, p99 = (percentile(latencies, q) * 1000 for q in (0.5, 0.99))
     print(f"{scenario.clients:>7} {scenario.workers:>7} {scenario.batch:>5} "
           f"{len(latencies) / elapsed_s:>9.0f} {p50:>8.2f} {p99:>8.2f} {len(latencies):>8}"
           f"   {per_job_us[0]:>6.0f} {per_job_us[1]:>6.0f} {per_job_us[2]:>6.0f}", flush=True)

@@ -20,7 +20,6 @@ then against the flat index under the same filter.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -32,6 +31,7 @@ sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 import faiss  # noqa: E402
 
+from bench.common import percentile  # noqa: E402
 from workers.rag_faiss import build_faiss_index, search_cpu  # noqa: E402
 
 K = 10
@@ -39,7 +39,8 @@ K = 10
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", default="10000,100000", help="vector counts (default 10k,100k)")
+    parser.add_argument("--sizes", default="10k,100k",
+                        help="vector counts, k for thousands (default 10k,100k)")
     parser.add_argument("--dim", type=int, default=768, help="dimensions (default 768)")
     parser.add_argument(
         "--data", default="random,clustered", help="random and/or clustered (default both)"
@@ -52,6 +53,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=0, help="faiss threads (default: all)")
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args()
+
+
+def count(text: str) -> int:
+    """A vector count as given on the command line: 2000 or 10k."""
+    text = text.strip().lower()
+    return int(float(text[:-1]) * 1000) if text.endswith("k") else int(text)
 
 
 def unit(rows: np.ndarray) -> np.ndarray:
@@ -103,9 +110,7 @@ def latencies(
     started = time.perf_counter()
     _, ids = search_cpu(index, queries, K, nprobe=nprobe, allowed=allowed)
     batch_ms = (time.perf_counter() - started) * 1000 / len(queries)
-    times.sort()
-    p99 = times[min(len(times) - 1, int(0.99 * len(times)))]
-    return statistics.median(times), p99, batch_ms, ids
+    return percentile(times, 0.5), percentile(times, 0.99), batch_ms, ids
 
 
 def recall(found: np.ndarray, truth: np.ndarray) -> float:
@@ -117,7 +122,7 @@ def main() -> None:
     args = parse_args()
     if args.threads:
         faiss.omp_set_num_threads(args.threads)
-    sizes = [int(s) for s in args.sizes.split(",")]
+    sizes = [count(s) for s in args.sizes.split(",")]
     probes = [int(p) for p in args.nprobe.split(",")]
     print(
         f"faiss {faiss.__version__}, {faiss.omp_get_max_threads()} threads, dim {args.dim}, "

@@ -24,14 +24,10 @@ sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 from PIL import Image  # noqa: E402
 
+from bench.common import percentile  # noqa: E402
 from workers.rag_index import RagIndex  # noqa: E402
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def main() -> None:
