@@ -395,6 +395,36 @@ def test_add_again_skips_unchanged_reindexes_changed_and_drops_removed(tmp_path,
         reopened.close()
 
 
+def test_an_index_read_by_another_reader_version_is_read_again_whole(tmp_path, corpus, caplog):
+    """Items made by an older rag_read (other chunk bounds, say) are not kept beside new ones:
+    the next `add` reads every file and folder the index was given, not only its own."""
+    docs, note = tmp_path / "docs", tmp_path / "note.txt"
+    shutil.copytree(corpus, docs)
+    note.write_text("The ferry to the island leaves at nine.")
+    with RagIndex.create(tmp_path / "index", settings=SETTINGS) as index:
+        index.add([docs, note], progress=False)
+        before = sorted((i["source"], i["text"]) for i in index.items())
+    db = sqlite3.connect(tmp_path / "index" / "meta.sqlite3")
+    with db:  # as an index made before the reader had a version records it
+        settings = json.loads(db.execute("SELECT settings FROM config").fetchone()[0])
+        assert settings.pop("reader_version") == 1
+        db.execute("UPDATE config SET settings=?", (json.dumps(settings),))
+    db.close()
+
+    (tmp_path / "more").mkdir()
+    (tmp_path / "more" / "bees.txt").write_text("Bees visit the lavender every morning.")
+    with RagIndex.open(tmp_path / "index") as index:
+        report = index.add([tmp_path / "more"], progress=False)
+        assert (report.files_added, report.files_updated) == (1, GOOD + 1)
+        assert "read by another version of jobhive" in caplog.text
+        items = check_integrity(index)
+        assert sorted((i["source"], i["text"]) for i in items if i["source"] != "more/bees.txt") \
+            == before
+        again = index.add([tmp_path / "more"], progress=False)
+        assert (again.files_updated, again.files_unchanged) == (0, 1)
+    assert index_info(tmp_path / "index")["settings"]["reader_version"] == 1
+
+
 def test_an_interrupted_add_keeps_what_was_saved_and_the_index_whole(tmp_path, corpus, monkeypatch):
     from workers import rag_index
 

@@ -72,6 +72,7 @@ from workers.rag_meta import (
     remove_index_files,
 )
 from workers.rag_read import (
+    READER_VERSION,
     ImageItem,
     Progress,
     ProgressFn,
@@ -187,6 +188,9 @@ class RagIndex:
         self._lock = threading.RLock()
         self._faiss = rag_faiss.IndexPair(index_dir, device)
         self._kind_ids: dict[str, np.ndarray] = {}
+        recorded = json.loads(meta.config()["settings"])
+        # Read by another version of rag_read: the next `add` reads every file again.
+        self._reread = recorded.get("reader_version", 0) != READER_VERSION
         self._load_faiss()
 
     # -- creating and opening -------------------------------------------------------------------
@@ -247,7 +251,7 @@ class RagIndex:
                 "text_model": text_record,
                 "clip_dim": clip_embedder.dim,
                 "text_dim": text_embedder.dim,
-                "settings": json.dumps(asdict(settings)),
+                "settings": json.dumps(_recorded(settings)),
                 "faiss": "{}",
                 "generation": 0,
                 "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -348,19 +352,32 @@ class RagIndex:
         Raises:
             FileNotFoundError: a source does not exist (checked before anything is done).
         """
-        files, ignored = walk_sources(sources, skip=self.dir)
-        report = AddReport(files_ignored=ignored)
-        with self._lock, Progress(progress, len(files)) as bar:
-            self._meta.begin()
-            try:
-                self._add_files(files, report, bar)
-                self._prune(sources, {source for source, _, _ in files}, report)
-                self._checkpoint()
-            except BaseException:
-                self._meta.rollback()
-                self._load_faiss()  # back to what the committed metadata names
-                raise
+        with self._lock:
+            if self._reread:
+                sources = self._with_recorded_roots(sources)
+            files, ignored = walk_sources(sources, skip=self.dir)
+            report = AddReport(files_ignored=ignored)
+            with Progress(progress, len(files)) as bar:
+                self._meta.begin()
+                try:
+                    self._add_files(files, report, bar)
+                    self._prune(sources, {source for source, _, _ in files}, report)
+                    self._checkpoint()
+                except BaseException:
+                    self._meta.rollback()
+                    self._load_faiss()  # back to what the committed metadata names
+                    raise
+            self._reread = False
         return report
+
+    def _with_recorded_roots(self, sources: Sequence[Path]) -> list[Path]:
+        """`sources` plus every file and folder indexed before that still exists: what an
+        index read by another version of rag_read must read again."""
+        given = {os.path.abspath(s) for s in sources}
+        roots = [Path(r) for r in self._meta.roots() if r not in given and Path(r).exists()]
+        log.warning("%s was read by another version of jobhive: reading all %d of its files "
+                    "and folders again", self.dir, len(roots) + len(given))
+        return [*sources, *roots]
 
     def _add_files(
         self, files: list[tuple[str, Path, str]], report: AddReport, bar: Progress
@@ -394,7 +411,7 @@ class RagIndex:
         """The file read and chunked (or decoded), or None when it is unchanged."""
         stat = path.stat()
         row = self._meta.file(source)
-        indexed = row is not None and row[3] == "indexed"
+        indexed = row is not None and row[3] == "indexed" and not self._reread
         if indexed and (row[0], row[1]) == (stat.st_size, stat.st_mtime_ns):
             return None
         data = path.read_bytes()
@@ -485,7 +502,7 @@ class RagIndex:
             log.info("rebuilt the %s index: %s", name, self._faiss.describe(0)[name])
         generation = self._generation + 1
         self._faiss.save(generation)
-        self._meta.set_generation(generation, asdict(self.settings), self._describe())
+        self._meta.set_generation(generation, _recorded(self.settings), self._describe())
         self._meta.commit()
         self._generation = generation
         self._faiss.drop_others(generation)
@@ -617,3 +634,8 @@ class RagIndex:
         """The ids each FAISS index holds, sorted: {"text": ..., "clip": ...} (for checks)."""
         with self._lock:
             return {name: self._faiss.ids(name) for name in self._faiss.NAMES}
+
+
+def _recorded(settings: IndexSettings) -> dict[str, Any]:
+    """What the config row records of how the index reads and searches."""
+    return {**asdict(settings), "reader_version": READER_VERSION}

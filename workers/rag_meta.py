@@ -34,6 +34,7 @@ CREATE TABLE config (
     clip_model TEXT NOT NULL, text_model TEXT NOT NULL,  -- as recorded (relative: in INDEX_DIR)
     clip_dim INTEGER NOT NULL, text_dim INTEGER NOT NULL,
     settings TEXT NOT NULL,      -- JSON: IndexSettings (chunking, IVF threshold, nprobe...)
+                                 -- and reader_version (rag_read.READER_VERSION; 0 if absent)
     faiss TEXT NOT NULL,         -- JSON: what each FAISS index is (kind, vectors, nlist)
     generation INTEGER NOT NULL, -- names the FAISS files that go with this metadata
     created_at TEXT NOT NULL
@@ -238,6 +239,10 @@ class Metadata:
             "VALUES (?, ?, ?, 'failed', ?, ?)",
             (source, root, kind, reason, time.time()),
         )
+
+    def roots(self) -> list[str]:
+        """Every file or folder that an `add` was given, as recorded."""
+        return [r for (r,) in self.db.execute("SELECT DISTINCT root FROM files ORDER BY root")]
 
     def sources_under(self, root: str) -> list[str]:
         """The files recorded as found in folder `root`."""

@@ -46,6 +46,10 @@ TEXT_READERS = {
     ".pdf": "pdf",
 }
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp"})
+# Raise it with any change here that gives other items for the same file (chunk bounds, text
+# extraction, thumbnails): an index records the version that read it, and its next `add` reads
+# every file again instead of keeping items made the old way beside new ones.
+READER_VERSION = 1
 THUMBNAIL_PX = 128  # longest side of the thumbnails stored with image items
 # Images are shrunk to this short side before CLIP's own resize (224 for ViT-L/14): enough for
 # any CLIP, and a pending batch of them stays small in memory.
