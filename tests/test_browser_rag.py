@@ -125,3 +125,35 @@ async def test_the_chat_tab_streams_an_answer_with_numbered_linked_sources(
     width = await page.evaluate("document.documentElement.scrollWidth")
     assert width <= 375, width
     await browser.screenshot(page, "chat-phone")
+
+
+async def test_the_chat_tab_keeps_its_chat_over_a_reload(rag_page_server, browser):
+    server = rag_page_server
+    wanted = question_about("sourdough.md")
+    page = await browser.open(f"{server.url}/rag_search#chat")
+    await page.locator("#chat-settings-panel summary").click()
+    await page.locator("#input-max_new_tokens").fill("8")
+    await page.locator("#question").fill(wanted["question"])
+    await page.locator("#question").press("Enter")
+    answer = page.locator("#turn-0 .turn.assistant")
+    await expect(answer).to_have_attribute("data-status", "done", timeout=TIMEOUT_MS)
+    text = await answer.locator(".body").inner_text()
+    sources = [await s.get_attribute("data-n")
+               for s in await answer.locator(".source-card").all()]
+
+    # A reload shows the same question, answer and source cards, on the chat tab.
+    await page.reload()
+    await expect(page.locator("#tab-chat")).to_have_attribute("aria-selected", "true")
+    await expect(page.locator(".rag-turn")).to_have_count(1)
+    await expect(page.locator("#turn-0 .turn.user .body")).to_have_text(wanted["question"])
+    await expect(answer).to_have_attribute("data-status", "done")
+    assert await answer.locator(".body").inner_text() == text
+    await expect(answer.locator(".source-card")).to_have_count(len(sources))
+    await expect(page.locator("#empty")).to_be_hidden()
+
+    # New chat forgets it, over a reload too.
+    await page.locator("#new-chat").click()
+    await expect(page.locator(".rag-turn")).to_have_count(0)
+    await page.reload()
+    await expect(page.locator("#empty")).to_be_visible()
+    await expect(page.locator(".rag-turn")).to_have_count(0)

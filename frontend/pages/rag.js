@@ -6,7 +6,8 @@
 //    the answer streams as Markdown, its sources show as numbered cards below it, and every
 //    [n] in the answer is a link that scrolls to source card n and highlights it.
 // The tab is in the URL's hash (#chat), so /rag_search#chat opens the chat. The cards and the
-// citation links are drawn by sources.js.
+// citation links are drawn by sources.js. The chat is kept in localStorage per chat endpoint,
+// as on the chat page: a reload shows it again and goes on following an answer being written.
 
 import * as jobhive from "../jobhive.js";
 import {
@@ -27,12 +28,14 @@ import {
   replyEnd,
   replyMeta,
   runJob,
+  saved,
   settingsPanel,
   stickToBottom,
 } from "./common.js";
 import {citationOptions, sourceCard} from "./sources.js";
 
 const CHAT_INPUT = "chat_context";
+const SAVE_EVERY_MS = 1000; // while an answer streams, the chat is saved this often
 const MAX_QUERY_IMAGE_PX = 1024; // a larger query image is scaled down before it is sent
 const SENDABLE_TYPES = ["image/jpeg", "image/png", "image/webp"];
 const $ = (id) => document.getElementById(id);
@@ -194,8 +197,40 @@ function bindImageInput() {
 
 let chatSchema = null;
 let chatSettings = null;
+let chatStore = null;
 let chatRun = null; // runJob's {jobId, done, stop} of the answer being written
-const turns = []; // {question, answer, sources, cited, status, error, meta, view}
+const turns = []; // {question, answer, sources, cited, status, error, meta, jobId, view}
+let saveTimer = 0;
+
+function saveChat() {
+  clearTimeout(saveTimer);
+  saveTimer = 0;
+  chatStore?.save(turns.map(({view, ...turn}) => turn));
+}
+
+function saveChatSoon() {
+  if (!saveTimer) saveTimer = setTimeout(saveChat, SAVE_EVERY_MS);
+}
+
+/** The kept turns that still look like turns (a damaged or older entry is dropped). */
+function keptTurns() {
+  const kept = chatStore.load();
+  return (Array.isArray(kept) ? kept : []).filter(
+    (t) => t && typeof t.question === "string" && typeof t.answer === "string",
+  ).map((t) => ({
+    ...t,
+    sources: Array.isArray(t.sources) ? t.sources : [],
+    cited: Array.isArray(t.cited) ? t.cited : [],
+  }));
+}
+
+function addTurn(turn) {
+  turn.view = turnView(turn, turns.length);
+  turns.push(turn);
+  $("empty").hidden = true;
+  stickToBottom(() => $("conversation").append(turn.view.element));
+  turn.view.update(null, {flush: true});
+}
 
 function turnView(turn, index) {
   const prefix = `source-${index}-`;
@@ -278,12 +313,10 @@ async function ask(text) {
   $("question").value = "";
   chatComposer.grow();
   const context = contextFor(question);
-  const turn = {question, answer: "", sources: [], cited: [], status: "queued", meta: null};
-  turn.view = turnView(turn, turns.length);
-  turns.push(turn);
-  $("empty").hidden = true;
-  stickToBottom(() => $("conversation").append(turn.view.element));
-  turn.view.update();
+  const turn = {question, answer: "", sources: [], cited: [], status: "queued", meta: null,
+    jobId: jobhive.newJobId()};
+  addTurn(turn);
+  saveChat();
   let inputs;
   try {
     inputs = {...(await chatSettings.values()), [CHAT_INPUT]: context};
@@ -291,8 +324,14 @@ async function ask(text) {
     answerError(turn, e);
     return;
   }
+  await followAnswer(turn, inputs);
+}
+
+/** Follows an answer's job to its end: submits inputs, or (without) follows turn.jobId. */
+async function followAnswer(turn, inputs = null) {
   chatRun = runJob(chatSchema.name, {
     inputs,
+    jobId: turn.jobId,
     onUpdate: (job) => answerProgress(turn, job),
     onRetry: (seconds) => banner.show(`The server is busy; trying again in ${seconds} s.`),
   });
@@ -306,6 +345,7 @@ async function ask(text) {
     chatRun = null;
     setChatBusy(false);
     turn.view.update(null, {flush: true});
+    saveChat();
     if ([$("stop"), document.body].includes(document.activeElement)) {
       $("question").focus({preventScroll: true});
     }
@@ -322,6 +362,7 @@ function answerProgress(turn, job) {
     if (typeof partial.text === "string") turn.answer = partial.text;
   }
   turn.view.update(job);
+  saveChatSoon();
 }
 
 function answerEnd(turn, job) {
@@ -351,6 +392,7 @@ function answerError(turn, error) {
     turn.error = error.message || String(error);
   }
   turn.view.update(null, {flush: true});
+  saveChat();
 }
 
 async function stopAnswer() {
@@ -368,6 +410,7 @@ async function stopAnswer() {
 function newChat() {
   chatRun?.stop().catch(() => {});
   turns.length = 0;
+  saveChat();
   $("conversation").replaceChildren($("empty"));
   $("empty").hidden = false;
   $("question").focus();
@@ -453,6 +496,12 @@ async function start() {
     });
     $("stop").addEventListener("click", stopAnswer);
     $("new-chat").addEventListener("click", newChat);
+    window.addEventListener("pagehide", () => saveTimer && saveChat()); // a save still pending
+    chatStore = saved(`jobhive.chat.${chatSchema.name}`);
+    keptTurns().forEach(addTurn);
+    // An answer that was still being written when the page was left: follow it again.
+    const last = turns[turns.length - 1];
+    if (last && ["queued", "streaming"].includes(last.status) && last.jobId) followAnswer(last);
   } else {
     document.querySelector('[role="tablist"]').hidden = true;
     $("tab-chat").hidden = true;
