@@ -222,3 +222,15 @@ def assert_error(reply: httpx.Response, status: int, *fields: str) -> dict[str, 
         assert name in body.get("fields", {}), (name, body)
         assert isinstance(body["fields"][name], str) and body["fields"][name], body
     return body
+
+
+def assert_declared(http: httpx.Client, url: str, endpoint: str, outputs: dict[str, Any] | None,
+                    progress_outputs: Iterable[dict[str, Any] | None] = ()) -> None:
+    """What a worker sent names only fields its endpoint declares in [OUTPUTS] and
+    [PROGRESS.OUTPUTS]: the schema that clients and the generic page read stays true."""
+    schema = http.get(f"{url}/api/v1/endpoints/{endpoint}").json()
+    assert set(outputs or {}) <= set(schema["outputs"]), (
+        f"{endpoint} does not declare {set(outputs or {}) - set(schema['outputs'])} in [OUTPUTS]")
+    for partial in progress_outputs:
+        undeclared = set(partial or {}) - set(schema["progress_outputs"])
+        assert not undeclared, f"{endpoint} does not declare {undeclared} in [PROGRESS.OUTPUTS]"

@@ -18,6 +18,7 @@ from conftest import wait_until
 from e2e_http import (
     Event,
     RawWorker,
+    assert_declared,
     assert_error,
     echo_variant,
     entry,
@@ -286,6 +287,8 @@ def test_events_queued_progress_previews_result(start_server, start_worker, http
     assert percents == sorted(percents)
     assert events[-1].data["status"] == "done"
     assert events[-1].data["outputs"]["text"] == "sse"
+    assert_declared(http, server.url, "echo", events[-1].data["outputs"],
+                    [e.data["progress_outputs"] for e in progress])
 
 
 def test_events_end_with_error_for_failed_and_canceled_jobs(start_server, start_worker, http):

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO, serving, wait_until
-from e2e_http import explained, read_events
+from e2e_http import assert_declared, explained, read_events
 
 from workers.base import Job
 
@@ -58,6 +58,7 @@ def test_tokens_stream_in_order_and_add_up_to_the_result(chat_server, http):
         progress = [e.data["progress_outputs"] for e in events
                     if e.event == "progress" and e.data["progress_outputs"]]
         assert len(progress) >= 2, events  # streamed, not only the result
+        assert_declared(http, server.url, "llama4_chat", outputs, progress)
         # Each report is the text so far: a prefix of the next one and of the final text.
         texts = [p["text"] for p in progress] + [outputs["text"]]
         for before, after in itertools.pairwise(texts):

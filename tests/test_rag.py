@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from conftest import build_index, serving_rag
-from e2e_http import assert_error, explained, read_events
+from e2e_http import assert_declared, assert_error, explained, read_events
 from PIL import Image, ImageDraw
 
 from workers import rag
@@ -77,6 +77,7 @@ def search(http, url, **inputs):
     assert reply.status_code == 200, reply.text
     job = reply.json()
     assert job["status"] == "done", job
+    assert_declared(http, url, "rag_search", job["outputs"])
     return job["outputs"]
 
 
@@ -166,6 +167,7 @@ def test_rag_chat_streams_an_answer_with_numbered_sources(rag_server, http):
     streamed = [e.data["progress_outputs"] for e in events
                 if e.event == "progress" and e.data["progress_outputs"]]
     assert streamed and all(p["sources"] == sources for p in streamed)
+    assert_declared(http, server.url, "rag_chat", outputs, streamed)
 
 
 def test_rag_chat_without_a_question_fails_with_the_reason(rag_server, http):

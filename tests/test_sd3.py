@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 from conftest import Process, wait_until
+from e2e_http import assert_declared
 from PIL import Image
 
 from jobhive import Client
@@ -52,6 +53,7 @@ def test_txt2img_several_images_with_seeds_and_metadata(sd3, http):
                  output_format="png", **TINY)
     assert job["status"] == "done", job
     outputs = job["outputs"]
+    assert_declared(http, server.url, "sd3", outputs)
     assert outputs["seeds"] == [1234, 1235, 1236]
     assert len(outputs["images"]) == 3
     for seed, value in zip(outputs["seeds"], outputs["images"], strict=True):
@@ -101,7 +103,7 @@ def test_img2img_starts_from_the_image(sd3, http):
 
 
 @pytest.mark.parametrize("kind", ["latent", "vae"])
-def test_previews_arrive_in_order(sd3, kind):
+def test_previews_arrive_in_order(sd3, http, kind):
     server, _ = sd3
     with Client(server.url) as client:
         steps = 60 if kind == "latent" else 30
@@ -110,6 +112,7 @@ def test_previews_arrive_in_order(sd3, kind):
         seen = []
         for event in client.stream(job):
             outputs = event.job.progress_outputs or {}
+            assert_declared(http, server.url, "sd3", event.job.outputs, [outputs])
             if event.event == "progress" and "preview" in outputs:
                 seen.append((outputs["step"], outputs["preview_step"], outputs["preview"]))
             last = event
