@@ -5,10 +5,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # 1. Debian packages: ffmpeg (audio and odd image formats), chromium (the browser tests drive
-#    it with Playwright; no browser is ever downloaded).
+#    it with Playwright; no browser is ever downloaded) and firefox-esr (the pages are checked
+#    in Firefox too, over WebDriver BiDi).
 packages=()
 command -v ffmpeg >/dev/null 2>&1 || packages+=(ffmpeg)
 [ -x /usr/bin/chromium ] || packages+=(chromium)
+command -v firefox-esr >/dev/null 2>&1 || packages+=(firefox-esr)
 if [ ${#packages[@]} -gt 0 ]; then
   sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
   $sudo apt-get update -qq
