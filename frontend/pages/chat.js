@@ -14,14 +14,13 @@ import {
   liveMarkdown,
   replyEnd,
   replyMeta,
+  keptState,
   runJob,
-  saved,
   settingsPanel,
   stickToBottom,
 } from "./common.js";
 
 const CHAT_INPUT = "chat_context";
-const SAVE_EVERY_MS = 1000; // while a reply streams, the conversation is saved this often
 const $ = (id) => document.getElementById(id);
 
 const page = $("page");
@@ -33,23 +32,15 @@ const banner = errorBanner();
 
 let schema = null;
 let settings = null;
-let store = null;
+let store = null; // keptState of the conversation
 let chat = {system: "", messages: []}; // message: {role, content, status, error, meta, jobId}
 let active = null; // the reply being written: runJob's {jobId, done, stop} and its message
 const views = new Map(); // message -> its view
-let saveTimer = 0;
 
 // ----- keeping the conversation
 
-function save() {
-  clearTimeout(saveTimer);
-  saveTimer = 0;
-  store?.save(chat);
-}
-
-function saveSoon() {
-  if (!saveTimer) saveTimer = setTimeout(save, SAVE_EVERY_MS);
-}
+const save = () => store?.save();
+const saveSoon = () => store?.saveSoon();
 
 function restore() {
   const kept = store.load();
@@ -315,7 +306,7 @@ async function start() {
   $("title").textContent = schema.title;
   $("description").textContent = schema.description || "";
   $("notes").append(workersNote(schema.name, {what: "messages"}));
-  store = saved(`jobhive.chat.${schema.name}`);
+  store = keptState(`jobhive.chat.${schema.name}`, () => chat);
   const names = Object.keys(schema.inputs).filter((n) => n !== CHAT_INPUT);
   settings = settingsPanel($("settings"), schema.inputs, names, `jobhive.chat-settings.${schema.name}`);
   $("settings-panel").hidden = names.length === 0;
@@ -341,7 +332,6 @@ async function start() {
   });
   stopButton.addEventListener("click", stop);
   $("new-chat").addEventListener("click", newChat);
-  window.addEventListener("pagehide", () => saveTimer && save()); // a save still pending
   prompt.focus({preventScroll: true});
 
   // A reply that was still being written when the page was left: follow it again.

@@ -3,6 +3,9 @@
  *
  *   saved(key)                       {load() -> value | null, save(value)}: JSON in localStorage
  *                                    (quietly nothing where storage is disabled or full)
+ *   keptState(key, snapshot)         {load(), save(), saveSoon()}: keeps what snapshot() returns
+ *                                    under key: now, or at most once a second while a reply
+ *                                    streams; a save still pending is made when the page is left
  *   settingsPanel(container, specs, names, storageKey)
  *                                    form.js controls for those inputs in container, their
  *                                    state kept in localStorage; {values() (a Promise; throws a
@@ -48,6 +51,26 @@ export function saved(key) {
       } catch {
         return false; // storage disabled or full: the page still works, it just forgets
       }
+    },
+  };
+}
+
+const SAVE_EVERY_MS = 1000; // saveSoon()'s most frequent save
+
+export function keptState(key, snapshot) {
+  const store = saved(key);
+  let timer = 0;
+  const save = () => {
+    clearTimeout(timer);
+    timer = 0;
+    store.save(snapshot());
+  };
+  window.addEventListener("pagehide", () => timer && save());
+  return {
+    load: store.load,
+    save,
+    saveSoon() {
+      if (!timer) timer = setTimeout(save, SAVE_EVERY_MS);
     },
   };
 }

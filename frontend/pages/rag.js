@@ -27,15 +27,14 @@ import {
   liveMarkdown,
   replyEnd,
   replyMeta,
+  keptState,
   runJob,
-  saved,
   settingsPanel,
   stickToBottom,
 } from "./common.js";
 import {citationOptions, sourceCard} from "./sources.js";
 
 const CHAT_INPUT = "chat_context";
-const SAVE_EVERY_MS = 1000; // while an answer streams, the chat is saved this often
 const MAX_QUERY_IMAGE_PX = 1024; // a larger query image is scaled down before it is sent
 const SENDABLE_TYPES = ["image/jpeg", "image/png", "image/webp"];
 const $ = (id) => document.getElementById(id);
@@ -197,20 +196,12 @@ function bindImageInput() {
 
 let chatSchema = null;
 let chatSettings = null;
-let chatStore = null;
+let chatStore = null; // keptState of the turns
 let chatRun = null; // runJob's {jobId, done, stop} of the answer being written
 const turns = []; // {question, answer, sources, cited, status, error, meta, jobId, view}
-let saveTimer = 0;
 
-function saveChat() {
-  clearTimeout(saveTimer);
-  saveTimer = 0;
-  chatStore?.save(turns.map(({view, ...turn}) => turn));
-}
-
-function saveChatSoon() {
-  if (!saveTimer) saveTimer = setTimeout(saveChat, SAVE_EVERY_MS);
-}
+const saveChat = () => chatStore?.save();
+const saveChatSoon = () => chatStore?.saveSoon();
 
 /** The kept turns that still look like turns (a damaged or older entry is dropped). */
 function keptTurns() {
@@ -496,8 +487,8 @@ async function start() {
     });
     $("stop").addEventListener("click", stopAnswer);
     $("new-chat").addEventListener("click", newChat);
-    window.addEventListener("pagehide", () => saveTimer && saveChat()); // a save still pending
-    chatStore = saved(`jobhive.chat.${chatSchema.name}`);
+    chatStore = keptState(`jobhive.chat.${chatSchema.name}`,
+      () => turns.map(({view, ...turn}) => turn));
     keptTurns().forEach(addTurn);
     // An answer that was still being written when the page was left: follow it again.
     const last = turns[turns.length - 1];
