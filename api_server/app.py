@@ -5,19 +5,33 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 from collections.abc import AsyncIterator, Mapping
 
 from aiohttp import web
 
-from api_server import routes_clients, routes_jobs, routes_pages, routes_status, routes_workers
+from api_server.auth import KeyBook
 from api_server.config import ConfigError, Endpoint, ServerConfig, sqlite_path
+from api_server.connections import ConnectionGuard
 from api_server.httputil import ApiError, error_response
 from api_server.media_pool import MediaPool
+from api_server.openapi import OPENAPI_PATH, openapi_json
+from api_server.outputs import OutputFilter
 from api_server.ratelimit import RateLimiter
-from api_server.sqlite_journal import SqliteJournal
-from api_server.state import CONFIG, ENDPOINTS, MEDIA_POOL, RATE_LIMITER, STORE
-from api_server.store import JobStore
+from api_server.routes import clients, jobs, pages, status, workers
+from api_server.state import (
+    CALLER,
+    CONFIG,
+    CONNECTIONS,
+    ENDPOINTS,
+    KEYS,
+    MEDIA_POOL,
+    OUTPUT_FILTER,
+    RATE_LIMITER,
+    STORE,
+)
+from api_server.store import JobStore, Journal, SqliteJournal, StoreError, StoreUnavailable
 
 log = logging.getLogger("jobhive.server")
 
@@ -31,6 +45,9 @@ async def json_errors(request: web.Request, handler):
         return await handler(request)
     except ApiError as e:
         return error_response(e)
+    except StoreError as e:  # the store refused (409), or its journal cannot write (507/503)
+        retry = {"Retry-After": str(e.retry_after_s)} if e.retry_after_s else None
+        return error_response(ApiError(e.status, str(e), headers=retry))
     except web.HTTPException as e:
         if e.status < 400:
             raise
@@ -48,7 +65,25 @@ async def json_errors(request: web.Request, handler):
         return error_response(ApiError(500, "internal error; the server log has the details"))
 
 
-def journal_for(store_url: str) -> SqliteJournal:
+@web.middleware
+async def known_host(request: web.Request, handler):
+    """With `[SERVER] allowed_hosts`, a request for any other Host gets 400 (a web page on
+    another site that reaches this server by DNS rebinding sends its own host name)."""
+    allowed = request.app[CONFIG].allowed_hosts
+    if allowed and request.host not in allowed and request.host.rsplit(":", 1)[0] not in allowed:
+        raise ApiError(400, "this server does not serve that Host",
+                       {"Host": f"must be one of {', '.join(allowed)}"})
+    return await handler(request)
+
+
+@web.middleware
+async def resolve_caller(request: web.Request, handler):
+    """Puts the request's caller (its key's roles) on the request, once."""
+    request[CALLER] = request.app[KEYS].caller(request)
+    return await handler(request)
+
+
+def journal_for(store_url: str) -> Journal:
     """The journal a `--store` URL names (`sqlite:PATH`)."""
     path = sqlite_path(store_url)
     if path is not None:
@@ -56,12 +91,16 @@ def journal_for(store_url: str) -> SqliteJournal:
     raise ConfigError([f"store: {store_url!r} is not a store URL (use sqlite:PATH)"])
 
 
-def create_app(config: ServerConfig, endpoints: Mapping[str, Endpoint]) -> web.Application:
+def create_app(
+    config: ServerConfig, endpoints: Mapping[str, Endpoint], journal: Journal | None = None
+) -> web.Application:
     """Builds the server for these endpoints; the store opens when the app starts.
 
     Args:
         config (ServerConfig): server settings (limits, store URL).
         endpoints (Mapping[str, Endpoint]): the loaded endpoint configs, by name.
+        journal (Journal | None): the store's journal; None: the one `config.store` names
+            (tests pass a MemoryJournal).
 
     Returns:
         web.Application: ready for `web.run_app` or a test runner.
@@ -69,17 +108,24 @@ def create_app(config: ServerConfig, endpoints: Mapping[str, Endpoint]) -> web.A
     largest_body = max(
         [config.max_body_bytes, *(e.endpoint.max_body_bytes or 0 for e in endpoints.values())]
     )
-    app = web.Application(client_max_size=largest_body, middlewares=[json_errors])
+    guard = ConnectionGuard(config)  # its site is made by the runner (cli.serve)
+    middlewares = [guard.middleware, json_errors, *([known_host] if config.allowed_hosts else []),
+                   resolve_caller]
+    app = web.Application(client_max_size=largest_body, middlewares=middlewares)
+    app[CONNECTIONS] = guard
     app[CONFIG] = config
     app[ENDPOINTS] = dict(endpoints)
-    app[STORE] = JobStore(app[ENDPOINTS], journal_for(config.store))
+    app[STORE] = JobStore(app[ENDPOINTS], journal or journal_for(config.store))
+    app[KEYS] = KeyBook(app[ENDPOINTS], config)
+    app[OUTPUT_FILTER] = OutputFilter()
     app[RATE_LIMITER] = RateLimiter()
     app[MEDIA_POOL] = MediaPool(processes=min(4, os.cpu_count() or 1))
     app.cleanup_ctx.extend([_media_pool, _store])
     app.on_shutdown.append(_stop_waiting)
-    for module in (routes_clients, routes_jobs, routes_workers, routes_status):
+    for module in (clients, jobs, workers, status):
         app.add_routes(module.routes)
-    app.add_routes(routes_pages.page_routes(app[ENDPOINTS]))
+    app.router.add_get(OPENAPI_PATH, openapi_json)
+    app.add_routes(pages.page_routes(app[ENDPOINTS]))
     return app
 
 
@@ -99,16 +145,22 @@ async def _store(app: web.Application) -> AsyncIterator[None]:
     await store.open()
 
     async def sweep_forever() -> None:
-        sweeps = 0
+        sweeps, warned_at = 0, -math.inf
+        loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(config.sweep_interval_s)
             sweeps += 1
             try:
+                store.workers.forget_unseen(config.worker_seen_ttl_s)
                 await store.sweep()
-                store.forget_workers(config.worker_seen_ttl_s)
                 if sweeps * config.sweep_interval_s >= CHECKPOINT_INTERVAL_S:
                     sweeps = 0
                     await store.checkpoint()
+            except StoreUnavailable as e:  # tried again at the next sweep; said once a minute
+                if loop.time() - warned_at >= 60:
+                    warned_at = loop.time()
+                    log.warning("sweep could not write (tried again every %g s): %s",
+                                config.sweep_interval_s, e)
             except Exception:  # the sweeper must outlive one bad sweep
                 log.exception("sweep failed")
 

@@ -15,8 +15,9 @@ from aiohttp import web
 
 from api_server.app import create_app
 from api_server.config import LOG_LEVELS, ConfigError, load_endpoints, load_server_config
+from api_server.connections import GuardedSite
 from api_server.demo import demo_workers
-from api_server.state import ENDPOINTS
+from api_server.state import CONFIG, CONNECTIONS, ENDPOINTS
 from jobhive.aio import run_loop
 
 log = logging.getLogger("jobhive.server")
@@ -113,11 +114,12 @@ async def serve(
     runner = web.AppRunner(
         app,
         handler_cancellation=True,  # a client that hangs up ends its long-poll at once
+        keepalive_timeout=app[CONFIG].keepalive_timeout_s,
         access_log=logging.getLogger("aiohttp.access") if access_log else None,
     )
     await runner.setup()
     try:
-        await web.TCPSite(runner, host, port).start()
+        await GuardedSite(runner, host, port, app[CONNECTIONS]).start()
         bound_host, bound_port = runner.addresses[0][:2]  # the real port when port was 0
         url = f"http://{bound_host}:{bound_port}"
         print(f"jobhive-server: listening on {url}", flush=True)
@@ -135,6 +137,7 @@ async def serve(
                 print(f"jobhive-server: demo workers for {', '.join(served) or 'nothing'}; open "
                       f"{url}/ in a browser, or try\n"
                       f"  curl -X POST '{url}/api/v1/endpoints/echo/jobs?wait=10' "
+                      "-H 'Content-Type: application/json' "
                       "-d '{\"inputs\": {\"text\": \"hello\"}}'", flush=True)
             await stop.wait()
             print("jobhive-server: shutting down", flush=True)

@@ -51,6 +51,19 @@ class ServerConfig:
         worker_seen_ttl_s (float): a worker unseen this long drops out of `/api/v1/status`.
         sse_keepalive_s (float): how often an idle event stream gets a comment line.
         log_level (str): DEBUG, INFO, WARNING or ERROR.
+        max_json_depth (int): the deepest nesting of lists and objects a request body may have.
+        admin_keys (tuple[str, ...]): keys that see worker addresses in `/api/v1/status`.
+        allowed_hosts (tuple[str, ...]): Host header values served (with or without a port);
+            empty serves any. Set it when the server is reachable by name, so that a web page
+            of another site cannot reach it through DNS rebinding.
+        keepalive_timeout_s (float): an idle keep-alive connection is closed after this long.
+        header_timeout_s (float): the longest a request's line and headers may take to arrive
+            (from the connection's start for its first request); then the connection is closed.
+        body_timeout_s (float): a request body, or a response the client does not read, that
+            makes no progress for this long drops the connection.
+        max_connections (int): the most connections held open; fewer when the open-files limit
+            (ulimit -n) is lower. Past it the longest-idle connection is closed for the new one,
+            or the new one is refused when none is idle.
     """
 
     host: str = "127.0.0.1"
@@ -64,6 +77,13 @@ class ServerConfig:
     worker_seen_ttl_s: float = 120.0
     sse_keepalive_s: float = 15.0
     log_level: str = "INFO"
+    max_json_depth: int = 64
+    admin_keys: tuple[str, ...] = ()
+    allowed_hosts: tuple[str, ...] = ()
+    keepalive_timeout_s: float = 30.0
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 30.0
+    max_connections: int = 4096
 
 
 @dataclass(frozen=True)
@@ -76,6 +96,8 @@ class EndpointSection:
         version (int): the endpoint's own version, for clients to notice changes.
         route (str): where the endpoint's demo page is served; defaults to `/NAME`.
         max_queue_length (int): queued jobs beyond this are refused with 429.
+        max_queue_bytes (int): queued jobs' inputs beyond this many bytes are refused with 429
+            (they are kept on the store's disk, not in memory).
         lease_s (float): a worker that sends no progress for this long loses the job, which is
             queued again.
         job_timeout_s (float): a job running longer than this (per attempt) fails.
@@ -92,6 +114,7 @@ class EndpointSection:
     version: int = 1
     route: str = ""
     max_queue_length: int = 1000
+    max_queue_bytes: int = 1024**3
     lease_s: float = 60.0
     job_timeout_s: float = 3600.0
     max_attempts: int = 3
@@ -386,7 +409,8 @@ def _check_route(route: str, path: Path, problems: list[str]) -> None:
 
 
 def _check_positive(section: EndpointSection, path: Path, problems: list[str]) -> None:
-    for key in ("max_queue_length", "lease_s", "job_timeout_s", "max_attempts", "result_ttl_s"):
+    for key in ("max_queue_length", "max_queue_bytes", "lease_s", "job_timeout_s", "max_attempts",
+                "result_ttl_s"):
         if getattr(section, key) <= 0:
             problems.append(f"{path}: ENDPOINT.{key}: must be greater than 0")
     if section.max_body_bytes is not None and section.max_body_bytes <= 0:
@@ -461,6 +485,9 @@ def _check_server(config: ServerConfig, where: str, problems: list[str]) -> None
     if sqlite_path(config.store) is None:  # a Redis store is planned, not built yet
         problems.append(f"{where}.store: must be sqlite:PATH (got {config.store!r})")
     for key in ("max_body_bytes", "worker_poll_max_s", "client_wait_max_s", "sweep_interval_s",
-                "worker_seen_ttl_s", "sse_keepalive_s"):
+                "worker_seen_ttl_s", "sse_keepalive_s", "keepalive_timeout_s", "header_timeout_s",
+                "body_timeout_s", "max_connections", "max_json_depth"):
         if getattr(config, key) <= 0:
             problems.append(f"{where}.{key}: must be greater than 0 (got {getattr(config, key)})")
+    if "" in config.admin_keys:
+        problems.append(f"{where}.admin_keys: a key must not be empty")

@@ -1,9 +1,7 @@
-"""HTTP edges shared by the route modules: JSON replies, errors, request bodies, keys."""
+"""HTTP edges shared by the route modules: JSON replies, errors, request bodies, queries."""
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -35,11 +33,17 @@ class ApiError(Exception):
         self.headers = dict(headers or {})
 
 
+_JSON_HEADERS: Mapping[str, str] = {"X-Content-Type-Options": "nosniff"}
+
+
 def json_response(
     data: Any, status: int = 200, headers: Mapping[str, str] | None = None
 ) -> web.Response:
     return web.Response(
-        body=orjson.dumps(data), status=status, content_type="application/json", headers=headers
+        body=orjson.dumps(data),
+        status=status,
+        content_type="application/json",
+        headers={**_JSON_HEADERS, **headers} if headers else _JSON_HEADERS,
     )
 
 
@@ -50,8 +54,15 @@ def error_response(error: ApiError) -> web.Response:
     return json_response(body, error.status, error.headers)
 
 
-async def read_json(request: web.Request, max_bytes: int) -> Any:
-    """The request's JSON body; 413 past max_bytes, 400 when it is not JSON."""
+async def read_json(request: web.Request, max_bytes: int, max_depth: int) -> Any:
+    """The request's JSON body: 415 unless its Content-Type is JSON, 413 past max_bytes, 400
+    when it is not JSON or nests deeper than max_depth (naming the field)."""
+    if request.content_type != "application/json" and not request.content_type.endswith("+json"):
+        raise ApiError(
+            415,
+            f"request body must be JSON (Content-Type: application/json; got "
+            f"{request.content_type!r})",
+        )
     if request.content_length is not None and request.content_length > max_bytes:
         raise ApiError(
             413, f"request body is {request.content_length} bytes; the limit is {max_bytes}"
@@ -62,9 +73,44 @@ async def read_json(request: web.Request, max_bytes: int) -> Any:
     if not body:
         raise ApiError(400, "request body is empty", {"body": "must be a JSON object"})
     try:
-        return orjson.loads(body)
+        data = orjson.loads(body)
     except orjson.JSONDecodeError as e:
         raise ApiError(400, "request body is not valid JSON", {"body": str(e)}) from e
+    # Only a body with more opening brackets than max_depth can nest that deep: most need no walk.
+    if body.count(b"[") + body.count(b"{") > max_depth and (
+        where := too_deep(data, max_depth)
+    ) is not None:
+        raise ApiError(400, "request body nests too deep",
+                       {where: f"nests deeper than {max_depth} levels of lists and objects"})
+    return data
+
+
+def too_deep(value: Any, max_depth: int) -> str | None:
+    """Where `value` first nests deeper than max_depth lists and objects (a path such as
+    `reports[0].outputs.step`, cut after four steps), or None. Iterative: no recursion limit."""
+    stack: list[tuple[Any, int, str]] = [(value, 0, "")]
+    while stack:
+        item, depth, path = stack.pop()
+        if depth > max_depth:
+            return path.lstrip(".") or "body"
+        if isinstance(item, dict):
+            children = ((f".{str(key)[:40]}", child) for key, child in item.items())
+        elif isinstance(item, list):
+            children = ((f"[{i}]", child) for i, child in enumerate(item))
+        else:
+            continue
+        for step, child in children:
+            if isinstance(child, dict | list):
+                stack.append((child, depth + 1, path + step if depth < 4 else path))
+    return None
+
+
+def query_int(raw: str, name: str) -> int:
+    """A whole number from a query parameter or header (a job version); 400 otherwise."""
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 18):
+        raise ApiError(400, f"invalid {name}",
+                       {name: f"must be a job version, a whole number (got {raw[:40]!r})"})
+    return int(raw)
 
 
 def read_object(data: Any, known: Iterable[str], where: str = "") -> dict[str, Any]:
@@ -98,34 +144,6 @@ def query_seconds(request: web.Request, name: str, maximum_s: float) -> float:
         raise ApiError(
             400,
             f"invalid query parameter {name!r}",
-            {name: f"must be a number of seconds from 0 to {maximum_s:g} (got {raw!r})"},
+            {name: f"must be a number of seconds from 0 to {maximum_s:g} (got {raw[:40]!r})"},
         )
     return value
-
-
-def bearer_key(request: web.Request) -> str | None:
-    """The key of an `Authorization: Bearer KEY` header, if any."""
-    header = request.headers.get("Authorization", "")
-    scheme, _, key = header.partition(" ")
-    return key.strip() or None if scheme.lower() == "bearer" else None
-
-
-def key_in(key: str | None, keys: Iterable[str]) -> bool:
-    """Constant-time membership test of a key in a list of accepted keys."""
-    if key is None:
-        return False
-    encoded = key.encode()
-    return any(hmac.compare_digest(encoded, k.encode()) for k in keys)
-
-
-def owner_of(key: str) -> str:
-    """What a job stores of its client's key: a hash, never the key."""
-    return hashlib.sha256(key.encode()).hexdigest()[:32]
-
-
-def unauthorized(what: str) -> ApiError:
-    return ApiError(
-        401,
-        f"missing or wrong {what} key (send Authorization: Bearer KEY)",
-        headers={"WWW-Authenticate": 'Bearer realm="jobhive"'},
-    )

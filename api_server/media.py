@@ -6,7 +6,6 @@ Values travel as data URLs (`data:image/png;base64,....`); a bare base64 string 
 
 from __future__ import annotations
 
-import base64
 import io
 import json
 import subprocess
@@ -17,6 +16,8 @@ from pathlib import Path
 
 import ffmpeg
 from PIL import Image, UnidentifiedImageError
+
+from jobhive import protocol
 
 # Image formats a field may list: plain raster formats Pillow both reads and writes. Nothing
 # else is opened with Pillow (EPS, say, would run Ghostscript on a client's file).
@@ -49,20 +50,22 @@ class MediaError(ValueError):
 
 
 def decode_data_url(value: object, max_bytes: int) -> bytes:
-    """Returns the bytes of a base64 value, with or without a `data:...;base64,` prefix."""
+    """Returns the bytes of a base64 value, with or without a `data:...;base64,` prefix (the
+    protocol's codec, with a size check before decoding)."""
     if not isinstance(value, str):
         raise MediaError(f"must be a base64 string or data URL (got {type(value).__name__})")
-    _, comma, payload = value.partition(",")
-    if not comma:
-        payload = value
-    elif not value.startswith("data:") or ";base64" not in value[: value.index(",")]:
+    comma = value.find(",")
+    if comma >= 0 and not value.startswith("data:"):
         raise MediaError("must be a data URL of the form data:<mime>;base64,<data>")
-    if len(payload) * 3 // 4 > max_bytes + 3:
-        raise MediaError(f"must be at most {max_bytes} bytes (got about {len(payload) * 3 // 4})")
+    if (len(value) - comma - 1) * 3 // 4 > max_bytes + 3:
+        raise MediaError(f"must be at most {max_bytes} bytes "
+                         f"(got about {(len(value) - comma - 1) * 3 // 4})")
     try:
-        data = base64.b64decode(payload, validate=True)
-    except ValueError as e:  # binascii.Error, or a character outside ASCII
-        raise MediaError(f"is not valid base64 ({e})") from e
+        _, data = protocol.decode_data_url(value, validate=True)
+    except ValueError as e:
+        if str(e).startswith("not a base64 data URL"):
+            raise MediaError("must be a data URL of the form data:<mime>;base64,<data>") from e
+        raise MediaError(f"is not valid base64 ({e.__cause__ or e})") from e
     if not data:
         raise MediaError("is empty")
     if len(data) > max_bytes:
@@ -70,9 +73,7 @@ def decode_data_url(value: object, max_bytes: int) -> bytes:
     return data
 
 
-def data_url(data: bytes, mime: str) -> str:
-    """Encodes bytes as a `data:<mime>;base64,` URL."""
-    return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
+data_url = protocol.encode_data_url
 
 
 def check_image(

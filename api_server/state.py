@@ -1,4 +1,5 @@
-"""The typed keys of the application's shared objects (set once, in `create_app`)."""
+"""The typed keys of the application's shared objects (set once, in `create_app`), and of what
+the middlewares put on each request."""
 
 from __future__ import annotations
 
@@ -6,13 +7,21 @@ from collections.abc import Mapping
 
 from aiohttp import web
 
+from api_server.auth import Caller, KeyBook
 from api_server.config import Endpoint, ServerConfig
+from api_server.connections import ConnectionGuard
 from api_server.media_pool import MediaPool
+from api_server.outputs import OutputFilter
 from api_server.ratelimit import RateLimiter
 from api_server.store import JobStore
 
 CONFIG = web.AppKey("config", ServerConfig)
 ENDPOINTS = web.AppKey("endpoints", Mapping[str, Endpoint])
 STORE = web.AppKey("store", JobStore)
+KEYS = web.AppKey("keys", KeyBook)
+CONNECTIONS = web.AppKey("connections", ConnectionGuard)  # cap and timeouts of the sockets
 RATE_LIMITER = web.AppKey("rate_limiter", RateLimiter)
 MEDIA_POOL = web.AppKey("media_pool", MediaPool)  # Pillow/ffmpeg checks run here
+OUTPUT_FILTER = web.AppKey("output_filter", OutputFilter)  # what workers may put in a job
+
+CALLER = web.RequestKey("caller", Caller)  # who sent the request (api_server.auth)

@@ -1,4 +1,5 @@
-"""What the benchmarks share: starting and stopping the project's processes, and percentiles.
+"""What the benchmarks share: starting and stopping the project's processes, percentiles, and
+the source tree of an earlier version to run side by side with this one.
 
 Each script puts the repository first on sys.path, not bench/ (whose queue.py would shadow the
 standard library's queue), and imports this module as `bench.common`.
@@ -6,21 +7,47 @@ standard library's queue), and imports this module as `bench.common`.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def start(args: list[str]) -> subprocess.Popen[str]:
-    """Starts `python ARGS` in the repository, its output (stdout and stderr) piped."""
+@contextlib.contextmanager
+def source_tree(rev: str | None) -> Iterator[Path]:
+    """The repository as it is (rev None), or as of git revision `rev`, unpacked in a temporary
+    folder. Processes started in that folder import its own api_server and workers (the
+    folder comes first on sys.path), with this venv's packages."""
+    if rev is None:
+        yield REPO
+        return
+    with tempfile.TemporaryDirectory(prefix="jobhive-rev-") as tmp:
+        archive = subprocess.run(["git", "archive", "--format=tar", rev], cwd=REPO,
+                                 check=True, capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", tmp], input=archive, check=True)
+        yield Path(tmp)
+
+
+def rss_kib(pid: int) -> int:
+    """A process's resident memory now, in KiB (Linux /proc)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for process {pid}")
+
+
+def start(args: list[str], tree: Path = REPO) -> subprocess.Popen[str]:
+    """Starts `python ARGS` in a source tree, its output (stdout and stderr) piped."""
     return subprocess.Popen(
-        [sys.executable, *args], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        [sys.executable, *args], cwd=tree, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
 
@@ -36,11 +63,13 @@ def wait_for_line(process: subprocess.Popen[str], pattern: str) -> re.Match[str]
     raise RuntimeError(f"process exited before printing {pattern!r}")
 
 
-def start_server(store: Path, log_level: str = "WARNING") -> tuple[subprocess.Popen[str], str]:
-    """A `jobhive-server` on a free loopback port with the repository's endpoints and a fresh
-    SQLite store at `store`; returns it and its URL."""
+def start_server(
+    store: Path, log_level: str = "WARNING", tree: Path = REPO, endpoints: Path | None = None
+) -> tuple[subprocess.Popen[str], str]:
+    """A `jobhive-server` of a source tree on a free loopback port with its endpoints (or
+    those given) and a fresh SQLite store at `store`; returns it and its URL."""
     server = start(["-m", "api_server.cli", "-p", "0", "--store", f"sqlite:{store}",
-                    "--log-level", log_level])
+                    "-c", str(endpoints or tree / "endpoints"), "--log-level", log_level], tree)
     return server, wait_for_line(server, r"listening on (http://\S+)").group(1)
 
 

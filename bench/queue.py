@@ -7,6 +7,7 @@ p50/p99 submit-to-result latency.
 
     python bench/queue.py                      # the standard scenarios
     python bench/queue.py --clients 8 --workers 2 --batch 8 --duration-s 10
+    python bench/queue.py --against d8342ed    # each scenario on that version too, side by side
 """
 
 from __future__ import annotations
@@ -25,9 +26,10 @@ from pathlib import Path
 import aiohttp
 
 # The repository instead of bench/ (this file's name would shadow the standard library's queue).
-sys.path[0] = str(Path(__file__).resolve().parents[1])
+REPO = Path(__file__).resolve().parents[1]
+sys.path[0] = str(REPO)
 
-from bench.common import percentile, start, start_server, stop  # noqa: E402
+from bench.common import percentile, source_tree, start, start_server, stop  # noqa: E402
 from jobhive.aio import run_loop  # noqa: E402
 
 WORKER_KEY = "echo-worker-key"
@@ -83,13 +85,13 @@ async def measure(base_url: str, clients: int, duration_s: float) -> list[float]
     return latencies
 
 
-def run(scenario: Scenario, duration_s: float, log_level: str) -> None:
+def run(scenario: Scenario, duration_s: float, log_level: str, tree: Path, version: str) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        server, url = start_server(Path(tmp) / "bench.sqlite3", log_level)
+        server, url = start_server(Path(tmp) / "bench.sqlite3", log_level, tree)
         workers = [
             start(["-m", "workers.cli", "noop", "--server", url, "--key", WORKER_KEY,
                    "--max-batch", str(scenario.batch), "--log-level", "WARNING",
-                   "--worker-id", f"bench-{i}"])
+                   "--worker-id", f"bench-{i}"], tree)
             for i in range(scenario.workers)
         ]
         try:
@@ -104,7 +106,7 @@ def run(scenario: Scenario, duration_s: float, log_level: str) -> None:
     jobs = len(latencies) * (duration_s + 1.0) / duration_s  # warm-up jobs used CPU too
     per_job_us = [1e6 * u / jobs for u in (used[0], sum(used[1:-1]), used[-1])]
     p50, p99 = (percentile(latencies, q) * 1000 for q in (0.5, 0.99))
-    print(f"{scenario.clients:>7} {scenario.workers:>7} {scenario.batch:>5} "
+    print(f"{version:>9} {scenario.clients:>7} {scenario.workers:>7} {scenario.batch:>5} "
           f"{len(latencies) / elapsed_s:>9.0f} {p50:>8.2f} {p99:>8.2f} {len(latencies):>8}"
           f"   {per_job_us[0]:>6.0f} {per_job_us[1]:>6.0f} {per_job_us[2]:>6.0f}", flush=True)
 
@@ -117,15 +119,22 @@ def main() -> None:
     parser.add_argument("--duration-s", type=float, default=8.0, help="seconds per scenario")
     parser.add_argument("--log-level", default="WARNING",
                         help="the server's log level (INFO logs a line per job state change)")
+    parser.add_argument("--against", metavar="REV",
+                        help="also run each scenario on this git revision (its server and "
+                        "workers), right after this version's run")
     args = parser.parse_args()
     scenarios = (
         [Scenario(args.clients, args.workers, args.batch)] if args.clients else STANDARD
     )
-    print(f"{'clients':>7} {'workers':>7} {'batch':>5} {'jobs/s':>9} {'p50 ms':>8} "
-          f"{'p99 ms':>8} {'jobs':>8}   CPU µs per job: server workers clients", flush=True)
-    for scenario in scenarios:
-        with contextlib.suppress(KeyboardInterrupt):
-            run(scenario, args.duration_s, args.log_level)
+    print(f"{'version':>9} {'clients':>7} {'workers':>7} {'batch':>5} {'jobs/s':>9} "
+          f"{'p50 ms':>8} {'p99 ms':>8} {'jobs':>8}   CPU µs per job: server workers clients",
+          flush=True)
+    with source_tree(args.against) as previous:
+        for scenario in scenarios:
+            with contextlib.suppress(KeyboardInterrupt):
+                run(scenario, args.duration_s, args.log_level, REPO, "this")
+                if args.against:
+                    run(scenario, args.duration_s, args.log_level, previous, args.against[:9])
 
 
 if __name__ == "__main__":

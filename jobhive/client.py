@@ -22,16 +22,26 @@ import itertools
 import logging
 import random
 import threading
-import uuid
 from collections.abc import AsyncIterator, Coroutine, Iterator
 from dataclasses import dataclass, fields
 from typing import Any, TypeVar
-from urllib.parse import quote
 
 import aiohttp
 import orjson
 
 from jobhive.errors import ConnectionFailed, JobCanceled, JobFailed, WaitTimeout, error_for
+from jobhive.protocol import (
+    ENDPOINTS_PATH,
+    EVENT_OF_STATUS,
+    EVENT_PROGRESS,
+    FINISHED_STATUSES,
+    JobStatus,
+    endpoint_path,
+    events_path,
+    job_path,
+    new_job_id,
+    submit_path,
+)
 
 log = logging.getLogger("jobhive.client")
 
@@ -39,15 +49,6 @@ DEFAULT_SERVER_URL = "http://127.0.0.1:7777"
 RETRY_STATUSES = frozenset({502, 503, 504})  # a proxy or load balancer with no server behind
 LONG_POLL_S = 30.0  # one `GET ?wait=` holds this long at most
 _CONNECTION_ERRORS = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError)
-_FINISHED = frozenset({"done", "failed", "canceled"})
-# The SSE event name of each status, as the server names them; the long-poll fallback uses it.
-_EVENT_FOR_STATUS = {
-    "queued": "queued",
-    "running": "progress",
-    "done": "result",
-    "failed": "error",
-    "canceled": "error",
-}
 
 T = TypeVar("T")
 
@@ -78,7 +79,7 @@ class Job:
     @property
     def finished(self) -> bool:
         """True once done, failed or canceled: nothing will change any more."""
-        return self.status in _FINISHED
+        return self.status in FINISHED_STATUSES
 
 
 _JOB_FIELDS = [f.name for f in fields(Job)]
@@ -90,11 +91,6 @@ class Event:
 
     event: str
     job: Job
-
-
-def new_job_id() -> str:
-    """A fresh random job id, which makes a submit safe to repeat."""
-    return uuid.uuid4().hex
 
 
 def backoff_delay_s(attempt: int, base_s: float, max_s: float) -> float:
@@ -261,7 +257,7 @@ class AsyncClient:
         Returns:
             list[dict[str, Any]]: one dict per endpoint.
         """
-        return (await self._request("GET", "/api/v1/endpoints"))["endpoints"]
+        return (await self._request("GET", ENDPOINTS_PATH))["endpoints"]
 
     async def endpoint(self, name: str) -> dict[str, Any]:
         """One endpoint's schema (its inputs, outputs and progress outputs).
@@ -272,7 +268,7 @@ class AsyncClient:
         Returns:
             dict[str, Any]: the schema as the server sends it.
         """
-        return await self._request("GET", f"/api/v1/endpoints/{quote(name, safe='')}")
+        return await self._request("GET", endpoint_path(name))
 
     async def submit(
         self,
@@ -297,9 +293,10 @@ class AsyncClient:
         """
         body = {"inputs": inputs or {}, "job_id": job_id or new_job_id()}
         params = {"wait": f"{wait_s:g}"} if wait_s else None
-        path = f"/api/v1/endpoints/{quote(endpoint, safe='')}/jobs"
         return Job.from_json(
-            await self._request("POST", path, body=body, params=params, wait_s=wait_s)
+            await self._request(
+                "POST", submit_path(endpoint), body=body, params=params, wait_s=wait_s
+            )
         )
 
     async def get(self, job: str | Job, *, wait_s: float = 0.0, since: int | None = None) -> Job:
@@ -320,7 +317,7 @@ class AsyncClient:
             params["wait"] = f"{wait_s:g}"
         if since is not None:
             params["since"] = str(since)
-        path = f"/api/v1/jobs/{quote(_job_id(job), safe='')}"
+        path = job_path(_job_id(job))
         return Job.from_json(await self._request("GET", path, params=params, wait_s=wait_s))
 
     async def wait(self, job: str | Job, timeout_s: float | None = None) -> Job:
@@ -362,9 +359,9 @@ class AsyncClient:
             WaitTimeout: timeout_s passed first.
         """
         finished = await self.wait(job, timeout_s)
-        if finished.status == "failed":
+        if finished.status == JobStatus.FAILED:
             raise JobFailed(finished)
-        if finished.status == "canceled":
+        if finished.status == JobStatus.CANCELED:
             raise JobCanceled(finished)
         return finished.outputs or {}
 
@@ -378,8 +375,7 @@ class AsyncClient:
         Returns:
             Job: the job after the cancel.
         """
-        path = f"/api/v1/jobs/{quote(_job_id(job), safe='')}"
-        return Job.from_json(await self._request("DELETE", path))
+        return Job.from_json(await self._request("DELETE", job_path(_job_id(job))))
 
     async def stream(self, job: str | Job, *, sse: bool = True) -> AsyncIterator[Event]:
         """The job's events as they happen, ending after `result` or `error`.
@@ -414,7 +410,7 @@ class AsyncClient:
 
     async def _sse_events(self, job_id: str) -> AsyncIterator[Event]:
         """Events from the SSE route until the final one; stops early when SSE does not work."""
-        url = f"{self.server_url}/api/v1/jobs/{quote(job_id, safe='')}/events"
+        url = self.server_url + events_path(job_id)
         # No total limit: a stream lasts as long as the job; the server's keepalive comments
         # (every 15 s by default) keep a healthy connection under the read limit.
         timeout = aiohttp.ClientTimeout(
@@ -456,7 +452,7 @@ class AsyncClient:
             # A finished job always ends the stream with its event, even one whose version is
             # not past `since`: versions are not stored, a restarted server numbers them afresh.
             if current.version > since or current.finished:
-                yield Event(_EVENT_FOR_STATUS.get(current.status, "progress"), current)
+                yield Event(EVENT_OF_STATUS.get(current.status, EVENT_PROGRESS), current)
                 since = current.version
             if current.finished:
                 return

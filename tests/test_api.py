@@ -73,7 +73,9 @@ def test_status_shows_queues_and_workers(start_server, http):
     worker = RawWorker(http, server.url, worker_id="w-status")
     first, second, third = (submitted(http, server.url, {"text": str(i)}) for i in range(3))
     stats = http.get(f"{server.url}/api/v1/status").json()
+    queued_bytes = stats["endpoints"]["echo"].pop("queued_bytes")
     assert stats["endpoints"]["echo"] == {"queued": 3, "running": 0, "workers": 0}
+    assert queued_bytes > 3 * len('{"text":"0"}')
     assert stats["workers"] == []
 
     (job,) = worker.take()
@@ -86,8 +88,10 @@ def test_status_shows_queues_and_workers(start_server, http):
     assert job["job_id"] == third["job_id"]
 
     stats = http.get(f"{server.url}/api/v1/status").json()
-    assert stats["endpoints"]["echo"] == {"queued": 0, "running": 1, "workers": 1}
+    assert stats["endpoints"]["echo"] == {"queued": 0, "queued_bytes": 0, "running": 1,
+                                          "workers": 1}
     (seen,) = stats["workers"]
+    assert "address" not in seen  # only for an admin key
     assert seen["worker_id"] == "w-status"
     assert seen["job_types"] == ["echo"]
     assert seen["info"] == {"model": "raw"}
@@ -453,7 +457,8 @@ def test_cancel_a_running_job(start_server, http):
     assert seen["status"] == "canceled"
     assert seen["outputs"] is None
     stats = http.get(f"{server.url}/api/v1/status").json()
-    assert stats["endpoints"]["echo"] == {"queued": 0, "running": 0, "workers": 1}
+    assert stats["endpoints"]["echo"] == {"queued": 0, "queued_bytes": 0, "running": 0,
+                                          "workers": 1}
 
     # A finished job is answered as it is.
     other = submitted(http, server.url)
@@ -567,7 +572,8 @@ def test_oversize_bodies_get_413(start_server, endpoints_dir, http):
             yield b"y" * 100
         yield b'"}}'
 
-    assert_error(http.post(url, content=chunks()), 413)
+    json_type = {"Content-Type": "application/json"}
+    assert_error(http.post(url, content=chunks(), headers=json_type), 413)
     # The limit is the endpoint's own: echo takes the same body.
     reply = http.post(
         f"{server.url}/api/v1/endpoints/echo/jobs", json={"inputs": {"text": "x" * 300}}
@@ -713,7 +719,7 @@ def test_a_job_finished_by_a_raw_worker_batch_reads_back(start_server, http):
         "fail": None,
         "image": None,
     }
-    outputs = {"text": "ünïcödé ✓", "nested": {"list": [1, 2.5, None, True]}}
+    outputs = {"text": "ünïcödé ✓", "delay_s": 2.5, "steps": 3, "worker_id": None}
     answers = worker.batch_results([entry(grant, outputs=outputs)])
     assert answers.json() == {"answers": [{"job_id": job["job_id"], "ok": True, "canceled": False}]}
     assert get_job(http, server.url, job["job_id"])["outputs"] == outputs

@@ -630,7 +630,8 @@ log_level = "DEBUG"
     ("toml", "expected"),
     [
         ("[SERVER]\nport = 'http'\n", "SERVER.port: must be int (got 'http')"),
-        ("[SERVER]\nthreads = 4\n", "SERVER.threads: unknown key (known: client_wait_max_s, "),
+        ("[SERVER]\nthreads = 4\n",
+         "SERVER.threads: unknown key (known: admin_keys, allowed_hosts, "),
         ("[SERVER]\nport = 8080\n[ENDPOINT]\n", "[ENDPOINT]: unknown section (known: SERVER)"),
         ("SERVER = 1\n", "SERVER: must be a table"),
         (

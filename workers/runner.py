@@ -6,7 +6,8 @@ leases), post all results in one request. The server being away is retried with 
 
 Shut-down: the first SIGINT/SIGTERM stops polling and lets the running batch finish (up to
 `grace_s`, then its jobs are handed back to the queue); a second signal hands them back at once.
-A running job is finished or handed back, never dropped.
+A running job is finished or handed back, never dropped. A worker that stops cleanly (signal,
+or burst mode's queue empty) then says goodbye, so the server's status drops it at once.
 """
 
 from __future__ import annotations
@@ -26,11 +27,19 @@ from typing import Any
 import aiohttp
 import orjson
 
+from jobhive.protocol import (
+    WORKER_GOODBYE_PATH,
+    WORKER_POLL_PATH,
+    WORKER_PROGRESS_PATH,
+    WORKER_RESULTS_PATH,
+    Grant,
+)
 from workers.base import Job, ModelWorker
 
 log = logging.getLogger("jobhive.worker")
 
 _RETRYABLE = (aiohttp.ClientError, asyncio.TimeoutError, OSError)
+GOODBYE_TIMEOUT_S = 2.0  # a goodbye is a courtesy: a server slow to take it is not waited for
 
 
 class WorkerRefused(Exception):
@@ -211,6 +220,7 @@ class Runner:
                     break
                 else:
                     jobs = await self._poll()
+            await self._say_goodbye()
         log.info("worker %s stopped", settings.worker_id)
 
     # ----- talking to the server
@@ -260,13 +270,32 @@ class Runner:
             return None
         return post.result()
 
+    async def _say_goodbye(self) -> None:
+        """Tells the server this worker is gone, so it leaves /api/v1/status now instead of
+        when it has been quiet long enough. Best effort: any failure (server gone, an older
+        server without the route) is logged and ignored."""
+        assert self._http is not None
+        body = orjson.dumps({"worker_id": self.settings.worker_id})
+        timeout = aiohttp.ClientTimeout(total=GOODBYE_TIMEOUT_S)
+        try:
+            async with self._http.post(WORKER_GOODBYE_PATH, data=body, timeout=timeout) as reply:
+                status = reply.status  # the body is not needed (and an older server's 404 is text)
+        except Exception as e:  # whatever went wrong, the worker stops all the same
+            log.info("goodbye not delivered (%s)", str(e) or type(e).__name__)
+            return
+        if status == 200:
+            log.debug("said goodbye to %s", self.settings.server_url)
+        else:
+            log.info("goodbye not taken (HTTP %d); the server forgets this worker in time", status)
+
     @staticmethod
     def _jobs_from(grants: list[dict[str, Any]]) -> list[Job]:
-        return [
-            Job(id=g["job_id"], endpoint=g["endpoint"], inputs=g["inputs"],
-                lease_id=g["lease_id"], attempt=g["attempt"], lease_s=g["lease_s"])
-            for g in grants
-        ]
+        jobs = []
+        for data in grants:
+            g = Grant.from_json(data)
+            jobs.append(Job(id=g.job_id, endpoint=g.endpoint, inputs=g.inputs,
+                            lease_id=g.lease_id, attempt=g.attempt, lease_s=g.lease_s))
+        return jobs
 
     async def _poll(self) -> list[Job] | None:
         """The next batch ([] when none came in time); None when stopping."""
@@ -274,7 +303,7 @@ class Runner:
         while not self._stopping.done():
             try:
                 reply = await self._post_unless_stopping(
-                    "/api/v1/worker/jobs", body, body["wait_s"] + 15
+                    WORKER_POLL_PATH, body, body["wait_s"] + 15
                 )
             except _RETRYABLE as e:
                 await self._retry_later(e)
@@ -398,7 +427,7 @@ class Runner:
 
     async def _send_progress(self, jobs: list[Job], reports: list[dict[str, Any]]) -> None:
         try:
-            status, data = await self._post("/api/v1/worker/progress", {"reports": reports}, 30)
+            status, data = await self._post(WORKER_PROGRESS_PATH, {"reports": reports}, 30)
         except _RETRYABLE as e:
             log.warning("progress not delivered (%s); the lease renews with the next one", e)
             return
@@ -434,10 +463,10 @@ class Runner:
             try:
                 if "poll" in body:
                     reply = await self._post_unless_stopping(
-                        "/api/v1/worker/results", body, body["poll"]["wait_s"] + 60
+                        WORKER_RESULTS_PATH, body, body["poll"]["wait_s"] + 60
                     )
                 else:
-                    reply = await self._post("/api/v1/worker/results", body, 60)
+                    reply = await self._post(WORKER_RESULTS_PATH, body, 60)
             except _RETRYABLE as e:
                 problem: object = e
             else:

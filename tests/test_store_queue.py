@@ -3,8 +3,8 @@
 from hypothesis import given
 from hypothesis import strategies as st
 
-from api_server.job_queue import JobQueue
-from api_server.jobs import Job
+from api_server.store.model import Job
+from api_server.store.queue import JobQueue
 
 operations = st.lists(
     st.tuples(st.sampled_from(["push", "pop", "remove", "front", "look"]), st.integers(0, 30)),
@@ -18,7 +18,7 @@ def test_order_and_positions_match_a_list(ops):
     for op, n in ops:
         if op == "push":
             made += 1
-            job = Job(id=f"j{made}", endpoint="e", owner="", inputs_json=b"{}")
+            job = Job(id=f"j{made}", endpoint="e", owner="", inputs_json=b"{}", inputs_bytes=2)
             queue.push(job)
             expected.append(job)
         elif op == "pop" and expected:

@@ -17,16 +17,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import sqlite3
-from collections.abc import Iterable
+import time
+from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
-from api_server.jobs import Job, JobStatus
+from api_server.store.journal import JournalError
+from api_server.store.model import INLINE_VALUE_MAX_BYTES, Job
+from jobhive.protocol import JobStatus
 
 log = logging.getLogger("jobhive.journal")
 
 INLINE_COMMIT_MAX_BYTES = 256 * 1024  # larger groups commit in the journal's thread
+FAILURE_LOG_EVERY_S = 1.0  # failed commits (a full disk) are logged at most this often
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -53,15 +59,24 @@ _INSERT = (
 )
 _UPDATE = (
     "UPDATE jobs SET status = ?, attempts = ?, lease_id = ?, worker_id = ?, started_at_ms = ?,"
-    " finished_at_ms = ?, expires_at_ms = ?, outputs = ?, error = ? WHERE id = ?"
+    " finished_at_ms = ?, expires_at_ms = ?, error = ? WHERE id = ?"
+)
+_FINISH = (
+    "UPDATE jobs SET status = ?, attempts = ?, lease_id = ?, worker_id = ?, started_at_ms = ?,"
+    " finished_at_ms = ?, expires_at_ms = ?, error = ?, outputs = ? WHERE id = ?"
 )
 _DELETE = "DELETE FROM jobs WHERE id = ?"
+# The columns _UPDATE and _FINISH set, in their order (before outputs and the id).
+_UPDATED = ("status", "attempts", "lease_id", "worker_id", "started_at_ms", "finished_at_ms",
+            "expires_at_ms", "error")
 
 _Op = tuple[str, tuple[object, ...]]
 
 
 class SqliteJournal:
-    """Group-committing writer of job rows, and their loader at start-up.
+    """Group-committing writer of job rows, their loader at start-up, and the reader of the
+    large values the store does not keep in memory. A failed commit rolls back whole and fails
+    every future of its group with a JournalError.
 
     Args:
         path (Path): the database file; created with its folder when missing.
@@ -74,7 +89,9 @@ class SqliteJournal:
         self._checkpointer: sqlite3.Connection | None = None  # the thread's own connection
         self._pending: list[_Op] = []
         self._pending_bytes = 0
-        self._waiters: list[asyncio.Future[None]] = []
+        self._group: asyncio.Future[None] | None = None  # what the pending changes resolve
+        self._failures = 0
+        self._failure_logged_s = -math.inf
         self._scheduled = False  # a flush is queued for the end of this loop turn
         self._in_thread: asyncio.Future[None] | None = None  # a large group committing there
 
@@ -93,10 +110,14 @@ class SqliteJournal:
         db.execute(
             "DELETE FROM jobs WHERE expires_at_ms IS NOT NULL AND expires_at_ms <= ?", (now_ms,)
         )
+        # Large inputs and outputs stay on disk: read when a worker or a client needs them.
         rows = db.execute(
-            "SELECT id, endpoint, owner, inputs, status, created_at_ms, attempts, lease_id,"
-            " worker_id, started_at_ms, finished_at_ms, expires_at_ms, outputs, error"
-            " FROM jobs ORDER BY created_at_ms, rowid"
+            "SELECT id, endpoint, owner, CASE WHEN length(inputs) <= ?1 THEN inputs END,"
+            " length(inputs), status, created_at_ms, attempts, lease_id, worker_id,"
+            " started_at_ms, finished_at_ms, expires_at_ms,"
+            " CASE WHEN length(outputs) <= ?1 THEN outputs END, coalesce(length(outputs), 0),"
+            " error FROM jobs ORDER BY created_at_ms, rowid",
+            (INLINE_VALUE_MAX_BYTES,),
         ).fetchall()
         self._db = db
         return [
@@ -105,30 +126,32 @@ class SqliteJournal:
                 endpoint=r[1],
                 owner=r[2],
                 inputs_json=r[3],
-                status=JobStatus(r[4]),
-                created_at_ms=r[5],
-                attempts=r[6],
-                lease_id=r[7],
-                worker_id=r[8],
-                started_at_ms=r[9],
-                finished_at_ms=r[10],
-                expires_at_ms=r[11],
-                outputs_json=r[12],
-                error=r[13],
-                progress=100.0 if r[4] == JobStatus.DONE else 0.0,
+                inputs_bytes=r[4],
+                status=JobStatus(r[5]),
+                created_at_ms=r[6],
+                attempts=r[7],
+                lease_id=r[8],
+                worker_id=r[9],
+                started_at_ms=r[10],
+                finished_at_ms=r[11],
+                expires_at_ms=r[12],
+                outputs_json=r[13],
+                outputs_bytes=r[14],
+                error=r[15],
+                progress=100.0 if r[5] == JobStatus.DONE else 0.0,
             )
             for r in rows
         ]
 
-    def insert(self, job: Job) -> asyncio.Future[None]:
-        """Writes a new job row (or replaces one); the future resolves once committed."""
+    def insert(self, job: Job, inputs_json: bytes) -> asyncio.Future[None]:
+        """Writes a new job row; the future resolves once committed."""
         return self._write(
             _INSERT,
             (
                 job.id,
                 job.endpoint,
                 job.owner,
-                job.inputs_json,
+                inputs_json,
                 job.status.value,
                 job.created_at_ms,
                 job.attempts,
@@ -137,46 +160,58 @@ class SqliteJournal:
                 job.started_at_ms,
                 job.finished_at_ms,
                 job.expires_at_ms,
-                job.outputs_json,
+                None,
                 job.error,
             ),
         )
 
-    def update(self, job: Job) -> asyncio.Future[None]:
-        """Writes a job's state as it is now; the future resolves once committed."""
-        return self._write(
-            _UPDATE,
-            (
-                job.status.value,
-                job.attempts,
-                job.lease_id,
-                job.worker_id,
-                job.started_at_ms,
-                job.finished_at_ms,
-                job.expires_at_ms,
-                job.outputs_json,
-                job.error,
-                job.id,
-            ),
-        )
+    def update(
+        self, job: Job, change: Mapping[str, Any], outputs_json: bytes | None = None
+    ) -> asyncio.Future[None]:
+        """Writes a job's state with `change` applied (and its outputs, when given); the
+        future resolves once committed."""
+        params = tuple(change[k] if k in change else getattr(job, k) for k in _UPDATED)
+        params = (params[0].value, *params[1:])
+        if outputs_json is None:
+            return self._write(_UPDATE, (*params, job.id))
+        return self._write(_FINISH, (*params, outputs_json, job.id))
+
+    async def read_inputs(self, job_ids: list[str]) -> dict[str, bytes]:
+        """The stored inputs of these jobs (in the journal's thread: they may be large)."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._thread, self._read, "inputs", job_ids)
+
+    async def read_outputs(self, job_id: str) -> bytes | None:
+        loop = asyncio.get_running_loop()
+        found = await loop.run_in_executor(self._thread, self._read, "outputs", [job_id])
+        return found.get(job_id)
+
+    def _read(self, column: str, job_ids: list[str]) -> dict[str, bytes]:
+        db = self._thread_db()
+        marks = ", ".join("?" * len(job_ids))
+        rows = db.execute(f"SELECT id, {column} FROM jobs WHERE id IN ({marks})", job_ids)
+        return {job_id: value for job_id, value in rows if value is not None}
 
     def delete(self, job_ids: Iterable[str]) -> asyncio.Future[None]:
         """Forgets jobs (expired results)."""
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        future.set_result(None)  # (no ids: nothing to wait for)
         for job_id in job_ids:
             future = self._write(_DELETE, (job_id,))
         return future
 
     def _write(self, sql: str, params: tuple[object, ...]) -> asyncio.Future[None]:
+        """Queues a change for the group commit at the end of this loop turn; every change of
+        a group shares its one future."""
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[None] = loop.create_future()
         self._pending.append((sql, params))
         self._pending_bytes += sum(len(p) for p in params if isinstance(p, bytes))
-        self._waiters.append(future)
+        if self._group is None:
+            self._group = loop.create_future()
         if not self._scheduled and self._in_thread is None:
             self._scheduled = True
             loop.call_soon(self._flush)  # after every change of this loop turn is queued
-        return future
+        return self._group
 
     def _flush(self) -> None:
         """Commits the pending group: here, or in the thread when it carries large values."""
@@ -184,48 +219,60 @@ class SqliteJournal:
         if not self._pending or self._in_thread is not None:
             return  # a commit in the thread flushes what is pending once it is done
         ops, self._pending = self._pending, []
-        waiters, self._waiters = self._waiters, []
+        group, self._group = self._group, None
+        assert group is not None
         large, self._pending_bytes = self._pending_bytes > INLINE_COMMIT_MAX_BYTES, 0
         if large:
             loop = asyncio.get_running_loop()
             self._in_thread = loop.run_in_executor(self._thread, self._commit, ops)
-            self._in_thread.add_done_callback(lambda done: self._committed(waiters, done))
+            self._in_thread.add_done_callback(lambda done: self._committed(group, len(ops), done))
             return
         error: Exception | None = None
         try:
             self._commit(ops)
         except (sqlite3.Error, OSError) as e:
-            error = e
-        self._settle(waiters, error, len(ops))
+            error = JournalError(e)
+        self._settle(group, error, len(ops))
 
-    def _committed(self, waiters: list[asyncio.Future[None]], done: asyncio.Future[None]) -> None:
+    def _committed(self, group: asyncio.Future[None], count: int, done: asyncio.Future[None]
+                   ) -> None:
         self._in_thread = None
         error = done.exception() if not done.cancelled() else asyncio.CancelledError()
-        self._settle(waiters, error, len(waiters))
+        if isinstance(error, sqlite3.Error | OSError):
+            error = JournalError(error)
+        self._settle(group, error, count)
         if self._pending:
             self._flush()
 
-    @staticmethod
-    def _settle(
-        waiters: list[asyncio.Future[None]], error: BaseException | None, count: int
-    ) -> None:
+    def _settle(self, group: asyncio.Future[None], error: BaseException | None, count: int
+                ) -> None:
         if error is not None:
-            log.error("journal write of %d changes failed: %s", count, error)
-        for w in waiters:
-            if not w.done():
-                if error is not None:
-                    w.set_exception(error)
-                else:
-                    w.set_result(None)
+            self._failures += 1
+            now = time.monotonic()
+            if now - self._failure_logged_s >= FAILURE_LOG_EVERY_S:  # a full disk refuses
+                log.error("journal write of %d changes failed: %s (%d failed writes since the "
+                          "last such line)", count, error, self._failures)
+                self._failure_logged_s, self._failures = now, 0
+        if group.done():
+            return
+        if error is not None:
+            group.set_exception(error)
+            group.exception()  # retrieved here: a group nobody awaits any more is no error
+        else:
+            group.set_result(None)
 
     async def checkpoint(self) -> None:
         """Copies the WAL into the database file (fsync), in the thread; run it every few s."""
         await asyncio.get_running_loop().run_in_executor(self._thread, self._checkpoint)
 
     def _checkpoint(self) -> None:
+        self._thread_db().execute("PRAGMA wal_checkpoint(PASSIVE)")
+
+    def _thread_db(self) -> sqlite3.Connection:
+        """The thread's own connection (reads and checkpoints), opened on first use."""
         if self._checkpointer is None:
             self._checkpointer = sqlite3.connect(self._path, check_same_thread=False)
-        self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        return self._checkpointer
 
     def _commit(self, ops: list[_Op]) -> None:
         assert self._db is not None
@@ -233,10 +280,11 @@ class SqliteJournal:
         try:
             for sql, params in ops:
                 self._db.execute(sql, params)
+            self._db.execute("COMMIT")
         except BaseException:
-            self._db.execute("ROLLBACK")
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
             raise
-        self._db.execute("COMMIT")
 
     async def close(self) -> None:
         """Commits what is pending, checkpoints, then closes the file."""

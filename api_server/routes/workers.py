@@ -1,49 +1,45 @@
-"""Worker routes: long-poll for jobs, progress (which renews the lease), results.
+"""Worker routes: long-poll for jobs, progress (which renews the lease), results, goodbye.
 
 Progress and results come one job per request or a whole batch per request; both go through
-the same parsing and the same store calls.
+the same parsing and the same store calls. Every route first checks that the caller's key is
+a worker key (before reading the body, so an unknown caller gets no parsing for free), and a
+report is taken only for jobs of endpoints that key serves.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from aiohttp import web
 
+from api_server.auth import unauthorized
 from api_server.config import Endpoint
-from api_server.httputil import (
-    ApiError,
-    bearer_key,
-    json_response,
-    key_in,
-    read_json,
-    read_object,
-    unauthorized,
-)
-from api_server.jobs import ReportAnswer, WorkerReport
-from api_server.state import CONFIG, ENDPOINTS, STORE
+from api_server.httputil import ApiError, json_response, read_json, read_object
+from api_server.state import CALLER, CONFIG, ENDPOINTS, OUTPUT_FILTER, STORE
+from api_server.store import ReportAnswer, StoreError, WorkerReport
+from jobhive import protocol
 
 routes = web.RouteTableDef()
 
-_REPORT_KEYS = ("job_id", "lease_id", "progress", "outputs", "error", "release")
-
 
 def _require_worker_key(request: web.Request) -> None:
-    """401 unless some endpoint takes the request's worker key: checked before the body is read,
-    so an unknown caller gets no parsing (nor its error details) for free."""
-    key = bearer_key(request)
-    if not any(key_in(key, e.worker.auth_keys) for e in request.app[ENDPOINTS].values()):
+    if not request[CALLER].role.worker_of:
         raise unauthorized("worker")
 
 
 def _worker_endpoints(
     request: web.Request, job_types: Sequence[str], field: str = "job_types"
 ) -> list[Endpoint]:
-    """The endpoints of these job types whose [WORKER] keys include the request's key."""
+    """The endpoints of these job types; 400 naming any type that is unknown or that the
+    caller's key does not serve (a worker lists only what it may take)."""
     endpoints = request.app[ENDPOINTS].values()
+    allowed = request[CALLER].worker_endpoints(endpoints)
+    allowed_types = {e.job_type for e in allowed}
     known = {e.job_type for e in endpoints}
     unknown = [t for t in job_types if t not in known]
     if unknown:
@@ -55,11 +51,15 @@ def _worker_endpoints(
                 f"(job types: {', '.join(sorted(known)) or 'none'})"
             },
         )
-    key = bearer_key(request)
-    allowed = [e for e in endpoints if e.job_type in job_types and key_in(key, e.worker.auth_keys)]
-    if not allowed:
-        raise unauthorized("worker")
-    return allowed
+    other = [t for t in job_types if t not in allowed_types]
+    if other:
+        raise ApiError(
+            400,
+            "job types of another worker key",
+            {field: f"this worker key does not serve {', '.join(map(repr, other))} (it serves "
+                    f"{', '.join(sorted(allowed_types))})"},
+        )
+    return [e for e in allowed if e.job_type in job_types]
 
 
 def _check(errors: dict[str, str], name: str, ok: bool, reason: str) -> None:
@@ -73,8 +73,8 @@ def _parse_report(entry: Any, where: str, errors: dict[str, str]) -> WorkerRepor
         errors[where or "body"] = "must be a JSON object"
         return None
     prefix = f"{where}." if where else ""
-    for key in entry.keys() - set(_REPORT_KEYS):
-        errors[prefix + key] = f"unknown key; allowed: {', '.join(_REPORT_KEYS)}"
+    for key in entry.keys() - set(protocol.REPORT_KEYS):
+        errors[prefix + key[:80]] = f"unknown key; allowed: {', '.join(protocol.REPORT_KEYS)}"
     progress = entry.get("progress")
     found = len(errors)
     for key in ("job_id", "lease_id"):
@@ -142,10 +142,15 @@ def _parse_reports(entries: Any) -> list[WorkerReport]:
     return reports  # type: ignore[return-value]  # no errors: every entry parsed
 
 
+async def _read_body(request: web.Request) -> Any:
+    config = request.app[CONFIG]
+    return await read_json(request, config.max_body_bytes, config.max_json_depth)
+
+
 async def _read_reports(request: web.Request, batch: bool) -> list[WorkerReport]:
     """The reports of a request: `{"reports": [...]}` for a batch, the entry itself for one job
     (its job_id taken from the URL)."""
-    data = await read_json(request, request.app[CONFIG].max_body_bytes)
+    data = await _read_body(request)
     if batch:
         return _parse_reports(read_object(data, ("reports",)).get("reports"))
     if isinstance(data, dict):
@@ -157,39 +162,56 @@ async def _read_reports(request: web.Request, batch: bool) -> list[WorkerReport]
     return [report]
 
 
-def _authorized(
-    request: web.Request, reports: list[WorkerReport]
+async def _authorized(
+    request: web.Request, reports: list[WorkerReport], results: bool, worker: str
 ) -> tuple[list[WorkerReport], list[ReportAnswer]]:
-    """Splits reports into those the worker key may make and refusals for the rest (the key
-    itself was already checked by `_require_worker_key`)."""
-    key = bearer_key(request)
-    endpoints = request.app[ENDPOINTS]
-    store = request.app[STORE]
+    """Splits reports into those the caller's key may make (their outputs kept to what the
+    endpoint declares, and serialised once for results) and refusals for the rest."""
+    app = request.app
+    worker_of = request[CALLER].role.worker_of
+    endpoints_of = await app[STORE].endpoints_of(r.job_id for r in reports)
     allowed, refused = [], []
     for report in reports:
-        job = store.get(report.job_id)
-        endpoint = endpoints.get(job.endpoint) if job is not None else None
-        if job is None or endpoint is None:
-            refused.append(
-                ReportAnswer(report.job_id, ok=False, error="unknown job", status=404)
-            )
-        elif not key_in(key, endpoint.worker.auth_keys):
+        endpoint = app[ENDPOINTS].get(endpoints_of.get(report.job_id, ""))
+        if endpoint is None:
+            refused.append(ReportAnswer(report.job_id, ok=False, error="unknown job", status=404))
+        elif endpoint.name not in worker_of:
             error = f"worker key not accepted by {endpoint.name!r}"
             refused.append(ReportAnswer(report.job_id, ok=False, error=error, status=403))
-        else:
+        elif report.outputs is None:
             allowed.append(report)
+        elif results:
+            outputs = app[OUTPUT_FILTER].results(endpoint, report.outputs, worker)
+            allowed.append(dataclasses.replace(report, outputs=None,
+                                               outputs_json=orjson.dumps(outputs)))
+        else:
+            outputs = app[OUTPUT_FILTER].progress(endpoint, report.outputs, worker)
+            allowed.append(dataclasses.replace(report, outputs=outputs))
     return allowed, refused
 
 
 async def _record(
     request: web.Request,
     reports: list[WorkerReport],
-    record: Callable[[list[WorkerReport]], Awaitable[list[ReportAnswer]]],
+    results: bool,
+    worker: str = "",
 ) -> list[ReportAnswer]:
-    """Records the reports the worker's key may make; answers all of them, in their order."""
-    allowed, refused = _authorized(request, reports)
-    by_job = {a.job_id: a for a in (await record(allowed) if allowed else []) + refused}
+    """Records the reports the worker's key may make; answers all of them, in their order
+    (507/503 for the whole request when the store cannot write them)."""
+    store = request.app[STORE]
+    worker = worker or f"with key {request[CALLER].owner[:8]}"
+    allowed, refused = await _authorized(request, reports, results, worker)
+    record = store.report_results if results else store.report_progress
+    try:
+        answers = await record(allowed) if allowed else []
+    except StoreError as e:
+        raise ApiError(e.status, str(e), headers=_retry_after(e)) from e
+    by_job = {a.job_id: a for a in answers + refused}
     return [by_job[report.job_id] for report in reports]
+
+
+def _retry_after(error: StoreError) -> dict[str, str] | None:
+    return {"Retry-After": str(error.retry_after_s)} if error.retry_after_s else None
 
 
 def _single_answer(answers: list[ReportAnswer]) -> web.Response:
@@ -213,11 +235,8 @@ class Poll:
     wait_s: float
 
 
-_POLL_KEYS = ("worker_id", "job_types", "max_batch", "info", "wait_s")
-
-
 def _parse_poll(data: Any, max_wait_s: float, prefix: str = "") -> Poll:
-    body = read_object(data, _POLL_KEYS, prefix.rstrip("."))
+    body = read_object(data, protocol.POLL_KEYS, prefix.rstrip("."))
     worker_id, job_types = body.get("worker_id"), body.get("job_types")
     max_batch, info = body.get("max_batch", 1), body.get("info", {})
     wait_s = body.get("wait_s", max_wait_s)
@@ -241,68 +260,82 @@ def _parse_poll(data: Any, max_wait_s: float, prefix: str = "") -> Poll:
 async def _grant(request: web.Request, poll: Poll, endpoints: list[Endpoint]) -> list[Any]:
     """Claims up to poll.max_batch jobs (waiting up to poll.wait_s); returns their grants."""
     store = request.app[STORE]
-    store.worker_seen(poll.worker_id, poll.job_types, request.remote or "", poll.info)
-    jobs = await store.claim(endpoints, poll.max_batch, poll.worker_id, poll.wait_s)
-    if not jobs:
-        return []
-    lease_s = request.app[ENDPOINTS][jobs[0].endpoint].endpoint.lease_s
-    return [job.grant_json(lease_s) for job in jobs]
+    store.workers.seen(poll.worker_id, request[CALLER].owner, [e.job_type for e in endpoints],
+                       request.remote or "", poll.info)
+    try:
+        grants: list[protocol.Grant] = await store.claim(
+            endpoints, poll.max_batch, poll.worker_id, poll.wait_s
+        )
+    except StoreError as e:
+        raise ApiError(e.status, str(e), headers=_retry_after(e)) from e
+    return [grant.to_json() for grant in grants]
 
 
-@routes.post("/api/v1/worker/jobs")
+@routes.post(protocol.WORKER_POLL_PATH)
 async def poll_jobs(request: web.Request) -> web.Response:
     """Long-poll for jobs: `{worker_id, job_types, max_batch, info, wait_s}` → 200 `{jobs}`
     (each with its lease) or 204 when none came within wait_s."""
-    config = request.app[CONFIG]
     _require_worker_key(request)
-    poll = _parse_poll(await read_json(request, config.max_body_bytes), config.worker_poll_max_s)
+    poll = _parse_poll(await _read_body(request), request.app[CONFIG].worker_poll_max_s)
     grants = await _grant(request, poll, _worker_endpoints(request, poll.job_types))
     return json_response({"jobs": grants}) if grants else web.Response(status=204)
 
 
-async def _report(
-    request: web.Request,
-    batch: bool,
-    record: Callable[[list[WorkerReport]], Awaitable[list[ReportAnswer]]],
-) -> web.Response:
+async def _report(request: web.Request, batch: bool, results: bool) -> web.Response:
     _require_worker_key(request)
-    answers = await _record(request, await _read_reports(request, batch), record)
+    answers = await _record(request, await _read_reports(request, batch), results)
     if batch:
         return json_response({"answers": [a.to_json() for a in answers]})
     return _single_answer(answers)
 
 
-@routes.post("/api/v1/worker/jobs/{job_id}/progress")
+@routes.post(protocol.WORKER_JOB_PROGRESS_ROUTE)
 async def job_progress(request: web.Request) -> web.Response:
-    return await _report(request, False, request.app[STORE].report_progress)
+    """One job's progress `{lease_id, progress, outputs}`: renews its lease; `{canceled}`."""
+    return await _report(request, batch=False, results=False)
 
 
-@routes.post("/api/v1/worker/progress")
+@routes.post(protocol.WORKER_PROGRESS_PATH)
 async def batch_progress(request: web.Request) -> web.Response:
-    return await _report(request, True, request.app[STORE].report_progress)
+    """A batch's progress: `{"reports": [...]}` → `{"answers": [...]}`."""
+    return await _report(request, batch=True, results=False)
 
 
-@routes.post("/api/v1/worker/jobs/{job_id}/result")
+@routes.post(protocol.WORKER_JOB_RESULT_ROUTE)
 async def job_result(request: web.Request) -> web.Response:
-    return await _report(request, False, request.app[STORE].report_results)
+    """One job's result `{lease_id, outputs}` or `{lease_id, error}`, or `release`."""
+    return await _report(request, batch=False, results=True)
 
 
-@routes.post("/api/v1/worker/results")
+@routes.post(protocol.WORKER_RESULTS_PATH)
 async def batch_results(request: web.Request) -> web.Response:
     """A batch's results: `{"reports": [...]}` → `{"answers": [...]}`. With `"poll": {...}`
     (the poll route's body) the same request then waits for the worker's next batch and adds
     `"jobs": [...]`: one round trip per batch instead of two."""
     config = request.app[CONFIG]
     _require_worker_key(request)
-    data = await read_json(request, config.max_body_bytes)
-    body = read_object(data, ("reports", "poll"))
+    body = read_object(await _read_body(request), ("reports", "poll"))
     reports = _parse_reports(body.get("reports"))
     poll, endpoints = None, []
     if "poll" in body:
         poll = _parse_poll(body["poll"], config.worker_poll_max_s, prefix="poll.")
         endpoints = _worker_endpoints(request, poll.job_types, "poll.job_types")
-    answers = await _record(request, reports, request.app[STORE].report_results)
+    answers = await _record(request, reports, True, poll.worker_id if poll else "")
     reply: dict[str, Any] = {"answers": [a.to_json() for a in answers]}
     if poll is not None:
         reply["jobs"] = await _grant(request, poll, endpoints)
     return json_response(reply)
+
+
+@routes.post(protocol.WORKER_GOODBYE_PATH)
+async def goodbye(request: web.Request) -> web.Response:
+    """A worker stopping cleanly: `{worker_id}` → 200 `{ok}`; it leaves the status at once
+    (`ok` false when no worker of that id polled with this key)."""
+    _require_worker_key(request)
+    body = read_object(await _read_body(request), protocol.GOODBYE_KEYS)
+    worker_id = body.get("worker_id")
+    if not (isinstance(worker_id, str) and 0 < len(worker_id) <= 128):
+        raise ApiError(400, "invalid goodbye",
+                       {"worker_id": "must be a string of 1 to 128 characters"})
+    left = request.app[STORE].workers.goodbye(worker_id, request[CALLER].owner)
+    return json_response({"ok": left})

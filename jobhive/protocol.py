@@ -1,0 +1,256 @@
+"""jobhive's wire protocol: the facts the server, the worker runtime and the client share.
+
+Clients submit a job to an endpoint (`POST /api/v1/endpoints/{name}/jobs`, with a job_id of
+their making so a repeat is safe), then read it (`GET /api/v1/jobs/{job_id}`, long-polled with
+`?wait=&since=`) or follow it as Server-Sent Events (`.../events`: one event per change, named
+after the job's status, each carrying the whole job). Workers long-poll for a batch
+(`POST /api/v1/worker/jobs`), each job coming as a grant holding its lease; they report
+progress (which renews the lease) and post results, one job or a batch per request, the
+results request also asking for the next batch; a worker that stops says goodbye. Binary
+values (images, audio) travel as base64 data URLs.
+
+Standard library only: imported by the server, the workers and the client alike.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from types import MappingProxyType
+from typing import Any
+from urllib.parse import quote
+
+# ----- job statuses and the SSE events that carry them
+
+
+class JobStatus(StrEnum):
+    QUEUED = "queued"  # waiting in its endpoint's queue for a worker
+    RUNNING = "running"  # leased to a worker, which renews the lease with progress reports
+    DONE = "done"  # finished; outputs are readable until the endpoint's result_ttl_s
+    FAILED = "failed"  # finished with an error (from the worker, or leases/timeouts ran out)
+    CANCELED = "canceled"  # stopped by its client; a running worker hears at its next report
+
+    @property
+    def finished(self) -> bool:
+        return self in (JobStatus.DONE, JobStatus.FAILED, JobStatus.CANCELED)
+
+
+# The statuses after which a job never changes again; plain strings compare equal to them.
+FINISHED_STATUSES = frozenset(s for s in JobStatus if s.finished)
+
+EVENT_QUEUED = "queued"  # the job waits (sent again whenever its queue position changes)
+EVENT_PROGRESS = "progress"  # the job runs: progress and progress_outputs
+EVENT_RESULT = "result"  # the job is done: its outputs (the last event)
+EVENT_ERROR = "error"  # the job failed or was canceled: its error (the last event)
+
+# The SSE event a job's state is sent as; its data is always the whole job (as GET shows it).
+# Keyed by JobStatus, which also finds a status given as a plain string.
+EVENT_OF_STATUS: Mapping[str, str] = MappingProxyType(
+    {
+        JobStatus.QUEUED: EVENT_QUEUED,
+        JobStatus.RUNNING: EVENT_PROGRESS,
+        JobStatus.DONE: EVENT_RESULT,
+        JobStatus.FAILED: EVENT_ERROR,
+        JobStatus.CANCELED: EVENT_ERROR,
+    }
+)
+
+# The keys of a job as clients see it (`GET /api/v1/jobs/{id}`, every SSE event's data), in order.
+JOB_KEYS = (
+    "job_id",
+    "endpoint",
+    "status",
+    "version",
+    "progress",
+    "queue_position",
+    "progress_outputs",
+    "outputs",
+    "error",
+    "attempts",
+    "created_at_ms",
+    "started_at_ms",
+    "finished_at_ms",
+)
+
+# ----- job ids
+
+JOB_ID_MAX_LENGTH = 128
+JOB_ID_RULE = f"1 to {JOB_ID_MAX_LENGTH} letters, digits or '_', '.', ':', '-'"
+# \A and \Z, not ^ and $: `$` would let a trailing newline through.
+JOB_ID_PATTERN = re.compile(rf"\A[A-Za-z0-9_.:-]{{1,{JOB_ID_MAX_LENGTH}}}\Z")
+
+
+def valid_job_id(value: object) -> bool:
+    """True if `value` may be a client's job_id: a string of JOB_ID_RULE."""
+    return isinstance(value, str) and JOB_ID_PATTERN.match(value) is not None
+
+
+def new_job_id() -> str:
+    """A fresh random job id, which makes a submit safe to repeat."""
+    return uuid.uuid4().hex
+
+
+# ----- routes: `*_ROUTE` are aiohttp patterns, the functions fill them in (quoted)
+
+API_PREFIX = "/api/v1"
+HEALTH_PATH = "/health"
+STATUS_PATH = f"{API_PREFIX}/status"
+ENDPOINTS_PATH = f"{API_PREFIX}/endpoints"
+ENDPOINT_ROUTE = f"{ENDPOINTS_PATH}/{{name}}"
+SUBMIT_ROUTE = f"{ENDPOINT_ROUTE}/jobs"
+JOB_ROUTE = f"{API_PREFIX}/jobs/{{job_id}}"  # GET (long-poll) and DELETE (cancel)
+EVENTS_ROUTE = f"{JOB_ROUTE}/events"
+WORKER_POLL_PATH = f"{API_PREFIX}/worker/jobs"
+WORKER_PROGRESS_PATH = f"{API_PREFIX}/worker/progress"  # a batch: {"reports": [...]}
+WORKER_RESULTS_PATH = f"{API_PREFIX}/worker/results"  # a batch, optionally with "poll"
+WORKER_JOB_PROGRESS_ROUTE = f"{API_PREFIX}/worker/jobs/{{job_id}}/progress"  # one job
+WORKER_JOB_RESULT_ROUTE = f"{API_PREFIX}/worker/jobs/{{job_id}}/result"  # one job
+WORKER_GOODBYE_PATH = f"{API_PREFIX}/worker/goodbye"  # {"worker_id"} → 200 {"ok": true}
+
+
+def _segment(value: str) -> str:
+    return quote(value, safe="")
+
+
+def endpoint_path(name: str) -> str:
+    return ENDPOINT_ROUTE.format(name=_segment(name))
+
+
+def submit_path(endpoint: str) -> str:
+    return SUBMIT_ROUTE.format(name=_segment(endpoint))
+
+
+def job_path(job_id: str) -> str:
+    return JOB_ROUTE.format(job_id=_segment(job_id))
+
+
+def events_path(job_id: str) -> str:
+    return EVENTS_ROUTE.format(job_id=_segment(job_id))
+
+
+def worker_job_progress_path(job_id: str) -> str:
+    return WORKER_JOB_PROGRESS_ROUTE.format(job_id=_segment(job_id))
+
+
+def worker_job_result_path(job_id: str) -> str:
+    return WORKER_JOB_RESULT_ROUTE.format(job_id=_segment(job_id))
+
+
+# ----- what workers send and receive
+
+# The body of a poll (WORKER_POLL_PATH, or "poll" beside a batch's results).
+POLL_KEYS = ("worker_id", "job_types", "max_batch", "info", "wait_s")
+# One entry of a progress or result report (one-job routes take the job_id from the URL).
+REPORT_KEYS = ("job_id", "lease_id", "progress", "outputs", "error", "release")
+# The body of WORKER_GOODBYE_PATH.
+GOODBYE_KEYS = ("worker_id",)
+
+
+class ProtocolError(ValueError):
+    """A message that does not have the protocol's shape; the text names what is wrong."""
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _integer(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+# Each grant field and the check its value must pass.
+_GRANT_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "job_id": (lambda v: isinstance(v, str) and v != "", "a non-empty string"),
+    "endpoint": (lambda v: isinstance(v, str) and v != "", "a non-empty string"),
+    "lease_id": (lambda v: isinstance(v, str) and v != "", "a non-empty string"),
+    "lease_s": (lambda v: _number(v) and v > 0, "a positive number of seconds"),
+    "lease_expires_at_ms": (_integer, "an integer (ms since the epoch)"),
+    "attempt": (_integer, "an integer"),
+    "inputs": (lambda v: isinstance(v, dict), "a JSON object"),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """One job as a worker receives it (in `jobs` of a poll's or a results request's reply).
+
+    Attributes:
+        job_id (str): the job's id.
+        endpoint (str): the endpoint it was submitted to.
+        lease_id (str): the lease granted; every progress or result report must name it.
+        lease_s (float): how long the lease lasts without a report.
+        lease_expires_at_ms (int): when it ends, in ms since the epoch (server clock).
+        attempt (int): leases granted for this job so far, this one included (1 at first).
+        inputs (Any): the validated inputs, defaults filled in (a dict once parsed; the server
+            may hold serialised JSON here).
+    """
+
+    job_id: str
+    endpoint: str
+    lease_id: str
+    lease_s: float
+    lease_expires_at_ms: int
+    attempt: int
+    inputs: Any
+
+    @classmethod
+    def from_json(cls, data: object) -> Grant:
+        """The grant of a parsed JSON object.
+
+        Raises:
+            ProtocolError: `data` is not an object, or a field is missing or of the wrong
+                type; the message names the field.
+        """
+        if not isinstance(data, dict):
+            raise ProtocolError(f"a grant must be a JSON object (got {type(data).__name__})")
+        for name, (check, what) in _GRANT_CHECKS.items():
+            if name not in data:
+                raise ProtocolError(f"grant of job {data.get('job_id')!r} lacks {name!r}")
+            if not check(data[name]):
+                raise ProtocolError(
+                    f"grant of job {data.get('job_id')!r}: {name!r} must be {what} "
+                    f"(got {data[name]!r:.60})"
+                )
+        return cls(**{name: data[name] for name in GRANT_KEYS})
+
+    def to_json(self) -> dict[str, Any]:
+        """The grant as the server sends it (its keys in GRANT_KEYS order)."""
+        return {name: getattr(self, name) for name in GRANT_KEYS}
+
+
+GRANT_KEYS = tuple(_GRANT_CHECKS)
+
+# ----- binary values: base64 data URLs
+
+
+def encode_data_url(data: bytes, mime: str) -> str:
+    """`data:<mime>;base64,<data>`."""
+    return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
+
+
+def decode_data_url(value: str, *, validate: bool = False) -> tuple[str, bytes]:
+    """The MIME type and bytes of a base64 data URL, or ("", bytes) of bare base64.
+
+    Args:
+        value (str): `data:<mime>[;params];base64,<data>`, or the base64 alone.
+        validate (bool): refuse characters outside the base64 alphabet instead of skipping
+            them (as base64.b64decode does by default); default False.
+
+    Raises:
+        ValueError: a data URL that is not base64, or base64 that does not decode.
+    """
+    mime, payload = "", value
+    if value.startswith("data:"):
+        header, comma, payload = value[5:].partition(",")
+        params = header.split(";")
+        if not comma or "base64" not in params[1:]:
+            raise ValueError("not a base64 data URL (data:<mime>;base64,<data>)")
+        mime = params[0]
+    try:
+        return mime, base64.b64decode(payload, validate=validate)
+    except ValueError as e:  # binascii.Error, or a character outside ASCII
+        raise ValueError(f"invalid base64 ({e})") from e

@@ -1,0 +1,335 @@
+"""The job store in process: a fake clock, an in-memory journal (which can be made to fail, as a
+full disk does), and the real SQLite journal for restarts and large values."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from pathlib import Path
+
+import orjson
+import pytest
+
+from api_server.config import Endpoint, load_endpoints
+from api_server.store import (
+    JobIdConflict,
+    JobStore,
+    MemoryJournal,
+    QueueFull,
+    SqliteJournal,
+    StoreUnavailable,
+    WorkerReport,
+)
+from api_server.store.model import INLINE_VALUE_MAX_BYTES
+from jobhive.protocol import JobStatus
+
+REPO = Path(__file__).resolve().parents[1]
+DISK_FULL = OSError(28, "No space left on device")
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.ms = 1_000_000
+
+    def __call__(self) -> int:
+        return self.ms
+
+    def advance(self, seconds: float) -> None:
+        self.ms += round(seconds * 1000)
+
+
+@pytest.fixture(scope="module")
+def echo() -> Endpoint:
+    endpoint = load_endpoints(REPO / "endpoints")["echo"]
+    settings = dataclasses.replace(
+        endpoint.endpoint, lease_s=10, max_attempts=2, result_ttl_s=60, job_timeout_s=100,
+        max_queue_length=5, max_queue_bytes=100_000,
+    )
+    return dataclasses.replace(endpoint, endpoint=settings)
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def journal() -> MemoryJournal:
+    return MemoryJournal()
+
+
+@pytest.fixture
+async def store(echo, journal, clock):
+    store = JobStore({"echo": echo}, journal, clock)
+    await store.open()
+    yield store
+    await store.close()
+
+
+def inputs(text: str = "hi") -> bytes:
+    return orjson.dumps({"text": text})
+
+
+async def submit(store, echo, job_id=None, text="hi", owner=""):
+    job, _created = await store.submit(echo, job_id, inputs(text), owner)
+    return job
+
+
+async def claim(store, echo, worker="w", max_batch=1):
+    return await store.claim([echo], max_batch, worker, timeout_s=0)
+
+
+def result(grant, outputs=None, error=None, release=False):
+    return WorkerReport(grant.job_id, grant.lease_id, outputs_json=outputs, error=error,
+                        release=release)
+
+
+async def test_submit_claim_result(store, echo, journal):
+    job = await submit(store, echo)
+    assert (job.status, job.queue_position) == (JobStatus.QUEUED, 0)
+    (grant,) = await claim(store, echo)
+    assert (grant.job_id, grant.attempt, orjson.loads(orjson.dumps(grant.inputs))) == (
+        job.id, 1, {"text": "hi"})
+    assert (await store.get(job.id)).status is JobStatus.RUNNING
+    (answer,) = await store.report_results([result(grant, outputs=b'{"text":"hi"}')])
+    assert answer.ok
+    done = await store.get(job.id)
+    assert (done.status, done.progress, orjson.loads(done.outputs_json)) == (
+        JobStatus.DONE, 100.0, {"text": "hi"})
+    assert journal.rows[job.id].status is JobStatus.DONE
+
+
+async def test_a_repeated_result_is_accepted_and_another_refused(store, echo):
+    await submit(store, echo)
+    (grant,) = await claim(store, echo)
+    outputs = b'{"text":"x"}'
+    assert (await store.report_results([result(grant, outputs=outputs)]))[0].ok
+    again = (await store.report_results([result(grant, outputs=outputs)]))[0]
+    assert (again.ok, again.status) == (True, 200)
+    other = (await store.report_results([result(grant, outputs=b'{"text":"y"}')]))[0]
+    assert (other.ok, other.status) == (False, 409)
+
+
+async def test_idempotent_submit(store, echo):
+    first = await submit(store, echo, job_id="mine")
+    again, created = await store.submit(echo, "mine", inputs(), "")
+    assert (again.id, created) == (first.id, False)
+    with pytest.raises(JobIdConflict):
+        await store.submit(echo, "mine", inputs("other"), "")
+    with pytest.raises(JobIdConflict):
+        await store.submit(echo, "mine", inputs(), "someone else")
+
+
+async def test_concurrent_submits_of_one_id_make_one_job(store, echo):
+    results = await asyncio.gather(*(store.submit(echo, "same", inputs(), "") for _ in range(5)))
+    assert [created for _, created in results].count(True) == 1
+    assert (await store.stats())["endpoints"]["echo"]["queued"] == 1
+
+
+async def test_expired_lease_requeues_then_fails_after_max_attempts(store, echo, clock):
+    job = await submit(store, echo)
+    (first,) = await claim(store, echo, "w1")
+    clock.advance(11)
+    await store.sweep()
+    seen = await store.get(job.id)
+    assert (seen.status, seen.queue_position, seen.attempts) == (JobStatus.QUEUED, 0, 1)
+    (second,) = await claim(store, echo, "w2")
+    assert second.attempt == 2 and second.lease_id != first.lease_id
+    # The first worker's lease is gone: its result is refused.
+    late = (await store.report_results([result(first, outputs=b"{}")]))[0]
+    assert (late.ok, late.status) == (False, 409)
+    clock.advance(11)
+    await store.sweep()
+    failed = await store.get(job.id)
+    assert failed.status is JobStatus.FAILED
+    assert "max_attempts = 2" in failed.error
+
+
+async def test_progress_renews_the_lease(store, echo, clock):
+    job = await submit(store, echo)
+    (grant,) = await claim(store, echo)
+    for _ in range(3):
+        clock.advance(8)
+        (answer,) = await store.report_progress(
+            [WorkerReport(grant.job_id, grant.lease_id, progress=50, outputs={"step": 1})])
+        assert answer.ok
+        await store.sweep()
+    seen = await store.get(job.id)
+    assert (seen.status, seen.progress, seen.progress_outputs) == (
+        JobStatus.RUNNING, 50, {"step": 1})
+
+
+async def test_a_lapsed_lease_nobody_took_is_resumed(store, echo, clock):
+    job = await submit(store, echo)
+    (grant,) = await claim(store, echo)
+    clock.advance(11)
+    await store.sweep()
+    assert (await store.get(job.id)).status is JobStatus.QUEUED
+    (answer,) = await store.report_progress([WorkerReport(grant.job_id, grant.lease_id, 10)])
+    assert answer.ok
+    assert (await store.get(job.id)).status is JobStatus.RUNNING
+    assert await claim(store, echo) == []
+
+
+async def test_job_timeout(store, echo, clock):
+    job = await submit(store, echo)
+    (grant,) = await claim(store, echo)
+    for _ in range(12):  # progress keeps the lease, but not past job_timeout_s
+        clock.advance(9)
+        await store.report_progress([WorkerReport(grant.job_id, grant.lease_id, 1)])
+        await store.sweep()
+    seen = await store.get(job.id)
+    assert seen.status is JobStatus.FAILED and "job_timeout_s" in seen.error
+
+
+async def test_release_hands_back_without_counting(store, echo):
+    job = await submit(store, echo)
+    (grant,) = await claim(store, echo)
+    assert (await store.report_results([result(grant, release=True)]))[0].ok
+    seen = await store.get(job.id)
+    assert (seen.status, seen.attempts) == (JobStatus.QUEUED, 0)
+
+
+async def test_cancel_queued_and_running(store, echo):
+    queued = await submit(store, echo, text="a")
+    running = await submit(store, echo, text="b")
+    assert (await store.cancel(queued.id)).status is JobStatus.CANCELED
+    (grant,) = await claim(store, echo)
+    assert grant.job_id == running.id
+    assert (await store.cancel(running.id)).status is JobStatus.CANCELED
+    (answer,) = await store.report_progress([WorkerReport(grant.job_id, grant.lease_id, 5)])
+    assert answer.canceled
+    assert (await store.stats())["endpoints"]["echo"] | {"workers": 0} == {
+        "queued": 0, "queued_bytes": 0, "running": 0, "workers": 0}
+
+
+async def test_results_expire_after_their_ttl(store, echo, clock, journal):
+    job = await submit(store, echo)
+    (grant,) = await claim(store, echo)
+    await store.report_results([result(grant, outputs=b"{}")])
+    clock.advance(59)
+    await store.sweep()
+    assert await store.get(job.id) is not None
+    clock.advance(2)
+    await store.sweep()
+    assert await store.get(job.id) is None
+    assert job.id not in journal.rows
+
+
+async def test_queue_length_and_bytes_limits(store, echo):
+    for i in range(5):
+        await submit(store, echo, text=str(i))
+    with pytest.raises(QueueFull, match="5 jobs"):
+        await submit(store, echo, text="one too many")
+
+
+async def test_queue_bytes_limit(echo, journal, clock):
+    small = dataclasses.replace(echo, endpoint=dataclasses.replace(echo.endpoint,
+                                                                   max_queue_bytes=50))
+    store = JobStore({"echo": small}, journal, clock)
+    await store.open()
+    await store.submit(small, None, inputs("x" * 20), "")
+    with pytest.raises(QueueFull, match="50 bytes"):
+        await store.submit(small, None, inputs("x" * 20), "")
+
+
+async def test_a_failing_journal_changes_nothing(store, echo, journal):
+    """Disk full: the submit is refused and leaves no trace; a claim leaves the job queued; a
+    result is not taken (the worker tries again); reads go on."""
+    kept = await submit(store, echo, text="kept")
+    journal.failure = DISK_FULL
+    with pytest.raises(StoreUnavailable) as refused:
+        await store.submit(echo, "refused", inputs(), "")
+    assert refused.value.status == 507
+    assert await store.get("refused") is None
+    with pytest.raises(StoreUnavailable):
+        await claim(store, echo)
+    assert (await store.get(kept.id)).queue_position == 0
+    journal.failure = None
+    (grant,) = await claim(store, echo)
+    journal.failure = OSError(5, "Input/output error")
+    with pytest.raises(StoreUnavailable) as failed:
+        await store.report_results([result(grant, outputs=b'{"text":"kept"}')])
+    assert failed.value.status == 503
+    assert (await store.get(kept.id)).status is JobStatus.RUNNING
+    with pytest.raises(StoreUnavailable):
+        await store.cancel(kept.id)
+    journal.failure = None
+    assert (await store.report_results([result(grant, outputs=b'{"text":"kept"}')]))[0].ok
+    assert (await store.get(kept.id)).status is JobStatus.DONE
+    # The refused id is free: a retry of that submit makes the job.
+    assert (await store.submit(echo, "refused", inputs(), ""))[1] is True
+
+
+async def test_a_failing_journal_during_sweep_is_tried_again(store, echo, journal, clock):
+    job = await submit(store, echo)
+    await claim(store, echo)
+    clock.advance(11)
+    journal.failure = DISK_FULL
+    with pytest.raises(StoreUnavailable):
+        await store.sweep()
+    assert (await store.get(job.id)).status is JobStatus.RUNNING
+    journal.failure = None
+    await store.sweep()
+    assert (await store.get(job.id)).status is JobStatus.QUEUED
+
+
+async def test_wait_for_change_hands_back_a_snapshot(store, echo):
+    job = await submit(store, echo)
+    waiting = asyncio.ensure_future(store.wait_for_change(job.id, job.version, 5))
+    await asyncio.sleep(0)
+    (grant,) = await claim(store, echo)
+    changed = await waiting
+    assert changed.status is JobStatus.RUNNING and changed.version > job.version
+    await store.report_results([result(grant, outputs=b"{}")])
+    assert changed.status is JobStatus.RUNNING  # a snapshot: it does not change under us
+    assert job.status is JobStatus.QUEUED
+
+
+async def test_restart_replays_the_journal(tmp_path, echo, clock):
+    """SQLite: queued jobs stay queued in order, running ones keep their lease, results stay;
+    large inputs and outputs come back from disk, not from memory."""
+    path = tmp_path / "jobs.sqlite3"
+    big = "x" * (2 * INLINE_VALUE_MAX_BYTES)
+    store = JobStore({"echo": echo}, SqliteJournal(path), clock)
+    await store.open()
+    done = await submit(store, echo, text="done")
+    running = await submit(store, echo, text=big)
+    queued = await submit(store, echo, text="queued")
+    (g1,) = await claim(store, echo)
+    await store.report_results([result(g1, outputs=orjson.dumps({"text": big}))])
+    (g2,) = await claim(store, echo)
+    await store.close()
+
+    store = JobStore({"echo": echo}, SqliteJournal(path), clock)
+    await store.open()
+    try:
+        assert orjson.loads((await store.get(done.id)).outputs_json) == {"text": big}
+        assert store._jobs[done.id].outputs_json is None  # large: read from disk when asked
+        assert (await store.get(running.id)).status is JobStatus.RUNNING
+        assert (await store.get(queued.id)).queue_position == 0
+        (answer,) = await store.report_results([result(g2, outputs=b'{"text":"ok"}')])
+        assert answer.ok  # the worker of a running job reports to the restarted server
+        (g3,) = await claim(store, echo)
+        assert g3.job_id == queued.id
+        _repeat, created = await store.submit(echo, running.id, inputs(big), "")
+        assert not created
+    finally:
+        await store.close()
+
+
+async def test_a_removed_endpoints_jobs_fail_and_keep_their_owner(tmp_path, echo, clock):
+    path = tmp_path / "jobs.sqlite3"
+    store = JobStore({"echo": echo}, SqliteJournal(path), clock)
+    await store.open()
+    job = await submit(store, echo, owner="owner-hash")
+    await store.close()
+    store = JobStore({}, SqliteJournal(path), clock)
+    await store.open()
+    try:
+        await store.sweep()
+        seen = await store.get(job.id)
+        assert (seen.status, seen.owner) == (JobStatus.FAILED, "owner-hash")
+        assert "removed" in seen.error
+    finally:
+        await store.close()
