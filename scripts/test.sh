@@ -4,4 +4,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 .venv/bin/ruff check .
-exec .venv/bin/python -m pytest "$@"
+# Two processes (the machine's two cores), each taking whole test files: a file's module-scoped
+# servers and models are started once, and its tests run in their order.
+exec .venv/bin/python -m pytest -n "${JOBHIVE_TEST_PROCESSES:-2}" --dist loadfile "$@"

@@ -310,8 +310,32 @@ def wait_until(condition: Callable[[], object], timeout_s: float = 10.0, every_s
     raise AssertionError(f"condition not met within {timeout_s} s")
 
 
-def free_port() -> int:
-    """A loopback port nobody listens on now, for a server started later or restarted on it."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+@contextlib.contextmanager
+def hold_port() -> Iterator[int]:
+    """A loopback port from binding port 0, held by that socket until the block ends.
+
+    The socket is bound but never listens: a connect to the port is refused at once (Linux
+    answers with a reset), and no other process is given the port meanwhile (binding port 0 and
+    outgoing connections skip a bound port; binding it without SO_REUSEADDR fails). The socket
+    has SO_REUSEADDR, as the server's has (asyncio's create_server sets it on Unix), so
+    `spawn_server(..., port=port)` can listen on the held port, and again after a restart: the
+    port is never free for another process to take in between. (Never bind, close, then reuse
+    the number: another process may take the port before the test uses it.)"""
+    with socket.socket() as holder:
+        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        holder.bind(("127.0.0.1", 0))
+        yield holder.getsockname()[1]
+
+
+@pytest.fixture
+def held_port() -> Iterator[int]:
+    """A loopback port held for the whole test (see hold_port): refused until a server started
+    with `port=held_port` listens on it; a server restarted on it gets it back."""
+    with hold_port() as port:
+        yield port
+
+
+@pytest.fixture
+def refused_url(held_port: int) -> str:
+    """`http://127.0.0.1:PORT` where nobody answers: a connect is refused at once."""
+    return f"http://127.0.0.1:{held_port}"

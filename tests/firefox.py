@@ -1,9 +1,10 @@
 """Real headless Firefox for the Firefox checks of the pages (tests/test_browser_firefox.py).
 
 Debian's firefox-esr (installed by scripts/setup.sh) driven over WebDriver BiDi, the W3C protocol
-Firefox speaks itself on `--remote-debugging-port`. Written by hand, in a few calls, because no
-well-kept Python driver reaches Debian's Firefox offline: Playwright drives only its own patched
-Firefox builds (a download), and Selenium needs geckodriver, which Debian does not package.
+Firefox speaks itself on `--remote-debugging-port` (given 0, Firefox picks the port and prints
+it). Written by hand, in a few calls, because no well-kept Python driver reaches Debian's Firefox
+offline: Playwright drives only its own patched Firefox builds (a download), and Selenium needs
+geckodriver, which Debian does not package.
 
 Every log entry at level error (console errors and uncaught exceptions) is collected, for the
 tests to assert there are none.
@@ -13,9 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import collections
 import contextlib
 import itertools
 import json
+import re
 import shutil
 import subprocess
 import tempfile
@@ -105,18 +108,24 @@ class Firefox:
 
 
 @contextlib.asynccontextmanager
-async def firefox(port: int) -> AsyncIterator[Firefox]:
-    """A headless Firefox with a fresh profile, its BiDi socket on loopback `port`."""
+async def firefox() -> AsyncIterator[Firefox]:
+    """A headless Firefox with a fresh profile, its BiDi socket on a loopback port it chose.
+
+    `--remote-debugging-port 0` has Firefox bind port 0 itself; it prints the port it got on
+    stderr (`WebDriver BiDi listening on ws://127.0.0.1:PORT`), which is read back here: no
+    port is picked beforehand for another process to take first."""
     assert FIREFOX, "firefox-esr is not installed (scripts/setup.sh installs it)"
     with tempfile.TemporaryDirectory() as profile:
         process = await asyncio.create_subprocess_exec(
             FIREFOX, "--headless", "--no-remote", "--profile", profile,
-            "--remote-debugging-port", str(port),
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            "--remote-debugging-port", "0",
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         )
+        stderr = _Stderr(process)
         try:
+            url = await stderr.bidi_url()
             async with aiohttp.ClientSession() as http:
-                ws = await _connect(http, f"ws://127.0.0.1:{port}/session", process)
+                ws = await http.ws_connect(f"{url}/session", max_msg_size=0)
                 browser = Firefox(ws)
                 try:
                     await browser._start()
@@ -125,27 +134,61 @@ async def firefox(port: int) -> AsyncIterator[Firefox]:
                     await browser.close()
                     await ws.close()
         finally:
-            process.terminate()
+            if process.returncode is None:
+                process.terminate()
             try:
                 await asyncio.wait_for(process.wait(), 10)
             except TimeoutError:
                 process.kill()
                 await process.wait()
+            await stderr.close()
 
 
-async def _connect(http: aiohttp.ClientSession, url: str,
-                   process: asyncio.subprocess.Process) -> aiohttp.ClientWebSocketResponse:
-    """The BiDi socket, once Firefox listens (it takes a few seconds to start)."""
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while True:
-        if process.returncode is not None:
-            raise RuntimeError(f"firefox exited with {process.returncode} before listening")
-        try:
-            return await http.ws_connect(url, max_msg_size=0)
-        except aiohttp.ClientError:
-            if time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(0.2)
+class _Stderr:
+    """Reads Firefox's stderr to its end (a pipe nobody reads would fill and block Firefox),
+    keeping its last lines for an error message, and finds the BiDi listening line in it."""
+
+    _LISTENING = re.compile(r"WebDriver BiDi listening on (ws://\S+)")
+
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        self._process = process
+        self.tail: collections.deque[str] = collections.deque(maxlen=40)
+        self._url: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._reader = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        assert self._process.stderr is not None
+        rest = b""  # in chunks, not readline(): a line over its 64 KiB limit would end the loop
+        while chunk := await self._process.stderr.read(1 << 16):
+            *lines, rest = (rest + chunk).split(b"\n")
+            for line in lines:
+                self._line(line)
+            rest = rest[-(1 << 16):]
+        self._line(rest)
+
+    def _line(self, raw: bytes) -> None:
+        line = raw.decode(errors="replace").rstrip()
+        self.tail.append(line)
+        if not self._url.done() and (match := self._LISTENING.search(line)):
+            self._url.set_result(match.group(1).rstrip("/"))
+
+    async def bidi_url(self) -> str:
+        """`ws://127.0.0.1:PORT`, once Firefox listens (it takes a few seconds to start)."""
+        done, _ = await asyncio.wait({self._url, self._reader}, timeout=START_TIMEOUT_S,
+                                     return_when=asyncio.FIRST_COMPLETED)
+        if self._url.done():
+            return self._url.result()
+        said = "\n".join(self.tail)
+        if self._reader in done:  # stderr closed: Firefox exited
+            code = await self._process.wait()
+            raise RuntimeError(f"firefox exited with {code} before listening:\n{said}")
+        raise TimeoutError(f"firefox not listening within {START_TIMEOUT_S} s:\n{said}")
+
+    async def close(self) -> None:
+        """Once Firefox has exited: the reader has met the end of stderr."""
+        with contextlib.suppress(TimeoutError):  # a child of Firefox may hold the pipe open
+            await asyncio.wait_for(self._reader, 10)
+        self._url.cancel()
 
 
 def _write(path: Path, data: bytes) -> None:

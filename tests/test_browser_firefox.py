@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 
-from conftest import REPO, free_port
+from conftest import REPO
 from firefox import firefox
 
 SCREENSHOTS = REPO / "artifacts" / "screenshots" / "firefox"
@@ -34,7 +34,7 @@ RUN_ECHO = """
 async def test_every_page_loads_in_firefox_and_runs_a_job(start_server, start_worker):
     server = start_server(endpoints=REPO / "endpoints")
     start_worker(server.url)
-    async with firefox(free_port()) as browser:
+    async with firefox() as browser:
         for path in PAGES:
             await browser.goto(server.url + path)
             # Each page is marked busy (aria-busy) until its script has drawn it.

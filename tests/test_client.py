@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO, free_port
+from conftest import REPO
 from e2e_http import echo_variant
 from PIL import Image
 
@@ -223,9 +223,13 @@ async def test_stream_resumes_with_last_event_id_after_a_dropped_connection(echo
     check_progress_then_result(events, "resumed")  # and nothing came twice
 
 
-async def test_stream_reconnects_after_the_server_restarts(start_server, start_worker, caplog):
+async def test_stream_reconnects_after_the_server_restarts(
+    start_server, start_worker, caplog, held_port
+):
     caplog.set_level(logging.INFO, logger="jobhive.client")
-    port = free_port()
+    # held_port stays bound (not listening) for the whole test, so the port is not free for
+    # another process while the server is down between the kill and the restart.
+    port = held_port
     server = start_server(port=port)
     start_worker(server.url)
     events = []
@@ -336,13 +340,15 @@ def test_backoff_doubles_with_jitter_up_to_the_cap():
         assert len(set(delays)) > 100  # jittered, not one fixed value
 
 
-async def test_submit_retries_until_the_server_comes_up(start_server, start_worker, caplog):
+async def test_submit_retries_until_the_server_comes_up(
+    start_server, start_worker, caplog, held_port
+):
     caplog.set_level(logging.INFO, logger="jobhive.client")
     first_retry = asyncio.Event()
     handler = logging.Handler()
     handler.emit = lambda record: first_retry.set()  # type: ignore[method-assign]
     logging.getLogger("jobhive.client").addHandler(handler)
-    port = free_port()
+    port = held_port  # refused until the server listens on it; nobody else can take it
     try:
         async with AsyncClient(f"http://127.0.0.1:{port}", **FAST_RETRIES) as client:
             submit = asyncio.create_task(client.submit("echo", {"text": "early bird"}))
@@ -357,10 +363,9 @@ async def test_submit_retries_until_the_server_comes_up(start_server, start_work
     assert "ClientConnectorError" in retry_lines(caplog)[0]
 
 
-async def test_connection_failed_when_the_retries_run_out(caplog):
+async def test_connection_failed_when_the_retries_run_out(caplog, refused_url):
     caplog.set_level(logging.INFO, logger="jobhive.client")
-    url = f"http://127.0.0.1:{free_port()}"
-    async with AsyncClient(url, max_retries=2, backoff_s=0.01) as client:
+    async with AsyncClient(refused_url, max_retries=2, backoff_s=0.01) as client:
         with pytest.raises(ConnectionFailed, match="tried 3 times"):
             await client.submit("echo", {})
     assert len(retry_lines(caplog)) == 2

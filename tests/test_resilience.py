@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import Process, free_port, wait_until
+from conftest import Process, wait_until
 from e2e_http import echo_variant, get_job
 
 FINISHED = ("done", "failed", "canceled")
@@ -148,10 +148,11 @@ def test_job_fails_after_max_attempts_when_every_worker_dies(
 
 @pytest.mark.parametrize("how", ["kill", "term"])
 def test_server_restart_keeps_queued_running_and_finished_jobs(
-    start_server, start_worker, endpoints_dir, tmp_path, http, how
+    start_server, start_worker, endpoints_dir, tmp_path, http, how, held_port
 ):
     echo_variant(endpoints_dir, "echo", ENDPOINT={"lease_s": 2})
-    port, store = free_port(), tmp_path / "restart.sqlite3"
+    # The port stays held (bound, not listening) across the restart: nobody else can take it.
+    port, store = held_port, tmp_path / "restart.sqlite3"
     server = start_server(port=port, store=store)
     first = start_worker(server.url, "--worker-id", "first")
     finished_id = submit(http, server.url, text="finished")
@@ -191,10 +192,10 @@ def test_server_restart_keeps_queued_running_and_finished_jobs(
 
 
 def test_results_expire_after_their_ttl_also_across_a_restart(
-    start_server, start_worker, endpoints_dir, tmp_path, http
+    start_server, start_worker, endpoints_dir, tmp_path, http, held_port
 ):
     echo_variant(endpoints_dir, "echo", ENDPOINT={"result_ttl_s": 1})
-    port, store = free_port(), tmp_path / "ttl.sqlite3"
+    port, store = held_port, tmp_path / "ttl.sqlite3"  # held across the restart
     server = start_server(port=port, store=store)
     start_worker(server.url)
     live_id = submit(http, server.url, text="live")
@@ -256,9 +257,9 @@ def test_server_sigterm_answers_long_polls_and_exits_promptly(
 
 
 def test_worker_rides_out_a_server_restart_and_delivers_its_result(
-    start_server, start_worker, tmp_path, http
+    start_server, start_worker, tmp_path, http, held_port
 ):
-    port, store = free_port(), tmp_path / "away.sqlite3"
+    port, store = held_port, tmp_path / "away.sqlite3"  # held across the restart
     server = start_server(port=port, store=store)
     worker = start_worker(server.url, "--worker-id", "steady")
     job_id = submit(http, server.url, text="computed while away", delay_s=3, steps=6)
@@ -351,9 +352,10 @@ def test_worker_with_a_wrong_key_exits_with_a_clear_message(start_server, start_
     assert "Traceback" not in worker.text
 
 
-def test_worker_started_before_the_server_connects_once_it_is_up(start_server, start_worker, http):
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
+def test_worker_started_before_the_server_connects_once_it_is_up(
+    start_server, start_worker, http, held_port, refused_url
+):
+    port, url = held_port, refused_url  # refused until the server listens on the held port
     worker = start_worker(url, "--worker-id", "early")
     worker.wait_for_output(r"server \S+ unavailable .*; retrying in", timeout_s=30)
 

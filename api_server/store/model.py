@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -125,17 +125,6 @@ class ReportAnswer:
         if self.error:
             out["error"] = self.error
         return out
-
-
-@dataclass(slots=True)
-class EndpointCounts:
-    """One endpoint's queue as the store counts it (for limits and `/api/v1/status`)."""
-
-    queued: int = 0
-    queued_bytes: int = 0
-    running: int = 0
-    run_s: float = 1.0  # moving average of a job's run time, for Retry-After guesses
-    waiters: list[asyncio.Future[None]] = field(default_factory=list)  # workers polling
 
 
 class StoreError(Exception):
