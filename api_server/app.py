@@ -39,9 +39,12 @@ CHECKPOINT_INTERVAL_S = 5.0  # how often the journal's WAL is checkpointed (and 
 
 
 @web.middleware
-async def json_errors(request: web.Request, handler):
-    """Every error leaves as JSON with a real status; an unexpected one is logged as a bug."""
+async def api_edge(request: web.Request, handler):
+    """Puts the request's caller (its key's roles) on the request, once; every error leaves as
+    JSON with a real status, and an unexpected one is logged as a bug. (One middleware, not
+    two: each level is paid again at every resumption of a long-poll.)"""
     try:
+        request[CALLER] = request.app[KEYS].caller(request)
         return await handler(request)
     except ApiError as e:
         return error_response(e)
@@ -76,13 +79,6 @@ async def known_host(request: web.Request, handler):
     return await handler(request)
 
 
-@web.middleware
-async def resolve_caller(request: web.Request, handler):
-    """Puts the request's caller (its key's roles) on the request, once."""
-    request[CALLER] = request.app[KEYS].caller(request)
-    return await handler(request)
-
-
 def journal_for(store_url: str) -> Journal:
     """The journal a `--store` URL names (`sqlite:PATH`)."""
     path = sqlite_path(store_url)
@@ -109,8 +105,7 @@ def create_app(
         [config.max_body_bytes, *(e.endpoint.max_body_bytes or 0 for e in endpoints.values())]
     )
     guard = ConnectionGuard(config)  # its site is made by the runner (cli.serve)
-    middlewares = [guard.middleware, json_errors, *([known_host] if config.allowed_hosts else []),
-                   resolve_caller]
+    middlewares = [guard.middleware, api_edge, *([known_host] if config.allowed_hosts else [])]
     app = web.Application(client_max_size=largest_body, middlewares=middlewares)
     app[CONNECTIONS] = guard
     app[CONFIG] = config

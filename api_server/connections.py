@@ -38,6 +38,7 @@ log = logging.getLogger("jobhive.connections")
 FD_HEADROOM = 64  # files kept free for what the server opens later: SQLite, media pool pipes
 MIN_CONNECTIONS = 16  # the cap never goes below this, whatever the open-files limit
 REPORT_EVERY_S = 1.0  # refusals and accept errors: one log line per this long at most
+HEADER_CHECK_S = 0.25  # how often connections are checked for late headers
 BACKLOG = 128  # the listen backlog (aiohttp's default)
 # accept() errors that say the process or the host is out of something: they repeat at once.
 RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
@@ -111,6 +112,8 @@ class ConnectionGuard:
         self._idle: dict[_Guarded, None] = {}
         self._busy: set[_Guarded] = set()
         self._at_cap = _Counter(lambda: f"at the cap of {self.cap} connections")
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._checker: asyncio.TimerHandle | None = None
 
     @property
     def open(self) -> int:
@@ -157,11 +160,27 @@ class ConnectionGuard:
         finally:
             conn.request_done()
 
+    def _check_headers(self) -> None:
+        """Closes the connections whose request line and headers are late; runs every
+        HEADER_CHECK_S (so a late connection goes up to that much after header_timeout_s)."""
+        assert self._loop is not None
+        now = self._loop.time()
+        for conn in [c for c in self._idle if c.headers_due is not None and c.headers_due <= now]:
+            conn.headers_late()
+        self._checker = self._loop.call_later(HEADER_CHECK_S, self._check_headers)
+
+    def uninstall(self) -> None:
+        if self._checker is not None:
+            self._checker.cancel()
+            self._checker = None
+
     def install(self, loop: asyncio.AbstractEventLoop) -> None:
         """Sets the cap from the files open now, and routes the loop's reports of accept() out
         of files (or memory) to a counted line per second: asyncio and uvloop log each one
         with a traceback, thousands a second."""
         self.cap = connection_cap(self.max_connections, self.backlog)
+        self._loop = loop
+        self._checker = loop.call_later(HEADER_CHECK_S, self._check_headers)
         previous = loop.get_exception_handler()
         errors = _Counter(lambda: "cannot accept connections")
 
@@ -187,8 +206,19 @@ class _Refused(asyncio.Protocol):
 class _Guarded(asyncio.Protocol):
     """One connection: passes every event on to aiohttp's protocol and keeps the timers."""
 
-    __slots__ = ("_body_timer", "_dropped", "_guard", "_header_timer", "_inner", "_last_data",
-                 "_loop", "_request", "_send_timer", "transport", "writing_paused")
+    __slots__ = (
+        "_body_timer",
+        "_dropped",
+        "_guard",
+        "_inner",
+        "_last_data",
+        "_loop",
+        "_request",
+        "_send_timer",
+        "headers_due",
+        "transport",
+        "writing_paused",
+    )
 
     def __init__(self, guard: ConnectionGuard, inner: asyncio.Protocol) -> None:
         self._guard = guard
@@ -199,7 +229,10 @@ class _Guarded(asyncio.Protocol):
         self._dropped = False  # closed before it was made: aiohttp never sees it
         self._request: web.Request | None = None
         self._last_data = 0.0
-        self._header_timer: asyncio.TimerHandle | None = None
+        # When the request being received must have its headers (loop time); None between
+        # requests and while one is in the application. The guard checks it every second:
+        # a timer per request would cost more than the check.
+        self.headers_due: float | None = None
         self._body_timer: asyncio.TimerHandle | None = None
         self._send_timer: asyncio.TimerHandle | None = None
 
@@ -215,7 +248,7 @@ class _Guarded(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._last_data = self._loop.time()
-        if self._request is None and self._header_timer is None:  # a new request begins
+        if self._request is None and self.headers_due is None:  # a new request begins
             self._arm_header_timer()
             if self in self._guard._idle:  # no longer the idle one to close first
                 del self._guard._idle[self]
@@ -238,7 +271,8 @@ class _Guarded(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._guard._forget(self)
-        for timer in ("_header_timer", "_body_timer", "_send_timer"):
+        self.headers_due = None
+        for timer in ("_body_timer", "_send_timer"):
             self._cancel(timer)
         self._request = None
         if self.transport is not None:
@@ -248,7 +282,7 @@ class _Guarded(asyncio.Protocol):
     # The middleware's marks.
 
     def request_started(self, request: web.Request) -> None:
-        self._cancel("_header_timer")
+        self.headers_due = None
         self._request = request
         if self in self._guard._idle:
             del self._guard._idle[self]
@@ -258,7 +292,9 @@ class _Guarded(asyncio.Protocol):
             self._body_timer = self._loop.call_later(self._guard.body_timeout_s, self._check_body)
 
     def request_done(self) -> None:
-        self._cancel("_body_timer")
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
         self._request = None
         if self in self._guard._busy:
             self._guard._busy.discard(self)
@@ -279,11 +315,11 @@ class _Guarded(asyncio.Protocol):
             setattr(self, name, None)
 
     def _arm_header_timer(self) -> None:
-        self._header_timer = self._loop.call_later(self._guard.header_timeout_s,
-                                                   self._headers_late)
+        self.headers_due = self._loop.time() + self._guard.header_timeout_s
 
-    def _headers_late(self) -> None:
-        self._header_timer = None
+    def headers_late(self) -> None:
+        """Called by the guard's check once headers_due has passed."""
+        self.headers_due = None
         if self._request is None:
             log.debug("closed a connection: no request line and headers in %s s",
                       self._guard.header_timeout_s)
@@ -338,3 +374,7 @@ class GuardedSite(web.BaseSite):
         )
         log.info("connections: at most %d open (max_connections or the open-files limit)",
                  self._guard.cap)
+
+    async def stop(self) -> None:
+        self._guard.uninstall()
+        await super().stop()

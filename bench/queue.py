@@ -121,7 +121,10 @@ def main() -> None:
                         help="the server's log level (INFO logs a line per job state change)")
     parser.add_argument("--against", metavar="REV",
                         help="also run each scenario on this git revision (its server and "
-                        "workers), right after this version's run")
+                        "workers), beside this version's run")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="runs of each scenario (with --against, each round swaps which "
+                        "version goes first: the machine drifts between runs)")
     args = parser.parse_args()
     scenarios = (
         [Scenario(args.clients, args.workers, args.batch)] if args.clients else STANDARD
@@ -130,11 +133,12 @@ def main() -> None:
           f"{'p50 ms':>8} {'p99 ms':>8} {'jobs':>8}   CPU µs per job: server workers clients",
           flush=True)
     with source_tree(args.against) as previous:
+        versions = [(REPO, "this")] + ([(previous, args.against[:9])] if args.against else [])
         for scenario in scenarios:
-            with contextlib.suppress(KeyboardInterrupt):
-                run(scenario, args.duration_s, args.log_level, REPO, "this")
-                if args.against:
-                    run(scenario, args.duration_s, args.log_level, previous, args.against[:9])
+            for round_ in range(args.rounds):
+                for tree, version in versions[::-1] if round_ % 2 else versions:
+                    with contextlib.suppress(KeyboardInterrupt):
+                        run(scenario, args.duration_s, args.log_level, tree, version)
 
 
 if __name__ == "__main__":

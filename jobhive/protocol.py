@@ -219,7 +219,15 @@ class Grant:
 
     def to_json(self) -> dict[str, Any]:
         """The grant as the server sends it (its keys in GRANT_KEYS order)."""
-        return {name: getattr(self, name) for name in GRANT_KEYS}
+        return {
+            "job_id": self.job_id,
+            "endpoint": self.endpoint,
+            "lease_id": self.lease_id,
+            "lease_s": self.lease_s,
+            "lease_expires_at_ms": self.lease_expires_at_ms,
+            "attempt": self.attempt,
+            "inputs": self.inputs,
+        }
 
 
 GRANT_KEYS = tuple(_GRANT_CHECKS)

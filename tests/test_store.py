@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import sqlite3
 from pathlib import Path
 
 import orjson
@@ -333,3 +334,58 @@ async def test_a_removed_endpoints_jobs_fail_and_keep_their_owner(tmp_path, echo
         assert "removed" in seen.error
     finally:
         await store.close()
+
+
+class FailingSqliteJournal(SqliteJournal):
+    """The real SQLite journal whose next commit fails as a full disk's does."""
+
+    fail_next = False
+    commits: list[list[str]]
+
+    def _commit(self, ops):
+        self.commits.append([sql.split()[0] for sql, _ in ops])
+        if self.fail_next:
+            self.fail_next = False
+            raise sqlite3.OperationalError("database or disk is full")
+        super()._commit(ops)
+
+
+@pytest.fixture
+async def sqlite_store(tmp_path, echo):
+    journal = FailingSqliteJournal(tmp_path / "jobs.sqlite3")
+    journal.commits = []
+    store = JobStore({"echo": echo}, journal)
+    await store.open()
+    yield store, journal
+    await store.close()
+
+
+async def test_a_waiting_worker_takes_jobs_in_the_commit_that_writes_them(sqlite_store, echo):
+    store, journal = sqlite_store
+    claim = asyncio.ensure_future(store.claim([echo], 8, "w", timeout_s=5))
+    await asyncio.sleep(0.01)  # the worker waits
+    submits = [asyncio.ensure_future(submit(store, echo, text=str(i))) for i in range(3)]
+    grants = await claim
+    jobs = await asyncio.gather(*submits)
+    assert [g.job_id for g in grants] == [j.id for j in jobs]
+    assert journal.commits[-1] == ["INSERT"] * 3 + ["UPDATE"] * 3  # one commit for all
+    for job in jobs:
+        seen = await store.get(job.id)
+        assert (seen.status, seen.queue_position) == (JobStatus.RUNNING, None)
+    assert (await store.stats())["endpoints"]["echo"]["queued"] == 0
+
+
+async def test_a_refused_commit_grants_nothing_that_it_held(sqlite_store, echo):
+    store, journal = sqlite_store
+    claim = asyncio.ensure_future(store.claim([echo], 8, "w", timeout_s=5))
+    await asyncio.sleep(0.01)
+    journal.fail_next = True
+    with pytest.raises(StoreUnavailable):
+        await submit(store, echo, job_id="refused")
+    with pytest.raises(StoreUnavailable):
+        await claim  # its lease was in the same commit
+    assert await store.get("refused") is None
+    assert await store.claim([echo], 8, "w", timeout_s=0) == []
+    kept = await submit(store, echo, job_id="kept")
+    (grant,) = await store.claim([echo], 8, "w", timeout_s=0)
+    assert grant.job_id == kept.id

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import orjson
 from aiohttp import web
 
@@ -13,7 +11,7 @@ from api_server.httputil import ApiError, json_response, query_seconds, read_jso
 from api_server.media_pool import MediaCrash
 from api_server.ratelimit import retry_after_header
 from api_server.state import CALLER, CONFIG, ENDPOINTS, MEDIA_POOL, RATE_LIMITER, STORE
-from api_server.store import JobView, StoreError
+from api_server.store import StoreError
 from jobhive import protocol
 
 routes = web.RouteTableDef()
@@ -26,21 +24,6 @@ def endpoint_of(request: web.Request) -> Endpoint:
         known = ", ".join(request.app[ENDPOINTS]) or "none"
         raise ApiError(404, f"no endpoint named {name!r} (endpoints: {known})")
     return endpoint
-
-
-async def wait_until_finished(request: web.Request, job: JobView, wait_s: float) -> JobView:
-    """The job once it finishes, or as it is when wait_s passes."""
-    store = request.app[STORE]
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + wait_s
-    while (
-        not job.status.finished and not store.closing and (remaining := deadline - loop.time()) > 0
-    ):
-        changed = await store.wait_for_change(job.id, job.version, remaining)
-        if changed is None:  # forgotten meanwhile (its result expired)
-            break
-        job = changed
-    return job
 
 
 @routes.get(protocol.ENDPOINTS_PATH)
@@ -121,7 +104,7 @@ async def submit_job(request: web.Request) -> web.Response:
     except StoreError as e:
         headers = retry_after_header(e.retry_after_s) if e.retry_after_s else None
         raise ApiError(e.status, str(e), headers=headers) from e
-    if wait_s:
-        job = await wait_until_finished(request, job, wait_s)
+    if wait_s and not job.status.finished:
+        job = await store.wait_until_finished(job.id, wait_s) or job
     status = 202 if created and not job.status.finished else 200
     return json_response(job.to_json(), status)

@@ -8,7 +8,6 @@ report is taken only for jobs of endpoints that key serves.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -182,11 +181,13 @@ async def _authorized(
             allowed.append(report)
         elif results:
             outputs = app[OUTPUT_FILTER].results(endpoint, report.outputs, worker)
-            allowed.append(dataclasses.replace(report, outputs=None,
-                                               outputs_json=orjson.dumps(outputs)))
+            allowed.append(WorkerReport(report.job_id, report.lease_id, report.progress,
+                                        outputs_json=orjson.dumps(outputs),
+                                        error=report.error, release=report.release))
         else:
             outputs = app[OUTPUT_FILTER].progress(endpoint, report.outputs, worker)
-            allowed.append(dataclasses.replace(report, outputs=outputs))
+            allowed.append(WorkerReport(report.job_id, report.lease_id, report.progress,
+                                        outputs=outputs))
     return allowed, refused
 
 
@@ -316,15 +317,14 @@ async def batch_results(request: web.Request) -> web.Response:
     _require_worker_key(request)
     body = read_object(await _read_body(request), ("reports", "poll"))
     reports = _parse_reports(body.get("reports"))
-    poll, endpoints = None, []
-    if "poll" in body:
-        poll = _parse_poll(body["poll"], config.worker_poll_max_s, prefix="poll.")
-        endpoints = _worker_endpoints(request, poll.job_types, "poll.job_types")
-    answers = await _record(request, reports, True, poll.worker_id if poll else "")
-    reply: dict[str, Any] = {"answers": [a.to_json() for a in answers]}
-    if poll is not None:
-        reply["jobs"] = await _grant(request, poll, endpoints)
-    return json_response(reply)
+    if "poll" not in body:
+        answers = await _record(request, reports, True)
+        return json_response({"answers": [a.to_json() for a in answers]})
+    poll = _parse_poll(body["poll"], config.worker_poll_max_s, prefix="poll.")
+    endpoints = _worker_endpoints(request, poll.job_types, "poll.job_types")
+    answers = await _record(request, reports, True, poll.worker_id)
+    jobs = await _grant(request, poll, endpoints)
+    return json_response({"answers": [a.to_json() for a in answers], "jobs": jobs})
 
 
 @routes.post(protocol.WORKER_GOODBYE_PATH)

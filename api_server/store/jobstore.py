@@ -69,10 +69,14 @@ class JobStore:
         self._queues: dict[str, JobQueue] = {name: JobQueue() for name in endpoints}
         self._submitting: dict[str, list[int]] = {name: [0, 0] for name in endpoints}  # jobs, bytes
         self._inserting: dict[str, asyncio.Future[None]] = {}  # job ids being written
+        # Jobs being written that a waiting worker may take as they arrive (see `_insert`).
+        self._arriving: dict[str, dict[str, Job]] = {name: {} for name in endpoints}
         self._running: dict[str, Job] = {}
         self._expiry: list[tuple[int, str]] = []  # heap of (expires_at_ms, job_id)
-        self._job_waiters: dict[str, list[asyncio.Future[None]]] = {}
-        self._worker_waiters: dict[str, list[asyncio.Future[None]]] = {n: [] for n in endpoints}
+        # Futures set to True by a change (False when their wait ran out; see `_wait_on`).
+        self._job_waiters: dict[str, list[asyncio.Future[bool]]] = {}
+        self._finish_waiters: dict[str, list[asyncio.Future[bool]]] = {}  # only at the end
+        self._worker_waiters: dict[str, list[asyncio.Future[bool]]] = {n: [] for n in endpoints}
         self._run_s: dict[str, float] = dict.fromkeys(endpoints, 1.0)  # moving average per job
         self._closing = False  # shutting down: long-polls answer at once, no more grants
 
@@ -111,13 +115,15 @@ class JobStore:
         """Answers every long-poll now, and later ones at once (the server is shutting down and
         would otherwise wait for each to time out); claims grant nothing more."""
         self._closing = True
-        for waiters in (*self._job_waiters.values(), *self._worker_waiters.values()):
+        for waiters in (*self._job_waiters.values(), *self._finish_waiters.values(),
+                        *self._worker_waiters.values()):
             for w in waiters:
                 if not w.done():
-                    w.set_result(None)
+                    w.set_result(True)
 
     async def close(self) -> None:
-        for waiters in (*self._job_waiters.values(), *self._worker_waiters.values()):
+        for waiters in (*self._job_waiters.values(), *self._finish_waiters.values(),
+                        *self._worker_waiters.values()):
             for w in waiters:
                 if not w.done():
                     w.cancel()
@@ -211,20 +217,32 @@ class JobStore:
         submitting[1] += len(inputs_json)
         if job_id is not None:  # a repeat of this id waits for this write
             inserting = self._inserting[job_id] = asyncio.get_running_loop().create_future()
+        arriving = self._arriving[name]
+        if inline:
+            # A worker may take the job as it arrives, its lease written in the same commit as
+            # the job (so nothing is granted that the disk refused). Woken before the job is
+            # written, a waiting worker runs before that commit.
+            arriving[job.id] = job
+            self._wake_worker(name)
+        write = self._journal.insert(job, inputs_json)
+        job.insert_write = write
         try:
-            await self._journal.insert(job, inputs_json)
+            await write
         except JournalError as e:
             raise StoreUnavailable(e, e.disk_full) from e
         finally:
+            job.insert_write = None
+            arriving.pop(job.id, None)
             submitting[0] -= 1
             submitting[1] -= len(inputs_json)
             if job_id is not None:
                 del self._inserting[job_id]
                 inserting.set_result(None)
         self._jobs[job.id] = job
-        queue.push(job)
-        self._wake_worker(name)
-        log.info("job %s queued endpoint=%s position=%d", job.id, name, len(queue) - 1)
+        if job.busy is None and job.status is JobStatus.QUEUED:  # not taken as it arrived
+            queue.push(job)
+            self._wake_worker(name)
+            log.info("job %s queued endpoint=%s position=%d", job.id, name, len(queue) - 1)
         return await self._view(job)
 
     async def wait_for_change(
@@ -233,22 +251,44 @@ class JobStore:
         """The job once its version passes `since_version`, or after timeout_s; None if it is
         gone (its result expired)."""
         job = self._jobs.get(job_id)
-        if job is None:
-            return None
-        if job.version <= since_version and timeout_s > 0 and not self._closing:
-            waiter = asyncio.get_running_loop().create_future()
-            self._job_waiters.setdefault(job_id, []).append(waiter)
-            try:
-                await asyncio.wait_for(waiter, timeout_s)
-            except TimeoutError:
-                pass
-            finally:
-                waiters = self._job_waiters.get(job_id)
-                if waiters is not None and waiter in waiters:
-                    waiters.remove(waiter)
-                    if not waiters:
-                        del self._job_waiters[job_id]
+        if job is not None and job.version <= since_version:
+            await self._wait(job_id, timeout_s)
         return await self.get(job_id)
+
+    async def wait_until_finished(self, job_id: str, timeout_s: float) -> JobView | None:
+        """The job once it finishes, or as it is after timeout_s; None if it is gone."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        job = self._jobs.get(job_id)
+        while job is not None and not job.status.finished and not self._closing:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            await self._wait(job_id, remaining, self._finish_waiters)
+            job = self._jobs.get(job_id)
+        return None if job is None else await self._view(job)
+
+    async def _wait(
+        self,
+        job_id: str,
+        timeout_s: float,
+        waiting: dict[str, list[asyncio.Future[bool]]] | None = None,
+    ) -> None:
+        """Returns at the job's next change (or, waiting in `_finish_waiters`, when it
+        finishes), or after timeout_s; at once when closing."""
+        if timeout_s <= 0 or self._closing:
+            return
+        waiting = self._job_waiters if waiting is None else waiting
+        waiter = asyncio.get_running_loop().create_future()
+        waiting.setdefault(job_id, []).append(waiter)
+        try:
+            await _wait_on(waiter, timeout_s)
+        finally:
+            waiters = waiting.get(job_id)
+            if waiters is not None and waiter in waiters:
+                waiters.remove(waiter)
+                if not waiters:
+                    del waiting[job_id]
 
     async def cancel(self, job_id: str) -> JobView | None:
         """Cancels a job: a queued one leaves its queue; a running one is stopped when its
@@ -292,9 +332,8 @@ class JobStore:
             for endpoint in endpoints:
                 self._worker_waiters[endpoint.name].append(waiter)
             try:
-                await asyncio.wait_for(waiter, remaining)
-            except TimeoutError:
-                return []
+                if not await _wait_on(waiter, remaining):
+                    return []
             except asyncio.CancelledError:  # the worker hung up: pass on a wake meant for it
                 if waiter.done() and not waiter.cancelled():
                     for endpoint in endpoints:
@@ -309,26 +348,37 @@ class JobStore:
         return []
 
     def _take(self, endpoints: Sequence[Endpoint], max_batch: int) -> list[Job]:
-        """Takes up to max_batch jobs off the front of the longest-waiting queue, holding
-        them (no other change can touch them until `_lease` is done)."""
+        """Takes up to max_batch jobs of the endpoint whose first job has waited longest:
+        off the front of its queue, then from its jobs arriving now (those whose insert is
+        still in the commit that the leases will join). Holds them: no other change can touch
+        them until `_lease` is done."""
         heads = [
             (first.created_at_ms, i)
             for i, e in enumerate(endpoints)
-            if (first := self._queues[e.name].first(ready=True)) is not None
+            if (first := self._queues[e.name].first(ready=True) or self._arrived(e.name))
         ]
         if not heads:
             return []
         endpoint = endpoints[min(heads)[1]]
-        queue = self._queues[endpoint.name]
+        queue, arriving = self._queues[endpoint.name], self._arriving[endpoint.name]
+        count = min(max_batch, endpoint.worker.max_batch)
         hold = asyncio.get_running_loop().create_future()
         jobs = []
-        while len(jobs) < min(max_batch, endpoint.worker.max_batch):
-            job = queue.pop_first(ready=True)
-            if job is None:
-                break
+        while len(jobs) < count and (job := queue.pop_first(ready=True)) is not None:
+            job.busy = hold
+            jobs.append(job)
+        while len(jobs) < count and (job := self._arrived(endpoint.name)) is not None:
+            del arriving[job.id]
             job.busy = hold
             jobs.append(job)
         return jobs
+
+    def _arrived(self, endpoint: str) -> Job | None:
+        """The first job arriving at the endpoint whose insert a write made now would join."""
+        for job in self._arriving[endpoint].values():
+            if job.insert_write is not None and self._journal.joins(job.insert_write):
+                return job
+        return None
 
     async def _lease(self, jobs: list[Job], worker_id: str) -> list[Grant]:
         hold = jobs[0].busy
@@ -345,20 +395,20 @@ class JobStore:
                     "worker_id": sys.intern(worker_id),  # one string per worker, not per job
                     "lease_expires_at_ms": now + lease_ms,
                     "started_at_ms": now,
-                    "progress": 0.0,
-                    "progress_outputs": None,
-                }, None)
+                }, None)  # (progress is 0 and progress_outputs None in a queued job)
                 for job in jobs
             ])
         except BaseException:
             queue = self._queues[jobs[0].endpoint]
-            for job in reversed(jobs):  # back where they were, in their order
-                queue.push_front(job)
+            for job in reversed(jobs):  # back where they were, in their order (a job taken
+                if job.id in self._jobs:  # as it arrived is gone: its insert failed too)
+                    queue.push_front(job)
             self._wake_worker(jobs[0].endpoint)
             raise
         finally:
             _release(jobs, hold)
         for job in jobs:
+            self._jobs[job.id] = job  # (one taken as it arrived may not be there yet)
             self._running[job.id] = job
             self._changed(job)
             log.info("job %s running endpoint=%s worker=%s attempt=%d waited=%.3fs", job.id,
@@ -629,6 +679,9 @@ class JobStore:
         self.workers.ended(job.worker_id, job.id, job.status)
         heapq.heappush(self._expiry, (job.expires_at_ms or now, job.id))
         self._changed(job)
+        for waiter in self._finish_waiters.pop(job.id, ()):
+            if not waiter.done():
+                waiter.set_result(True)
         if job.started_at_ms is not None and job.status is JobStatus.DONE:
             run_s = (now - job.started_at_ms) / 1000
             if job.endpoint in self._run_s:
@@ -665,14 +718,14 @@ class JobStore:
         job.version += 1
         for waiter in self._job_waiters.pop(job.id, ()):
             if not waiter.done():
-                waiter.set_result(None)
+                waiter.set_result(True)
 
     def _wake_worker(self, endpoint: str) -> None:
         waiters = self._worker_waiters[endpoint]
         while waiters:
             waiter = waiters.pop(0)
             if not waiter.done():
-                waiter.set_result(None)
+                waiter.set_result(True)
                 return
 
     # ----- helpers
@@ -743,6 +796,22 @@ class JobStore:
         """A guess at when a queue slot frees: one job's run time over the jobs running."""
         running = sum(1 for job in self._running.values() if job.endpoint == endpoint)
         return max(1, math.ceil(self._run_s[endpoint] / max(1, running)))
+
+
+async def _wait_on(waiter: asyncio.Future[bool], timeout_s: float) -> bool:
+    """Waits for a waiter (True: woken) or timeout_s (False). By hand, not asyncio.wait_for:
+    that takes two more loop turns to wake the waiting task, and a woken worker must take the
+    jobs arriving before the commit that writes them (see `JobStore._insert`)."""
+    timer = asyncio.get_running_loop().call_later(timeout_s, _time_out, waiter)
+    try:
+        return await waiter
+    finally:
+        timer.cancel()
+
+
+def _time_out(waiter: asyncio.Future[bool]) -> None:
+    if not waiter.done():
+        waiter.set_result(False)
 
 
 class _Held:

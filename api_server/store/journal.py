@@ -53,6 +53,11 @@ class Journal(Protocol):
 
     def delete(self, job_ids: Iterable[str]) -> Awaitable[None]: ...
 
+    def joins(self, write: Awaitable[None]) -> bool:
+        """Whether a write made now would commit together with this earlier one (and so
+        succeed or fail with it)."""
+        ...
+
     async def read_inputs(self, job_ids: list[str]) -> dict[str, bytes]: ...
 
     async def read_outputs(self, job_id: str) -> bytes | None: ...
@@ -92,12 +97,13 @@ class MemoryJournal:
                 outputs_bytes=len(outputs or b""),
                 progress=100.0 if job.status == "done" else 0.0,
                 busy=None,
+                insert_write=None,
             ))
         return jobs
 
     def insert(self, job: Job, inputs_json: bytes) -> Awaitable[None]:
         def write() -> None:
-            self.rows[job.id] = dataclasses.replace(job, busy=None)
+            self.rows[job.id] = dataclasses.replace(job, busy=None, insert_write=None)
             self.inputs[job.id] = inputs_json
         return self._write(write)
 
@@ -105,8 +111,9 @@ class MemoryJournal:
         self, job: Job, change: Mapping[str, Any], outputs_json: bytes | None = None
     ) -> Awaitable[None]:
         def write() -> None:
-            self.rows[job.id] = dataclasses.replace(job, **{**change, "busy": None,
-                                                            "progress_outputs": None})
+            self.rows[job.id] = dataclasses.replace(
+                job, **{**change, "busy": None, "insert_write": None, "progress_outputs": None}
+            )
             if outputs_json is not None:
                 self.outputs[job.id] = outputs_json
         return self._write(write)
@@ -114,6 +121,9 @@ class MemoryJournal:
     def delete(self, job_ids: Iterable[str]) -> Awaitable[None]:
         ids = list(job_ids)
         return self._write(lambda: [self._forget(i) for i in ids])
+
+    def joins(self, write: Awaitable[None]) -> bool:
+        return False  # every write here is done at once, alone
 
     async def read_inputs(self, job_ids: list[str]) -> dict[str, bytes]:
         return {i: self.inputs[i] for i in job_ids if i in self.inputs}

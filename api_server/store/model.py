@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,6 +55,7 @@ class Job:
     error: str | None = None
     version: int = 1  # bumped on every visible change; also the SSE event id
     busy: asyncio.Future[None] | None = None
+    insert_write: Awaitable[None] | None = None  # its insert, while it is being written
 
 
 @dataclass(frozen=True, slots=True)

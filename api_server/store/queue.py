@@ -26,9 +26,10 @@ class JobQueue:
 
     def first(self, ready: bool = False) -> Job | None:
         """The job at the front; with ready, the first with no write in flight (`busy`)."""
-        if not ready:
-            return next(iter(self._jobs.values()), None)
-        return next((job for job in self._jobs.values() if job.busy is None), None)
+        for job in self._jobs.values():
+            if not ready or job.busy is None:
+                return job
+        return None
 
     def push(self, job: Job) -> None:
         """Adds a job at the back."""

@@ -20,7 +20,7 @@ import logging
 import math
 import sqlite3
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -66,9 +66,6 @@ _FINISH = (
     " finished_at_ms = ?, expires_at_ms = ?, error = ?, outputs = ? WHERE id = ?"
 )
 _DELETE = "DELETE FROM jobs WHERE id = ?"
-# The columns _UPDATE and _FINISH set, in their order (before outputs and the id).
-_UPDATED = ("status", "attempts", "lease_id", "worker_id", "started_at_ms", "finished_at_ms",
-            "expires_at_ms", "error")
 
 _Op = tuple[str, tuple[object, ...]]
 
@@ -163,6 +160,7 @@ class SqliteJournal:
                 None,
                 job.error,
             ),
+            len(inputs_json),
         )
 
     def update(
@@ -170,11 +168,20 @@ class SqliteJournal:
     ) -> asyncio.Future[None]:
         """Writes a job's state with `change` applied (and its outputs, when given); the
         future resolves once committed."""
-        params = tuple(change[k] if k in change else getattr(job, k) for k in _UPDATED)
-        params = (params[0].value, *params[1:])
+        get = change.get
+        params = (
+            get("status", job.status).value,
+            get("attempts", job.attempts),
+            get("lease_id", job.lease_id),
+            get("worker_id", job.worker_id),
+            get("started_at_ms", job.started_at_ms),
+            get("finished_at_ms", job.finished_at_ms),
+            get("expires_at_ms", job.expires_at_ms),
+            get("error", job.error),
+        )
         if outputs_json is None:
             return self._write(_UPDATE, (*params, job.id))
-        return self._write(_FINISH, (*params, outputs_json, job.id))
+        return self._write(_FINISH, (*params, outputs_json, job.id), len(outputs_json))
 
     async def read_inputs(self, job_ids: list[str]) -> dict[str, bytes]:
         """The stored inputs of these jobs (in the journal's thread: they may be large)."""
@@ -200,12 +207,19 @@ class SqliteJournal:
             future = self._write(_DELETE, (job_id,))
         return future
 
-    def _write(self, sql: str, params: tuple[object, ...]) -> asyncio.Future[None]:
-        """Queues a change for the group commit at the end of this loop turn; every change of
-        a group shares its one future."""
+    def joins(self, write: Awaitable[None]) -> bool:
+        """Whether a write made now would be in the same commit as `write` (the group still
+        pending)."""
+        return write is self._group
+
+    def _write(
+        self, sql: str, params: tuple[object, ...], value_bytes: int = 0
+    ) -> asyncio.Future[None]:
+        """Queues a change (carrying value_bytes of inputs or outputs) for the group commit at
+        the end of this loop turn; every change of a group shares its one future."""
         loop = asyncio.get_running_loop()
         self._pending.append((sql, params))
-        self._pending_bytes += sum(len(p) for p in params if isinstance(p, bytes))
+        self._pending_bytes += value_bytes
         if self._group is None:
             self._group = loop.create_future()
         if not self._scheduled and self._in_thread is None:
