@@ -16,7 +16,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import _LISTENING, REPO, Process, _spawn, spawn_server, wait_until
+from conftest import _LISTENING, REPO, Process, _spawn, wait_until
 
 HEALTH = b"GET /health HTTP/1.1\r\nHost: test\r\n\r\n"
 
@@ -28,20 +28,9 @@ def server_toml(folder: Path, **settings: float) -> Path:
 
 
 @pytest.fixture
-def serve(tmp_path: Path) -> Iterator[Callable[..., Process]]:
-    """Starts the server with these [SERVER] settings; stops it when the test ends."""
-    started: list[Process] = []
-
-    def start(**settings: float) -> Process:
-        config = server_toml(tmp_path, **settings)
-        process = spawn_server(REPO / "endpoints", tmp_path / "jobs.sqlite3", "--config",
-                               str(config))
-        started.append(process)
-        return process
-
-    yield start
-    for process in started:
-        process.stop()
+def serve(tmp_path: Path, start_server: Callable[..., Process]) -> Callable[..., Process]:
+    """Starts the server with these [SERVER] settings; it is stopped when the test ends."""
+    return lambda **settings: start_server("--config", str(server_toml(tmp_path, **settings)))
 
 
 @pytest.fixture
