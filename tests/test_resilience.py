@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import signal
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -233,8 +234,11 @@ def test_server_sigterm_answers_long_polls_and_exits_promptly(
         with httpx.Client(timeout=90) as client:
             return client.post(f"{server.url}/api/v1/endpoints/parked/jobs?wait=60", json={})
 
+    streaming = threading.Event()
+
     def read_events() -> str:
         with httpx.Client(timeout=90) as client, client.stream("GET", sse_url) as reply:
+            streaming.set()  # the stream is open: the shut-down must answer it
             return "".join(reply.iter_text())
 
     with ThreadPoolExecutor(2) as pool:
@@ -244,6 +248,7 @@ def test_server_sigterm_answers_long_polls_and_exits_promptly(
                 http.get(f"{server.url}/api/v1/status").json()["endpoints"]["parked"]["queued"] == 2
             )
         )
+        assert streaming.wait(10), "the event stream never opened"
         started = time.monotonic()
         server.proc.send_signal(signal.SIGTERM)
         # The worker's 30 s poll, the client's 60 s wait and the open event stream are answered
