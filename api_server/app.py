@@ -40,9 +40,11 @@ CHECKPOINT_INTERVAL_S = 5.0  # how often the journal's WAL is checkpointed (and 
 
 @web.middleware
 async def api_edge(request: web.Request, handler):
-    """Puts the request's caller (its key's roles) on the request, once; every error leaves as
-    JSON with a real status, and an unexpected one is logged as a bug. (One middleware, not
-    two: each level is paid again at every resumption of a long-poll.)"""
+    """The edge of every request: marks its time in the application for the connection guard,
+    puts its caller (its key's roles) on it, once, and turns every error into JSON with a real
+    status (an unexpected one is logged as a bug). One middleware, not three: each level is
+    paid again at every resumption of a long-poll."""
+    guarded = ConnectionGuard.enter(request)
     try:
         request[CALLER] = request.app[KEYS].caller(request)
         return await handler(request)
@@ -66,6 +68,8 @@ async def api_edge(request: web.Request, handler):
     except Exception:
         log.exception("unexpected error on %s %s", request.method, request.path)
         return error_response(ApiError(500, "internal error; the server log has the details"))
+    finally:
+        ConnectionGuard.leave(guarded)
 
 
 @web.middleware
@@ -105,7 +109,7 @@ def create_app(
         [config.max_body_bytes, *(e.endpoint.max_body_bytes or 0 for e in endpoints.values())]
     )
     guard = ConnectionGuard(config)  # its site is made by the runner (cli.serve)
-    middlewares = [guard.middleware, api_edge, *([known_host] if config.allowed_hosts else [])]
+    middlewares = [api_edge, *([known_host] if config.allowed_hosts else [])]
     app = web.Application(client_max_size=largest_body, middlewares=middlewares)
     app[CONNECTIONS] = guard
     app[CONFIG] = config

@@ -15,8 +15,8 @@ The keep-alive timeout is aiohttp's own (`keepalive_timeout`, given to `web.AppR
 is hand-written because aiohttp has none of it: no header or body read timeout, no connection
 limit. It hooks in where aiohttp expects extensions, not in its private state: a `web.BaseSite`
 subclass whose protocol factory wraps `web.Server`'s (one small protocol per connection that
-passes every event on), and a middleware that tells the wrapper when a request is in the
-application.
+passes every event on), and `enter`/`leave` calls from the app's edge middleware that tell
+the wrapper when a request is in the application.
 """
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ class _Counter:
 
 class ConnectionGuard:
     """Counts the server's connections and times their requests; `GuardedSite` wraps each
-    connection's protocol and `middleware` marks the time a request spends in the application.
+    connection's protocol and `enter`/`leave` mark the time a request spends in the application.
 
     Past the cap, the connection idle the longest (no request in the application: keep-alive,
     or still sending its headers) is closed for the new one, as nginx does with keep-alive
@@ -146,18 +146,22 @@ class ConnectionGuard:
         self._idle.pop(conn, None)
         self._busy.discard(conn)
 
-    @web.middleware
-    async def middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
-        """Marks a request's time in the application: meanwhile its connection has no header
-        timeout and is not closed to make room, and its body must keep coming."""
+    @staticmethod
+    def enter(request: web.Request) -> _Guarded | None:
+        """Marks the start of a request's time in the application (the app's edge middleware
+        calls it, and `leave` with what it returns when the request is done): meanwhile its
+        connection has no header timeout and is not closed to make room, and its body must
+        keep coming. None when the connection is not served through GuardedSite."""
         transport = request.transport
         conn = transport.get_protocol() if transport is not None else None
-        if not isinstance(conn, _Guarded):  # not served through GuardedSite
-            return await handler(request)
+        if not isinstance(conn, _Guarded):
+            return None
         conn.request_started(request)
-        try:
-            return await handler(request)
-        finally:
+        return conn
+
+    @staticmethod
+    def leave(conn: _Guarded | None) -> None:
+        if conn is not None:
             conn.request_done()
 
     def _check_headers(self) -> None:
@@ -279,7 +283,7 @@ class _Guarded(asyncio.Protocol):
             self.transport = None
             self._inner.connection_lost(exc)
 
-    # The middleware's marks.
+    # The marks of the app's edge middleware (ConnectionGuard.enter and leave).
 
     def request_started(self, request: web.Request) -> None:
         self.headers_due = None
@@ -349,8 +353,8 @@ class _Guarded(asyncio.Protocol):
 
 
 class GuardedSite(web.BaseSite):
-    """`web.TCPSite` with every connection guarded by a `ConnectionGuard` (whose middleware
-    must be in the application)."""
+    """`web.TCPSite` with every connection guarded by a `ConnectionGuard` (whose `enter` and
+    `leave` the application's edge middleware calls)."""
 
     __slots__ = ("_guard", "_host", "_port")
 
