@@ -18,7 +18,7 @@ from api_server.httputil import ApiError, error_response
 from api_server.media_pool import MediaPool
 from api_server.openapi import OPENAPI_PATH, openapi_json
 from api_server.outputs import OutputFilter
-from api_server.ratelimit import RateLimiter
+from api_server.ratelimit import RateLimiter, retry_after_header
 from api_server.routes import clients, jobs, pages, status, workers
 from api_server.state import (
     CALLER,
@@ -50,8 +50,8 @@ async def api_edge(request: web.Request, handler):
         return await handler(request)
     except ApiError as e:
         return error_response(e)
-    except StoreError as e:  # the store refused (409), or its journal cannot write (507/503)
-        retry = {"Retry-After": str(e.retry_after_s)} if e.retry_after_s else None
+    except StoreError as e:  # refused (409, 429), or its journal cannot write (507, 503)
+        retry = retry_after_header(e.retry_after_s) if e.retry_after_s else None
         return error_response(ApiError(e.status, str(e), headers=retry))
     except web.HTTPException as e:
         if e.status < 400:

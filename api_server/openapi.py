@@ -350,6 +350,18 @@ def _operations(wait_max_s: float) -> dict[tuple[str, str], dict[str, Any]]:
     job_errors = ["401", "403", "404"]
     worker_body_errors = ["400", "401", "413", "415"]
     store_errors = ["503", "507"]
+
+    def one_job_report(summary: str) -> dict[str, Any]:
+        return {
+            "summary": summary,
+            "security": _KEY,
+            "requestBody": _body(_ref("schemas", "Report")),
+            "responses": {
+                "200": _json(_ref("schemas", "Answer")),
+                **dict.fromkeys([*worker_body_errors, "403", "404", "409", *store_errors]),
+            },
+        }
+
     return {
         ("GET", "/health"): {
             "summary": "Liveness: the server answers.",
@@ -424,24 +436,12 @@ def _operations(wait_max_s: float) -> dict[tuple[str, str], dict[str, Any]]:
                 **dict.fromkeys(worker_body_errors),
             },
         },
-        ("POST", "/api/v1/worker/jobs/{job_id}/progress"): {
-            "summary": "Progress of one job; it renews the lease.",
-            "security": _KEY,
-            "requestBody": _body(_ref("schemas", "Report")),
-            "responses": {
-                "200": _json(_ref("schemas", "Answer")),
-                **dict.fromkeys([*worker_body_errors, "403", "404", "409", *store_errors]),
-            },
-        },
-        ("POST", "/api/v1/worker/jobs/{job_id}/result"): {
-            "summary": "The result (outputs, or an error) of one job.",
-            "security": _KEY,
-            "requestBody": _body(_ref("schemas", "Report")),
-            "responses": {
-                "200": _json(_ref("schemas", "Answer")),
-                **dict.fromkeys([*worker_body_errors, "403", "404", "409", *store_errors]),
-            },
-        },
+        ("POST", "/api/v1/worker/jobs/{job_id}/progress"): one_job_report(
+            "Progress of one job; it renews the lease."
+        ),
+        ("POST", "/api/v1/worker/jobs/{job_id}/result"): one_job_report(
+            "The result (outputs, or an error) of one job."
+        ),
         ("POST", "/api/v1/worker/progress"): {
             "summary": "Progress of a batch of jobs: one answer each.",
             "security": _KEY,

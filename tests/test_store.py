@@ -217,7 +217,7 @@ async def test_results_expire_after_their_ttl(store, echo, clock, journal):
     assert job.id not in journal.rows
 
 
-async def test_queue_length_and_bytes_limits(store, echo):
+async def test_queue_length_limit(store, echo):
     for i in range(5):
         await submit(store, echo, text=str(i))
     with pytest.raises(QueueFull, match="5 jobs"):

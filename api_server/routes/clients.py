@@ -11,7 +11,6 @@ from api_server.httputil import ApiError, json_response, query_seconds, read_jso
 from api_server.media_pool import MediaCrash
 from api_server.ratelimit import retry_after_header
 from api_server.state import CALLER, CONFIG, ENDPOINTS, MEDIA_POOL, RATE_LIMITER, STORE
-from api_server.store import StoreError
 from jobhive import protocol
 
 routes = web.RouteTableDef()
@@ -99,11 +98,8 @@ async def submit_job(request: web.Request) -> web.Response:
     if checked.errors:
         raise ApiError(400, f"invalid inputs for endpoint {endpoint.name!r}", checked.errors)
     store = app[STORE]
-    try:
-        job, created = await store.submit(endpoint, job_id, orjson.dumps(checked.values), owner)
-    except StoreError as e:
-        headers = retry_after_header(e.retry_after_s) if e.retry_after_s else None
-        raise ApiError(e.status, str(e), headers=headers) from e
+    # A refusal of the store (StoreError: 409, 429, 503, 507) is answered by the app's edge.
+    job, created = await store.submit(endpoint, job_id, orjson.dumps(checked.values), owner)
     if wait_s and not job.status.finished:
         job = await store.wait_until_finished(job.id, wait_s) or job
     status = 202 if created and not job.status.finished else 200

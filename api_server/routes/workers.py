@@ -20,7 +20,7 @@ from api_server.auth import unauthorized
 from api_server.config import Endpoint
 from api_server.httputil import ApiError, json_response, read_json, read_object
 from api_server.state import CALLER, CONFIG, ENDPOINTS, OUTPUT_FILTER, STORE
-from api_server.store import ReportAnswer, StoreError, WorkerReport
+from api_server.store import ReportAnswer, WorkerReport
 from jobhive import protocol
 
 routes = web.RouteTableDef()
@@ -203,16 +203,9 @@ async def _record(
     worker = worker or f"with key {request[CALLER].owner[:8]}"
     allowed, refused = await _authorized(request, reports, results, worker)
     record = store.report_results if results else store.report_progress
-    try:
-        answers = await record(allowed) if allowed else []
-    except StoreError as e:
-        raise ApiError(e.status, str(e), headers=_retry_after(e)) from e
+    answers = await record(allowed) if allowed else []  # (a StoreError: the app's edge)
     by_job = {a.job_id: a for a in answers + refused}
     return [by_job[report.job_id] for report in reports]
-
-
-def _retry_after(error: StoreError) -> dict[str, str] | None:
-    return {"Retry-After": str(error.retry_after_s)} if error.retry_after_s else None
 
 
 def _single_answer(answers: list[ReportAnswer]) -> web.Response:
@@ -263,12 +256,7 @@ async def _grant(request: web.Request, poll: Poll, endpoints: list[Endpoint]) ->
     store = request.app[STORE]
     store.workers.seen(poll.worker_id, request[CALLER].owner, [e.job_type for e in endpoints],
                        request.remote or "", poll.info)
-    try:
-        grants: list[protocol.Grant] = await store.claim(
-            endpoints, poll.max_batch, poll.worker_id, poll.wait_s
-        )
-    except StoreError as e:
-        raise ApiError(e.status, str(e), headers=_retry_after(e)) from e
+    grants = await store.claim(endpoints, poll.max_batch, poll.worker_id, poll.wait_s)
     return [grant.to_json() for grant in grants]
 
 
