@@ -19,7 +19,7 @@ from api_server.config import Endpoint
 
 log = logging.getLogger("jobhive.demo")
 
-INDEX_MARKER = "meta.sqlite3"  # a file every index folder has (workers/rag_meta.py)
+INDEX_MARKER = "meta.sqlite3"  # a file every index folder has (workers/rag/meta.py)
 DEMO_CORPUS = Path(__file__).resolve().parents[1] / "examples" / "corpus"
 DEMO_INDEX = Path.home() / ".cache" / "jobhive" / "demo-index"
 

@@ -32,7 +32,7 @@ sys.path[0] = str(Path(__file__).resolve().parents[1])
 import faiss  # noqa: E402
 
 from bench.common import percentile  # noqa: E402
-from workers.rag_faiss import build_faiss_index, search_cpu  # noqa: E402
+from workers.rag.vectors import build_faiss_index, search_cpu  # noqa: E402
 
 K = 10
 

@@ -25,7 +25,7 @@ sys.path[0] = str(Path(__file__).resolve().parents[1])
 from PIL import Image  # noqa: E402
 
 from bench.common import percentile  # noqa: E402
-from workers.rag_index import RagIndex  # noqa: E402
+from workers.rag.index import RagIndex  # noqa: E402
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 

@@ -23,8 +23,9 @@ from typing import Any
 # The repository instead of bench/ (whose queue.py would shadow the standard library's queue).
 sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-from workers.base import Job  # noqa: E402
-from workers.sd3 import SD3Worker  # noqa: E402
+from workers.runtime.model import Job  # noqa: E402
+from workers.sd3.worker import SD3Worker  # noqa: E402
+from workers.tiny.sd3 import build_tiny_sd3  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
@@ -40,7 +41,8 @@ def parse_args() -> argparse.Namespace:
                         help="a preview every N steps (default 1: the worst case)")
     SD3Worker.add_arguments(parser)
     args = parser.parse_args()
-    args.worker_id = "bench"
+    if args.tiny:
+        args.model = str(build_tiny_sd3(args.tiny_dir))
     return args
 
 
@@ -79,7 +81,7 @@ def measure(worker: SD3Worker, args: argparse.Namespace, count: int, preview: st
 def main() -> None:
     args = parse_args()
     logging.basicConfig(level=logging.WARNING)
-    worker = SD3Worker(args)
+    worker = SD3Worker(SD3Worker.settings_from(args))
     started = time.perf_counter()
     worker.load()
     print(f"# model {args.model} on {worker.device} ({str(worker.dtype)[6:]}), loaded in "

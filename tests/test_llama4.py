@@ -6,7 +6,6 @@ which is what these tests lean on (stop strings are cut from a reply generated b
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import re
 import shutil
@@ -17,7 +16,7 @@ import pytest
 from conftest import REPO, serving, wait_until
 from e2e_http import assert_declared, explained, read_events
 
-from workers.base import Job
+from workers.runtime.model import Job
 
 KEY = "llama4-worker-key"
 # One torch thread per worker: the tiny model gains nothing from more, and on a small CI machine
@@ -232,13 +231,11 @@ def test_concurrent_streams_each_get_their_own_text(chat_server, http):
 @pytest.fixture
 def local_worker(tiny_llama4_dir):
     """The worker class in this process (float32 on CPU), for what HTTP cannot reach."""
-    from workers.llama4 import Llama4Worker
-    from workers.tiny_llama4 import build_tiny_llama4
+    from workers.llama4.worker import Llama4Settings, Llama4Worker
+    from workers.tiny.llama4 import build_tiny_llama4
 
-    build_tiny_llama4(tiny_llama4_dir)
-    args = argparse.Namespace(model=None, tiny=True, tiny_dir=tiny_llama4_dir, quantize="none",
-                              device="cpu", dtype="float32", max_context=None, index=None)
-    worker = Llama4Worker(args)
+    folder = build_tiny_llama4(tiny_llama4_dir)
+    worker = Llama4Worker(Llama4Settings(model=folder, tiny=True, device="cpu", dtype="float32"))
     worker.load()
     return worker
 
@@ -284,7 +281,7 @@ def test_a_failure_inside_generation_fails_the_jobs_with_its_reason(local_worker
 def test_text_decoded_a_token_at_a_time_is_the_whole_decode(local_worker):
     """new_text() decodes a short window per token, never the whole reply: the pieces join
     into what one decode of every token gives, and no piece ends in half a character."""
-    from workers.llama4 import Chat
+    from workers.llama4.worker import Chat
 
     tokenizer = local_worker.tokenizer
     text = "Grüße aus Köln! 日本語のテキスト 🙂🚀 and plain ASCII, twice. " * 2

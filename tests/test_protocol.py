@@ -32,9 +32,9 @@ from jobhive.protocol import (
     new_job_id,
     valid_job_id,
 )
-from workers import images
-from workers.base import ModelWorker
-from workers.runner import Runner, RunnerSettings
+from workers.runtime import images
+from workers.runtime.model import ModelWorker
+from workers.runtime.runner import Runner, RunnerSettings
 
 # ----- data URLs
 

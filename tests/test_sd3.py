@@ -1,6 +1,6 @@
 """The sd3 endpoint end to end: the real server, a real `jobhive-worker sd3 --tiny` process.
 
-The tiny model (workers/tiny_sd3.py) has random weights: its images are noise, but it runs the
+The tiny model (workers/tiny/sd3.py) has random weights: its images are noise, but it runs the
 real SD3 pipeline classes, so sizes, seeds, batching, previews and cancel behave as with real
 weights. One server and one worker (max batch 4: the `sd3` fixture of conftest.py) serve the
 whole module; the tiny model is built once for it into a temporary folder (--tiny-dir).
@@ -230,7 +230,7 @@ def test_bad_inputs_are_rejected_with_clear_messages(sd3, http):
 
 
 def _job(job_id: str = "j", **inputs):
-    from workers.base import Job
+    from workers.runtime.model import Job
 
     defaults = {"prompt": "p", "negative_prompt": "", "seed": 5, "steps": 4, "cfg_scale": 5.0,
                 "width": 64, "height": 64, "num_images": 1, "image": None, "strength": 0.6,
@@ -239,7 +239,7 @@ def _job(job_id: str = "j", **inputs):
 
 
 def test_grouping_keeps_only_compatible_jobs_together():
-    from workers.sd3 import check_request, group_requests
+    from workers.sd3.worker import check_request, group_requests
 
     requests = [check_request(_job(str(i), **inputs), 16) for i, inputs in enumerate([
         {}, {"width": 128}, {"num_images": 3}, {"steps": 8}, {"num_images": 2}, {},
@@ -249,7 +249,7 @@ def test_grouping_keeps_only_compatible_jobs_together():
 
 
 def test_seeds_and_size_checks():
-    from workers.sd3 import check_request
+    from workers.sd3.worker import check_request
 
     assert check_request(_job(seed=2**32 - 1, num_images=2), 16).seeds == [2**32 - 1, 0]
     assert len(set(check_request(_job(seed=-1, num_images=3), 16).seeds)) == 3
@@ -262,7 +262,7 @@ def test_seeds_and_size_checks():
 def test_out_of_memory_splits_the_group_and_loses_no_job():
     import torch
 
-    from workers.sd3 import check_request, run_splitting
+    from workers.sd3.worker import check_request, run_splitting
 
     requests = [check_request(_job(str(i), num_images=1 + (i == 3) * 3), 16) for i in range(4)]
     calls = []
@@ -284,7 +284,7 @@ def test_out_of_memory_splits_the_group_and_loses_no_job():
 
 
 def test_metadata_is_embedded_in_png_and_jpeg():
-    from workers.sd3 import encode_image
+    from workers.sd3.worker import encode_image
 
     image = Image.new("RGB", (16, 16), (10, 20, 30))
     meta = {"prompt": "ünïcode ✓", "seed": 9}

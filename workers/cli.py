@@ -8,30 +8,43 @@ import logging
 import os
 import socket
 import sys
+from typing import Any
 
 from jobhive.aio import run_loop
-from workers.base import ModelWorker
-from workers.runner import Runner, RunnerSettings, WorkerRefused
+from workers.runtime import ModelWorker, Runner, RunnerSettings, WorkerRefused
 
 # Worker types: (module:class, one-line help). A type's module is imported only when it is
 # chosen, so `noop` runs where torch is not installed.
 WORKER_TYPES = {
     "noop": ("workers.noop:NoopWorker", "echoes its inputs (no model; tests, demo, benchmarks)"),
-    "sd3": ("workers.sd3:SD3Worker", "Stable Diffusion 3 text-to-image and image-to-image"),
+    "sd3": ("workers.sd3.worker:SD3Worker", "Stable Diffusion 3 text-to-image and image-to-image"),
     "llama4": (
-        "workers.llama4:Llama4Worker",
+        "workers.llama4.worker:Llama4Worker",
         "Llama 4 (or any chat model) with streamed tokens; with --index it serves rag_chat",
     ),
-    "rag": ("workers.rag:RagWorker", "search an index of documents and images (rag_search)"),
+    "rag": ("workers.rag.worker:RagWorker", "search an index of documents and images (rag_search)"),
 }
 
 
+# The tiny random-weight builds `--tiny` serves (workers/tiny/): built here, before the worker
+# starts, and handed to it as its --model folder, so no model package depends on workers/tiny.
+TINY_BUILDERS = {
+    "sd3": "workers.tiny.sd3:build_tiny_sd3",
+    "llama4": "workers.tiny.llama4:build_tiny_llama4",
+}
+
+
+def _imported(spec: str) -> Any:
+    module, _, name = spec.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
 def load_worker_class(name: str) -> type[ModelWorker]:
-    module, _, cls = WORKER_TYPES[name][0].partition(":")
-    return getattr(importlib.import_module(module), cls)
+    return _imported(WORKER_TYPES[name][0])
 
 
-def parse_args(argv: list[str] | None) -> tuple[type[ModelWorker], argparse.Namespace]:
+def parse_args(argv: list[str] | None) -> tuple[type[ModelWorker], Any, argparse.Namespace]:
+    """The worker class, its settings and the parsed command line (--tiny models built)."""
     parser = argparse.ArgumentParser(
         prog="jobhive-worker", description="Take jobs from a jobhive server and run them."
     )
@@ -84,11 +97,19 @@ def parse_args(argv: list[str] | None) -> tuple[type[ModelWorker], argparse.Name
         parser.error("--key (or $JOBHIVE_WORKER_KEY) is required")
     if args.max_batch < 1:
         parser.error("--max-batch must be at least 1")
-    return worker_cls, args
+    if getattr(args, "tiny", False):
+        if args.model:
+            parser.error("give either --model DIR or --tiny")
+        args.model = str(_imported(TINY_BUILDERS[args._worker])(args.tiny_dir))
+    try:
+        settings = worker_cls.settings_from(args)
+    except ValueError as e:
+        parser.error(str(e))
+    return worker_cls, settings, args
 
 
 def main(argv: list[str] | None = None) -> None:
-    worker_cls, args = parse_args(argv)
+    worker_cls, model_settings, args = parse_args(argv)
     logging.basicConfig(
         level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -101,7 +122,7 @@ def main(argv: list[str] | None = None) -> None:
         burst=args.burst,
         grace_s=args.grace_s,
     )
-    runner = Runner(worker_cls(args), settings)
+    runner = Runner(worker_cls(model_settings), settings)
     try:
         run_loop(runner.serve())
     except WorkerRefused as e:

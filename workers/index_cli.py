@@ -1,4 +1,4 @@
-"""`jobhive-index`: builds, updates, describes and searches a retrieval index (rag_index.py).
+"""`jobhive-index`: builds, updates, describes and searches a retrieval index (workers/rag).
 
     jobhive-index build SOURCE... --out INDEX_DIR [--clip tiny|PATH_OR_NAME] [--text-model PATH]
                   [--device cpu|cuda] [--chunk-chars N] [--overlap-chars N] [--ivf-threshold N]
@@ -185,7 +185,7 @@ def _check_sources(sources: list[Path]) -> None:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    from workers.rag_meta import is_index
+    from workers.rag.meta import is_index
 
     out: Path = args.out
     _check_sources(args.sources)
@@ -204,7 +204,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     settings = _settings(args)
     device = _device(args.device)
     _quiet_libraries()
-    from workers.rag_index import RagIndex
+    from workers.rag.index import RagIndex
 
     started = time.monotonic()
     try:
@@ -223,7 +223,7 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def _settings(args: argparse.Namespace):
-    from workers.rag_index import IndexSettings
+    from workers.rag.index import IndexSettings
 
     given = {
         "chunk_chars": args.chunk_chars,
@@ -250,7 +250,7 @@ def cmd_add(args: argparse.Namespace) -> int:
 def _open(index_dir: Path, device: str | None, **overrides: Any):
     device = _device(device)
     _quiet_libraries()
-    from workers.rag_index import RagIndex
+    from workers.rag.index import RagIndex
 
     try:
         return RagIndex.open(index_dir, device=device, **overrides)
@@ -268,7 +268,7 @@ def _add(index, args: argparse.Namespace, started: float) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from workers.rag_index import index_info
+    from workers.rag.index import index_info
 
     try:
         info = index_info(args.index)
@@ -303,7 +303,7 @@ def cmd_search(args: argparse.Namespace) -> int:
             image = args.image.read_bytes()
         except OSError as e:
             raise UsageError(f"--image {args.image}: {e.strerror or e}") from e
-    from workers.rag import KINDS
+    from workers.rag.worker import KINDS
 
     index = _open(args.index, args.device)
     with index:

@@ -5,14 +5,16 @@ No torch: it serves the `echo` endpoint for tests, the demo and the benchmarks.
 
 from __future__ import annotations
 
+import argparse
 import io
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from PIL import Image, ImageDraw
 
-from workers.base import Job, ModelWorker, Progress
-from workers.images import data_url
+from workers.runtime.images import data_url
+from workers.runtime.model import Job, ModelWorker, Progress
 
 
 def preview_image(step: int, steps: int, size_px: int = 96) -> str:
@@ -27,11 +29,25 @@ def preview_image(step: int, steps: int, size_px: int = 96) -> str:
     return data_url(buffer.getvalue(), "jpeg")
 
 
+@dataclass(frozen=True)
+class NoopSettings:
+    """Args:
+    worker_id (str): echoed in every job's outputs, so a test sees which worker ran it.
+    """
+
+    worker_id: str
+
+
 class NoopWorker(ModelWorker):
     """Echoes each job's inputs. The jobs of a batch advance together, like a GPU batch: the
     batch takes as long as its longest delay."""
 
     job_type = "echo"
+    settings: NoopSettings
+
+    @classmethod
+    def settings_from(cls, args: argparse.Namespace) -> NoopSettings:
+        return NoopSettings(worker_id=args.worker_id)
 
     def info(self) -> dict[str, Any]:
         return {"model": "noop"}
@@ -80,5 +96,5 @@ class NoopWorker(ModelWorker):
             "delay_s": job.inputs["delay_s"],
             "steps": job.inputs["steps"],
             "image": job.inputs.get("image"),
-            "worker_id": self.args.worker_id,
+            "worker_id": self.settings.worker_id,
         }

@@ -1,9 +1,9 @@
 """A multimodal retrieval index over folders of documents and images, kept in one folder.
 
-Documents are cut into overlapping text chunks (workers/rag_read.py); each chunk is embedded twice:
+Documents are cut into overlapping text chunks (workers/rag/read.py); each chunk is embedded twice:
 by a sentence-embedding model (all-MiniLM-L6-v2 unless told otherwise) for text→text, and by
 CLIP's text tower for text↔image. Images are embedded by CLIP's image tower
-(workers/rag_embed.py). INDEX_DIR then holds:
+(workers/rag/embed.py). INDEX_DIR then holds:
 
     meta.sqlite3       files, items (chunks and images) and the index's config row
     text.G.faiss       the text index: MiniLM vectors of the text chunks
@@ -11,7 +11,7 @@ CLIP's text tower for text↔image. Images are embedded by CLIP's image tower
     tiny-clip/         the tiny CLIP's weights and tokenizer, when built with clip="tiny"
 
 Both FAISS indexes hold unit float32 vectors under inner product (cosine), with the items' row ids
-as ids (workers/rag_faiss.py: flat, then IVF past a size). G is the generation: an `add` writes
+as ids (workers/rag/vectors.py: flat, then IVF past a size). G is the generation: an `add` writes
 new files and then commits the metadata naming them, so a crash at any point leaves the last
 committed index whole.
 
@@ -20,10 +20,10 @@ A search runs up to four ranked lists:
     text query:   text→text   (MiniLM, text chunks)     text→image  (CLIP, images)
     image query:  image→image (CLIP, images)            image→text  (CLIP, text chunks)
 
-and fuses them by Reciprocal Rank Fusion (workers/rag_results.py: Σ 1/(60 + rank) over the
+and fuses them by Reciprocal Rank Fusion (workers/rag/results.py: Σ 1/(60 + rank) over the
 lists that found an item). Each list is LIST_DEPTH (50) deep, or top_k if more, so that an item
 ranked a little lower by a second list still gets that list's share. The CLIP index holds both
-kinds: each CLIP list keeps only its own kind with a FAISS IDSelector (rag_faiss.search_cpu,
+kinds: each CLIP list keeps only its own kind with a FAISS IDSelector (vectors.search_cpu,
 which also widens an IVF search as needed).
 
 A file's `source` is the name of the folder given to `add` followed by the file's path inside it,
@@ -49,8 +49,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from workers import rag_faiss
-from workers.rag_embed import (
+from workers.rag import vectors
+from workers.rag.embed import (
     BUNDLED_TEXT_MODEL,
     ClipEmbedder,
     TextEmbedder,
@@ -58,7 +58,7 @@ from workers.rag_embed import (
     model_path,
     recorded_path,
 )
-from workers.rag_meta import (
+from workers.rag.meta import (
     FORMAT,
     META,
     TINY_CLIP,
@@ -71,7 +71,7 @@ from workers.rag_meta import (
     is_index,
     remove_index_files,
 )
-from workers.rag_read import (
+from workers.rag.read import (
     READER_VERSION,
     ImageItem,
     Progress,
@@ -83,8 +83,8 @@ from workers.rag_read import (
     to_rgb,
     walk_sources,
 )
-from workers.rag_results import LISTS, RRF_K, Hit, fuse
-from workers.tiny_clip import build_tiny_clip
+from workers.rag.results import LISTS, RRF_K, Hit, fuse
+from workers.tiny.clip import build_tiny_clip
 
 __all__ = [
     "RRF_K",
@@ -186,7 +186,7 @@ class RagIndex:
         self._clip = clip
         self._text = text
         self._lock = threading.RLock()
-        self._faiss = rag_faiss.IndexPair(index_dir, device)
+        self._faiss = vectors.IndexPair(index_dir, device)
         self._kind_ids: dict[str, np.ndarray] = {}
         recorded = json.loads(meta.config()["settings"])
         # Read by another version of rag_read: the next `add` reads every file again.
@@ -258,7 +258,7 @@ class RagIndex:
             },
         )
         for name, dim in (("text", text_embedder.dim), ("clip", clip_embedder.dim)):
-            rag_faiss.write_index(rag_faiss.empty_index(dim), index_dir / f"{name}.0.faiss")
+            vectors.write_index(vectors.empty_index(dim), index_dir / f"{name}.0.faiss")
         os.replace(staging, index_dir / META)
         log.info("new index in %s (clip %s, text %s)", index_dir, clip_record, text_record)
         meta = Metadata(index_dir / META)

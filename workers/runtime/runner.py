@@ -15,12 +15,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import queue
 import random
 import signal
-import threading
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,7 +31,9 @@ from jobhive.protocol import (
     WORKER_RESULTS_PATH,
     Grant,
 )
-from workers.base import Job, ModelWorker
+from workers.runtime.model import Job, ModelWorker
+from workers.runtime.progress import ProgressRelay
+from workers.runtime.thread import ModelThread
 
 log = logging.getLogger("jobhive.worker")
 
@@ -73,87 +72,6 @@ class RunnerSettings:
     grace_s: float = 30.0
     progress_interval_s: float = 0.1
     max_backoff_s: float = 15.0
-
-
-class ModelThread:
-    """One long-lived daemon thread where `load` and `run` execute, in order.
-
-    Daemon, so a worker told to hand its jobs back can exit while a model call is still busy.
-    """
-
-    def __init__(self) -> None:
-        self._calls: queue.SimpleQueue[tuple[Callable[..., Any], tuple[Any, ...], Any]] = (
-            queue.SimpleQueue()
-        )
-        threading.Thread(target=self._serve, name="jobhive-model", daemon=True).start()
-
-    def call(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
-        loop = asyncio.get_running_loop()
-        future = loop.create_future()
-        self._calls.put((fn, args, (loop, future)))
-        return future
-
-    def _serve(self) -> None:
-        while True:
-            fn, args, (loop, future) = self._calls.get()
-            try:
-                result = fn(*args)
-            except BaseException as e:  # handed to the awaiting coroutine, not lost here
-                loop.call_soon_threadsafe(_settle, future, None, e)
-            else:
-                loop.call_soon_threadsafe(_settle, future, result, None)
-
-
-def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
-    if future.done():
-        return
-    if error is not None:
-        future.set_exception(error)
-    else:
-        future.set_result(result)
-
-
-class ProgressRelay:
-    """Takes progress reports from the model thread for the runner to send, latest first.
-
-    `send` (the runner's sending loop) starts on the first report, or when `start` is called
-    for a heartbeat: a batch that finishes quickly and reports nothing costs no task at all.
-    """
-
-    def __init__(
-        self, loop: asyncio.AbstractEventLoop, send: Callable[[ProgressRelay], Awaitable[None]]
-    ) -> None:
-        self._loop = loop
-        self._send = send
-        self._lock = threading.Lock()
-        self._latest: dict[str, tuple[float, dict[str, Any] | None]] = {}
-        self._task: asyncio.Task[None] | None = None
-        self.wake = asyncio.Event()
-
-    def __call__(self, job: Job, percent: float, outputs: dict[str, Any] | None = None) -> None:
-        """What a model calls (from its thread): progress in percent, and optional outputs."""
-        with self._lock:
-            self._latest[job.id] = (max(0.0, min(100.0, float(percent))), outputs)
-        self._loop.call_soon_threadsafe(self._wake)
-
-    def _wake(self) -> None:
-        self.wake.set()
-        self.start()
-
-    def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._send(self))
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-    def take(self) -> dict[str, tuple[float, dict[str, Any] | None]]:
-        with self._lock:
-            latest, self._latest = self._latest, {}
-        return latest
 
 
 class Runner:
@@ -197,13 +115,13 @@ class Runner:
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, self.stop)
         settings = self.settings
-        log.info("loading %s worker", self.model.job_type)
+        log.info("loading %s worker", self.model.serves)
         started = time.monotonic()
         await self._thread.call(self.model.load)
         log.info(
             "loaded in %.1f s; serving %s at %s as %s (max batch %d)",
             time.monotonic() - started,
-            self.model.job_type,
+            self.model.serves,
             settings.server_url,
             settings.worker_id,
             settings.max_batch,
@@ -252,7 +170,7 @@ class Runner:
         settings = self.settings
         return {
             "worker_id": settings.worker_id,
-            "job_types": [self.model.job_type],
+            "job_types": [self.model.serves],
             "max_batch": settings.max_batch,
             "wait_s": min(settings.poll_wait_s, 1.0) if settings.burst else settings.poll_wait_s,
             "info": self.model.info(),

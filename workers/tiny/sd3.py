@@ -15,11 +15,9 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from workers.tiny_build import publish_folder
+from workers.tiny.build import ensure_built
 
-# Bump when the configs below change, so that a stale cached copy is not reused.
-TINY_VERSION = 1
-DEFAULT_TINY_DIR = Path.home() / ".cache" / "jobhive" / f"tiny-sd3-v{TINY_VERSION}"
+VERSION = 1  # bump when the configs below change (workers/tiny/build.py: the one rule)
 
 _CORPUS = [
     "a photo of a cat sitting on a red chair",
@@ -144,19 +142,16 @@ def build_tiny_pipeline(seed: int = 0):
     )
 
 
-def ensure_tiny_model(folder: Path | str | None = None) -> Path:
+def build_tiny_sd3(folder: Path | str | None = None, seed: int = 0) -> Path:
     """The folder of a saved tiny SD3 checkpoint, built and saved there first if missing.
 
     Args:
-        folder (Path | str | None, default ~/.cache/jobhive/tiny-sd3-v1): where it lives.
+        folder (Path | str | None, default ~/.cache/jobhive/tiny-sd3): where it lives.
+        seed (int, default 0): the seed of the random weights.
 
     Returns:
         Path: a diffusers-format folder (model_index.json and one folder per component).
     """
-    target = Path(folder) if folder else DEFAULT_TINY_DIR
-    if (target / "model_index.json").exists():
-        return target
-    # Saved beside the target, then renamed: two workers starting at once never see half a model.
-    publish_folder(target, build_tiny_pipeline().save_pretrained,
-                   lambda: (target / "model_index.json").exists())
-    return target
+    return ensure_built("sd3", VERSION, folder,
+                        lambda staging: build_tiny_pipeline(seed).save_pretrained(staging),
+                        seed=seed)

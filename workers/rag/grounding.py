@@ -1,30 +1,18 @@
-"""Retrieval: the rag worker (the `rag_search` endpoint) and the grounding of `rag_chat`.
-
-`jobhive-worker rag --index INDEX_DIR` answers searches by text, by image or both from an index
-built by `jobhive-index build` (workers/rag_index.py): hits best first, merged across the text
-and CLIP indexes by reciprocal rank fusion.
+"""Retrieval as a worker opens it, and the grounding of `rag_chat` in what it retrieves.
 
 `rag_chat` is served by the llama4 worker started with `--index INDEX_DIR`: the worker that
 generates also retrieves, so each worker process still serves one job type and a question costs
-no second job. The functions at the end of this module turn hits into numbered sources and
-the chat into a prompt that asks the model to cite them.
+no second job. The rag worker opens its index through the same options. The functions at the end
+turn hits into numbered sources and the chat into a prompt that asks the model to cite them.
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
 import re
-import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-from workers.base import Job, ModelWorker, Progress
-from workers.images import decode_image
-
-log = logging.getLogger("jobhive.worker.rag")
-
-KINDS = {"all": ("text", "image"), "text": ("text",), "image": ("image",)}
 
 
 def add_index_arguments(parser: argparse.ArgumentParser, *, required: bool) -> None:
@@ -59,60 +47,39 @@ def add_index_arguments(parser: argparse.ArgumentParser, *, required: bool) -> N
     )
 
 
-def open_index(args: argparse.Namespace) -> Any:
-    """Opens the index named by `--index` (imported here: torch and faiss load slowly)."""
-    import torch
+@dataclass(frozen=True)
+class IndexOptions:
+    """Which index a worker opens, and how (the options of add_index_arguments).
 
-    from workers.rag_index import RagIndex
+    Args:
+        index (Path): an index folder built by `jobhive-index build`.
+        clip (str | None): CLIP checkpoint to embed queries with; None: the index's own.
+        text_model (str | None): sentence-transformers folder; None: the index's own.
+        device (str | None): cuda or cpu for the encoders and FAISS; None: cuda when present.
+    """
 
-    device = args.index_device or ("cuda" if torch.cuda.is_available() else "cpu")
-    return RagIndex.open(args.index, device=device, clip=args.clip, text_model=args.text_model)
-
-
-class RagWorker(ModelWorker):
-    """Searches an index of texts and images; each job is one query."""
-
-    job_type = "rag_search"
+    index: Path
+    clip: str | None = None
+    text_model: str | None = None
+    device: str | None = None
 
     @classmethod
-    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        add_index_arguments(parser, required=True)
+    def from_args(cls, args: argparse.Namespace) -> IndexOptions | None:
+        """The options given, None without --index."""
+        if not args.index:
+            return None
+        return cls(Path(args.index), args.clip, args.text_model, args.index_device)
 
-    def __init__(self, args: argparse.Namespace) -> None:
-        super().__init__(args)
-        self.index: Any = None
-        self.stats: dict[str, Any] = {}
 
-    def info(self) -> dict[str, Any]:
-        return {"index": str(self.args.index), **self.stats}
+def open_index(options: IndexOptions) -> Any:
+    """Opens the index (imported here: torch and faiss load slowly)."""
+    import torch
 
-    def load(self) -> None:
-        self.index = open_index(self.args)
-        # Read once: info() goes with every poll (on the runner's event loop), and what this
-        # worker searches does not change while it runs (its FAISS files are read at open).
-        self.stats = self.index.stats()
-        log.info("rag: index %s: %s", self.args.index, self.stats)
+    from workers.rag.index import RagIndex
 
-    def run(self, batch: list[Job], progress: Progress) -> list[dict[str, Any] | Exception]:
-        return [self.search(job) for job in batch]
-
-    def search(self, job: Job) -> dict[str, Any] | Exception:
-        inputs = job.inputs
-        started = time.perf_counter()
-        try:
-            image = decode_image(inputs["image"]) if inputs.get("image") else None
-        except OSError as e:
-            return ValueError(f"`image` could not be read as an image: {e}")
-        hits = self.index.search(
-            text=inputs.get("text") or None,
-            image=image,
-            top_k=int(inputs["top_k"]),
-            kinds=KINDS[inputs.get("kinds") or "all"],
-        )
-        return {
-            "hits": [{"rank": rank, **hit.to_json()} for rank, hit in enumerate(hits, 1)],
-            "search_ms": round((time.perf_counter() - started) * 1000, 2),
-        }
+    device = options.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return RagIndex.open(options.index, device=device, clip=options.clip,
+                         text_model=options.text_model)
 
 
 # ----- rag_chat: grounding a chat in retrieved sources

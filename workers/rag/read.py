@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError, features
 
-from workers.images import data_url
+from workers.runtime.images import data_url
 
 TEXT_READERS = {
     ".txt": "txt",

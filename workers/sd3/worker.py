@@ -1,7 +1,7 @@
 """The Stable Diffusion 3 worker: serves the `sd3` endpoint with diffusers.
 
 `jobhive-worker sd3 --model DIR` loads a diffusers-format SD3 checkpoint (StableDiffusion3Pipeline)
-from a local folder; `--tiny` builds a tiny random-weight one offline (workers/tiny_sd3.py). An
+from a local folder; `--tiny` builds a tiny random-weight one offline (workers/tiny/sd3.py). An
 image-to-image pipeline shares the loaded components (no second copy in memory).
 
 A batch from the runner is split into groups of compatible jobs (same mode, size, steps, guidance
@@ -28,8 +28,8 @@ from typing import Any
 import torch
 from PIL import Image, PngImagePlugin
 
-from workers.base import Job, ModelWorker, Progress
-from workers.images import data_url, decode_image
+from workers.runtime.images import data_url, decode_image
+from workers.runtime.model import Job, ModelWorker, Progress
 
 log = logging.getLogger("jobhive.worker.sd3")
 
@@ -305,10 +305,46 @@ class StepCallback:
             future.result()
 
 
+@dataclass(frozen=True)
+class SD3Settings:
+    """How the sd3 worker loads and runs its pipeline (its command-line options).
+
+    Args:
+        model (Path): a diffusers-format SD3 folder (with --tiny, the tiny build's).
+        tiny (bool): the model is the tiny random-weight build (its images are noise).
+        device (str): cuda, cuda:N or cpu.
+        dtype (str): auto (bfloat16 on CUDA, else float32), bfloat16, float16 or float32.
+        compile (bool): torch.compile the transformer.
+        cpu_offload (bool): keep models in CPU memory, moving each to the GPU in turn.
+        preview_size (int): longest side of preview JPEGs in pixels.
+        max_images_per_call (int): most images in one pipeline call.
+    """
+
+    model: Path
+    tiny: bool = False
+    device: str = "cpu"
+    dtype: str = "auto"
+    compile: bool = False
+    cpu_offload: bool = False
+    preview_size: int = 256
+    max_images_per_call: int = 16
+
+
 class SD3Worker(ModelWorker):
     """Stable Diffusion 3 text-to-image and image-to-image, with previews and batching."""
 
     job_type = "sd3"
+    settings: SD3Settings
+
+    @classmethod
+    def settings_from(cls, args: argparse.Namespace) -> SD3Settings:
+        if not args.model:  # with --tiny, jobhive-worker has built it and set --model
+            raise ValueError("give --model DIR (or --tiny)")
+        return SD3Settings(
+            model=Path(args.model), tiny=args.tiny, device=args.device, dtype=args.dtype,
+            compile=args.compile, cpu_offload=args.cpu_offload, preview_size=args.preview_size,
+            max_images_per_call=args.max_images_per_call,
+        )
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
@@ -317,7 +353,7 @@ class SD3Worker(ModelWorker):
                             help="build (once) and serve a tiny random-weight SD3: noise, no "
                             "downloads; for tests and the demo")
         parser.add_argument("--tiny-dir", help="where the tiny model is cached "
-                            "(default ~/.cache/jobhive/tiny-sd3-v1)")
+                            "(default ~/.cache/jobhive/tiny-sd3)")
         parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                             help="cuda, cuda:N or cpu (default cuda when present)")
         parser.add_argument("--dtype", choices=["auto", *_DTYPES], default="auto",
@@ -342,32 +378,26 @@ class SD3Worker(ModelWorker):
 
         diffusers.utils.logging.disable_progress_bar()  # progress goes to the server, not a tty
         transformers.utils.logging.disable_progress_bar()
-        args = self.args
-        if not args.model and not args.tiny:
-            raise SystemExit("jobhive-worker sd3: give --model DIR (or --tiny)")
-        if args.tiny:
-            from workers.tiny_sd3 import ensure_tiny_model
-
-            args.model = str(ensure_tiny_model(args.tiny_dir))
-        if not Path(args.model, "model_index.json").is_file():
+        settings = self.settings
+        if not Path(settings.model, "model_index.json").is_file():
             raise SystemExit(
-                f"jobhive-worker sd3: {args.model} is not a diffusers folder (no "
+                f"jobhive-worker sd3: {settings.model} is not a diffusers folder (no "
                 "model_index.json); fetch one first, e.g. `huggingface-cli download "
                 "stabilityai/stable-diffusion-3.5-medium --local-dir DIR`")
-        self.device = torch.device(args.device)
+        self.device = torch.device(settings.device)
         auto = torch.bfloat16 if self.device.type == "cuda" else torch.float32
-        self.dtype = auto if args.dtype == "auto" else _DTYPES[args.dtype]
+        self.dtype = auto if settings.dtype == "auto" else _DTYPES[settings.dtype]
         if self.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True
         pipe = StableDiffusion3Pipeline.from_pretrained(
-            args.model, dtype=self.dtype, local_files_only=True)
+            settings.model, dtype=self.dtype, local_files_only=True)
         # Attention runs through torch's scaled_dot_product_attention (diffusers' default
         # processor): flash / memory-efficient kernels on CUDA.
-        if args.cpu_offload:
+        if settings.cpu_offload:
             pipe.enable_model_cpu_offload(device=self.device)
         else:
             pipe.to(self.device)
-        if args.compile:
+        if settings.compile:
             pipe.transformer = torch.compile(pipe.transformer)
         pipe.set_progress_bar_config(disable=True)
         self.pipe = pipe
@@ -384,12 +414,14 @@ class SD3Worker(ModelWorker):
         with torch.inference_mode():
             pipe(prompt="", num_inference_steps=1, width=self.align * 4, height=self.align * 4,
                  output_type="latent")
-        log.info("sd3: %s on %s (%s)%s%s", args.model, self.device, str(self.dtype)[6:],
-                 ", compiled" if args.compile else "", ", CPU offload" if args.cpu_offload else "")
+        log.info("sd3: %s on %s (%s)%s%s", settings.model, self.device, str(self.dtype)[6:],
+                 ", compiled" if settings.compile else "",
+                 ", CPU offload" if settings.cpu_offload else "")
 
     def info(self) -> dict[str, Any]:
-        return {"model": self.args.model or ("tiny" if self.args.tiny else None),
-                "device": self.args.device, "dtype": self.args.dtype}
+        s = self.settings
+        return {"model": "tiny (random weights)" if s.tiny else str(s.model), "device": s.device,
+                "dtype": s.dtype}
 
     # ----- running a batch
 
@@ -403,7 +435,7 @@ class SD3Worker(ModelWorker):
             except ValueError as e:
                 outcomes[job.id] = e
         # 2. Group compatible jobs: each group is one pipeline call.
-        for group in group_requests(requests, self.args.max_images_per_call):
+        for group in group_requests(requests, self.settings.max_images_per_call):
             # 3. Generate (split and retried on out-of-memory), then 4. encode each job's images.
             try:
                 parts = run_splitting(group, lambda g: self._generate(g, progress),
@@ -487,7 +519,7 @@ class SD3Worker(ModelWorker):
         encoded = []
         for seed, image in zip(r.seeds, images[r.rows], strict=True):
             assert image is not None
-            metadata = {**r.settings(), "seed": seed, "model": self.args.model}
+            metadata = {**r.settings(), "seed": seed, "model": str(self.settings.model)}
             encoded.append(data_url(encode_image(image, r.output_format, metadata),
                                     r.output_format))
         return {
@@ -516,7 +548,7 @@ class SD3Worker(ModelWorker):
         """
         if kind == "vae":
             vae = self.pipe.vae
-            scale = min(1.0, self.args.preview_size / max(width, height))
+            scale = min(1.0, self.settings.preview_size / max(width, height))
             size = (max(1, round(x0.shape[2] * scale)), max(1, round(x0.shape[3] * scale)))
             small = torch.nn.functional.interpolate(x0.float(), size=size, mode="area")
             small = small.to(vae.dtype) / vae.config.scaling_factor + vae.config.shift_factor
@@ -530,7 +562,7 @@ class SD3Worker(ModelWorker):
     def preview_jpeg(self, pixels: torch.Tensor) -> str:
         """A JPEG data URL of preview pixels, its longest side at most --preview-size."""
         image = Image.fromarray(pixels.numpy())
-        size = self.args.preview_size
+        size = self.settings.preview_size
         if max(image.size) > size:
             image.thumbnail((size, size))
         elif max(image.size) < size // 2:  # latent previews are 1/8 size: show them larger

@@ -1,7 +1,8 @@
 """What a model worker is: a class with `load()` and `run(batch, progress)`.
 
-A model worker never does HTTP: the runner (workers/runner.py) polls the server, hands it a batch
-of jobs in a thread of its own, relays its progress reports and posts what it returns.
+A model worker never does HTTP: the runner (workers/runtime/runner.py) polls the server, hands
+it a batch of jobs in a thread of its own, relays its progress reports and posts what it returns.
+Its settings are a frozen dataclass that `settings_from` builds from its command-line options.
 
     class Upper(ModelWorker):
         job_type = "upper"
@@ -49,19 +50,35 @@ Progress = Callable[[Job, float, dict[str, Any] | None], None]
 class ModelWorker:
     """Base class of every model worker.
 
-    Subclasses set `job_type`, may add command-line options with `add_arguments`, load their
-    model in `load` and do the work in `run`. Both run in a thread of their own, so they may
-    block; the runner's event loop stays free to talk to the server.
+    Subclasses set `job_type`, may add command-line options with `add_arguments` and turn them
+    into their settings (a frozen dataclass) with `settings_from`, load their model in `load`
+    and do the work in `run`. Both run in a thread of their own, so they may block; the
+    runner's event loop stays free to talk to the server.
     """
 
     job_type: ClassVar[str]
 
-    def __init__(self, args: argparse.Namespace) -> None:
-        self.args = args
+    def __init__(self, settings: Any = None) -> None:
+        self.settings = settings
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
         """Adds this worker's own command-line options."""
+
+    @classmethod
+    def settings_from(cls, args: argparse.Namespace) -> Any:
+        """This worker's settings from its parsed command line (None: it has none).
+
+        Raises:
+            ValueError: the options do not fit together; the message says how to fix them.
+        """
+        return None
+
+    @property
+    def serves(self) -> str:
+        """The job type this worker takes from the server (its class's `job_type` unless its
+        settings choose another, as llama4 with an index serves rag_chat)."""
+        return self.job_type
 
     def info(self) -> dict[str, Any]:
         """What the server's status page shows about this worker (model, device...)."""

@@ -11,15 +11,11 @@ Token ids come from tokenizer training and are not fixed: nothing should hard-co
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
-from workers.tiny_build import publish_folder
+from workers.tiny.build import ensure_built
 
-log = logging.getLogger("jobhive.worker.llama4")
-
-DEFAULT_DIR = Path.home() / ".cache" / "jobhive" / "tiny-llama4"
-VERSION = "1"  # bump when what is built changes: an older cache folder is then rebuilt
+VERSION = 1  # bump when what is built changes (workers/tiny/build.py: the one rule)
 
 SPECIAL_TOKENS = [
     "<|begin_of_text|>",
@@ -75,25 +71,27 @@ def _train_tokenizer(vocab_size: int):
     )
 
 
-def build_tiny_llama4(folder: Path, max_context: int = 2048, seed: int = 0) -> Path:
+def build_tiny_llama4(folder: Path | str | None = None, max_context: int = 2048,
+                      seed: int = 0) -> Path:
     """Builds the tiny model and tokenizer into `folder` unless a current build is there.
 
     Args:
-        folder (Path): where save_pretrained writes (created if missing).
+        folder (Path | str | None, default ~/.cache/jobhive/tiny-llama4): where it lives.
         max_context (int, default 2048): the model's window in tokens (max_position_embeddings).
         seed (int, default 0): the seed of the random weights.
 
     Returns:
         Path: the folder, ready for from_pretrained.
     """
+    return ensure_built("llama4", VERSION, folder,
+                        lambda staging: _save_tiny_llama4(staging, max_context, seed),
+                        max_context=max_context, seed=seed)
+
+
+def _save_tiny_llama4(staging: Path, max_context: int, seed: int) -> None:
     import torch
     from transformers import Llama4ForCausalLM, Llama4TextConfig
 
-    stamp = folder / "jobhive-tiny.txt"
-    wanted = f"{VERSION} {max_context} {seed}"
-    if stamp.exists() and stamp.read_text() == wanted:
-        return folder
-    log.info("building the tiny random-weight Llama 4 in %s", folder)
     tokenizer = _train_tokenizer(vocab_size=600)
     tokenizer.model_max_length = max_context
     config = Llama4TextConfig(
@@ -118,11 +116,5 @@ def build_tiny_llama4(folder: Path, max_context: int = 2048, seed: int = 0) -> P
     torch.manual_seed(seed)
     model = Llama4ForCausalLM(config).to(torch.bfloat16)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
-
-    def save(staging: Path) -> None:
-        model.save_pretrained(staging)
-        tokenizer.save_pretrained(staging)
-        (staging / stamp.name).write_text(wanted)
-
-    # Saved beside the folder, then renamed: two workers starting at once never see half a model.
-    return publish_folder(folder, save, lambda: stamp.exists() and stamp.read_text() == wanted)
+    model.save_pretrained(staging)
+    tokenizer.save_pretrained(staging)

@@ -6,7 +6,7 @@ causal LM with a chat template (Llama 3.x...), in bf16 or 4-bit NF4 (bitsandbyte
 the host's GPUs with device_map. `--tiny` builds and serves a tiny random-weight Llama 4 offline.
 With `--index INDEX_DIR` the worker serves `rag_chat` instead: it retrieves sources for each
 chat's last user message from the index, puts them numbered in the system prompt and returns
-them with the answer (workers/rag.py).
+them with the answer (workers/rag/grounding.py).
 
 The jobs of a batch generate together in one loop of our own (left padding, one KV cache): each
 row samples with its own seed, temperature, top-k and top-p, stops on its own (end of turn, stop
@@ -26,9 +26,8 @@ from typing import Any
 
 import torch
 
-from workers import rag
-from workers.base import Job, ModelWorker, Progress
-from workers.tiny_llama4 import DEFAULT_DIR, build_tiny_llama4
+from workers.rag import grounding
+from workers.runtime.model import Job, ModelWorker, Progress
 
 log = logging.getLogger("jobhive.worker.llama4")
 
@@ -64,10 +63,34 @@ class Chat:
     finished_at: float | None = None
 
 
+@dataclass(frozen=True)
+class Llama4Settings:
+    """How the llama4 worker loads and serves its model (its command-line options).
+
+    Args:
+        model (Path): a Hugging Face checkpoint folder (with --tiny, the tiny build's).
+        tiny (bool): the model is the tiny random-weight build (its text is gibberish).
+        quantize (str): "none" or "4bit" (bitsandbytes NF4).
+        device (str): auto (device_map over the GPUs, else CPU), cuda, cuda:N or cpu.
+        dtype (str): bfloat16, float16 or float32.
+        max_context (int | None): most tokens of prompt plus reply; None: the model's window.
+        index (IndexOptions | None): serve rag_chat from this index; None: llama4_chat.
+    """
+
+    model: Path
+    tiny: bool = False
+    quantize: str = "none"
+    device: str = "auto"
+    dtype: str = "bfloat16"
+    max_context: int | None = None
+    index: grounding.IndexOptions | None = None
+
+
 class Llama4Worker(ModelWorker):
     """Chat with Llama 4 (or any chat model); several chats of a batch generate together."""
 
     job_type = "llama4_chat"
+    settings: Llama4Settings
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
@@ -76,8 +99,9 @@ class Llama4Worker(ModelWorker):
         parser.add_argument("--tiny", action="store_true",
                             help="build (once) and serve a tiny random-weight Llama 4: offline, "
                             "gibberish text; for tests and the demo")
-        parser.add_argument("--tiny-dir", type=Path, default=DEFAULT_DIR,
-                            help=f"where --tiny keeps its build (default {DEFAULT_DIR})")
+        parser.add_argument("--tiny-dir", type=Path, default=None,
+                            help="where --tiny keeps its build (default "
+                            "~/.cache/jobhive/tiny-llama4)")
         parser.add_argument("--quantize", choices=["none", "4bit"], default="none",
                             help="4bit: bitsandbytes NF4 with double quantization")
         parser.add_argument("--device", default="auto",
@@ -88,29 +112,39 @@ class Llama4Worker(ModelWorker):
         parser.add_argument("--max-context", type=int, default=None,
                             help="the most tokens of prompt plus reply (default: the model's "
                             "max_position_embeddings)")
-        rag.add_index_arguments(parser, required=False)
+        grounding.add_index_arguments(parser, required=False)
 
-    def __init__(self, args: argparse.Namespace) -> None:
-        super().__init__(args)
-        if bool(args.tiny) == bool(args.model):
-            raise SystemExit("jobhive-worker llama4: give either --model DIR or --tiny")
+    @classmethod
+    def settings_from(cls, args: argparse.Namespace) -> Llama4Settings:
+        if not args.model:  # with --tiny, jobhive-worker has built it and set --model
+            raise ValueError("give --model DIR (or --tiny)")
+        return Llama4Settings(
+            model=Path(args.model), tiny=args.tiny, quantize=args.quantize, device=args.device,
+            dtype=args.dtype, max_context=args.max_context,
+            index=grounding.IndexOptions.from_args(args),
+        )
+
+    def __init__(self, settings: Llama4Settings) -> None:
+        super().__init__(settings)
         self.model: Any = None
         self.tokenizer: Any = None
-        self.folder = args.tiny_dir if args.tiny else Path(args.model)
+        self.folder = settings.model
         self.max_context = 0
         self.eos_ids: set[int] = set()
         self.index: Any = None
-        if args.index:
-            self.job_type = "rag_chat"
+
+    @property
+    def serves(self) -> str:
+        return "rag_chat" if self.settings.index else self.job_type
 
     def info(self) -> dict[str, Any]:
         return {
-            "model": "tiny-llama4 (random weights)" if self.args.tiny else str(self.folder),
-            "quantize": self.args.quantize,
-            "dtype": self.args.dtype,
-            "device": str(getattr(self.model, "device", self.args.device)),
+            "model": "tiny-llama4 (random weights)" if self.settings.tiny else str(self.folder),
+            "quantize": self.settings.quantize,
+            "dtype": self.settings.dtype,
+            "device": str(getattr(self.model, "device", self.settings.device)),
             "max_context": self.max_context,
-            **({"index": str(self.args.index)} if self.args.index else {}),
+            **({"index": str(self.settings.index.index)} if self.settings.index else {}),
         }
 
     # ----- loading
@@ -118,9 +152,7 @@ class Llama4Worker(ModelWorker):
     def load(self) -> None:
         from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-        # 1. The folder: the tiny model is built (once) and then loaded like real weights.
-        if self.args.tiny:
-            build_tiny_llama4(self.folder)
+        # 1. The folder (--tiny: built by jobhive-worker first), loaded like real weights.
         config = AutoConfig.from_pretrained(self.folder)
         # 2. The tokenizer, which must bring a chat template.
         self.tokenizer = AutoTokenizer.from_pretrained(self.folder)
@@ -138,7 +170,7 @@ class Llama4Worker(ModelWorker):
         # 4. Limits and the tokens that end a turn.
         text_config = config.get_text_config()
         window = getattr(text_config, "max_position_embeddings", None) or 4096
-        self.max_context = min(self.args.max_context or window, window)
+        self.max_context = min(self.settings.max_context or window, window)
         eos = self.model.generation_config.eos_token_id
         self.eos_ids = {
             *(eos if isinstance(eos, list) else [eos] if eos is not None else []),
@@ -147,26 +179,27 @@ class Llama4Worker(ModelWorker):
         quantized = sum(type(m).__name__ == "Linear4bit" for m in self.model.modules())
         log.info(
             "llama4: %s from %s (%s%s, device %s, context %d tokens)%s",
-            type(self.model).__name__, self.folder, self.args.dtype,
+            type(self.model).__name__, self.folder, self.settings.dtype,
             f", 4-bit NF4 in {quantized} layers" if quantized else "", self.model.device,
-            self.max_context, "; tiny random weights: its text is gibberish" if self.args.tiny
+            self.max_context, "; tiny random weights: its text is gibberish" if self.settings.tiny
             else "",
         )
         # 5. For rag_chat, the index its sources come from.
-        if self.args.index:
-            self.index = rag.open_index(self.args)
-            log.info("llama4: rag_chat from index %s: %s", self.args.index, self.index.stats())
+        if self.settings.index:
+            self.index = grounding.open_index(self.settings.index)
+            log.info("llama4: rag_chat from index %s: %s", self.settings.index.index,
+                     self.index.stats())
 
     def _load_options(self) -> dict[str, Any]:
         """from_pretrained's keyword arguments for --dtype, --quantize and --device."""
-        dtype = getattr(torch, self.args.dtype)
-        device = self.args.device
+        dtype = getattr(torch, self.settings.dtype)
+        device = self.settings.device
         if device == "auto":
             device_map: Any = "auto" if torch.cuda.is_available() else {"": "cpu"}
         else:
             device_map = {"": device}
         options: dict[str, Any] = {"dtype": dtype, "device_map": device_map}
-        if self.args.quantize == "4bit":
+        if self.settings.quantize == "4bit":
             from transformers import BitsAndBytesConfig
 
             options["quantization_config"] = BitsAndBytesConfig(
@@ -219,14 +252,14 @@ class Llama4Worker(ModelWorker):
         messages = list(inputs["chat_context"])
         sources = None
         if self.index is not None:
-            question = rag.question_of(messages)
+            question = grounding.question_of(messages)
             if not question.strip():
                 raise InputError("`chat_context` needs a user message to find sources for")
             # Text passages only: the model reads text, so an image could be named, not seen.
             hits = self.index.search(text=question, top_k=int(inputs["num_sources"]),
                                      kinds=("text",))
-            sources = rag.sources_from(hits)
-            messages = rag.grounded_messages(messages, sources)
+            sources = grounding.sources_from(hits)
+            messages = grounding.grounded_messages(messages, sources)
         # rag_chat trims by default: its sources may fill the window of a small model.
         trim = bool(inputs.get("trim_context", sources is not None))
         prompt_ids = self.fit_context(messages, max_new_tokens, trim)
@@ -362,13 +395,16 @@ class Llama4Worker(ModelWorker):
     def outputs(self, chat: Chat, started: float) -> dict[str, Any]:
         """A finished chat's outputs."""
         elapsed_s = (chat.finished_at or time.monotonic()) - started
-        grounding = (
+        citations = (
             {}
             if chat.sources is None
-            else {"sources": chat.sources, "cited": rag.cited(chat.text, chat.sources)}
+            else {
+                "sources": chat.sources,
+                "cited": grounding.cited(chat.text, chat.sources),
+            }
         )
         return {
-            **grounding,
+            **citations,
             "text": chat.text,
             "prompt_tokens": len(chat.prompt_ids),
             "generated_tokens": len(chat.generated),

@@ -4,7 +4,7 @@
 library) in CLIP's format, builds a transformers CLIPModel from a tiny CLIPConfig (hidden size 32,
 2 layers, 32x32 images, 32-d projections) and a CLIPImageProcessor for 32x32 inputs, and saves all
 three with save_pretrained. The index then loads the folder through the same from_pretrained path
-as real CLIP weights (workers/rag_embed.py). Its embeddings are random projections: an image
+as real CLIP weights (workers/rag/embed.py). Its embeddings are random projections: an image
 finds itself, but "red sneakers" finds nothing in particular.
 
 Token ids come from tokenizer training and are not fixed: nothing should hard-code them. The
@@ -14,16 +14,12 @@ copy in INDEX_DIR/tiny-clip/.
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
-from workers.tiny_build import publish_folder
-from workers.tiny_sd3 import train_clip_tokenizer
+from workers.tiny.build import ensure_built
+from workers.tiny.sd3 import train_clip_tokenizer
 
-log = logging.getLogger("jobhive.rag")
-
-VERSION = "1"  # bump when what is built changes: an older folder is then rebuilt
-STAMP = "jobhive-tiny-clip.txt"
+VERSION = 1  # bump when what is built changes (workers/tiny/build.py: the one rule)
 IMAGE_SIZE = 32
 
 _CORPUS = (
@@ -37,7 +33,7 @@ _CORPUS = (
 
 def _image_processor():
     """CLIP's preprocessing (resize the short side, center crop, normalise) at IMAGE_SIZE."""
-    from workers.rag_embed import clip_image_processor_class
+    from workers.rag.embed import clip_image_processor_class
 
     return clip_image_processor_class()(
         size={"shortest_edge": IMAGE_SIZE},
@@ -59,14 +55,15 @@ def build_tiny_clip(folder: Path, seed: int = 0, projection_dim: int = 32) -> Pa
     Returns:
         Path: the folder, ready for CLIPModel / CLIPTokenizer / CLIPImageProcessor.from_pretrained.
     """
+    return ensure_built("clip", VERSION, folder,
+                        lambda staging: _save_tiny_clip(staging, seed, projection_dim),
+                        seed=seed, projection_dim=projection_dim)
+
+
+def _save_tiny_clip(staging: Path, seed: int, projection_dim: int) -> None:
     import torch
     from transformers import CLIPConfig, CLIPModel
 
-    wanted = f"{VERSION} {seed} {projection_dim}"
-    stamp = folder / STAMP
-    if stamp.exists() and stamp.read_text() == wanted:
-        return folder
-    log.info("building the tiny random-weight CLIP in %s", folder)
     tokenizer = train_clip_tokenizer([_CORPUS] * 8, vocab_size=500)
     config = CLIPConfig(
         text_config={
@@ -92,12 +89,6 @@ def build_tiny_clip(folder: Path, seed: int = 0, projection_dim: int = 32) -> Pa
     )
     torch.manual_seed(seed)
     model = CLIPModel(config)
-
-    def save(staging: Path) -> None:
-        model.save_pretrained(staging)
-        tokenizer.save_pretrained(staging)
-        _image_processor().save_pretrained(staging)
-        (staging / STAMP).write_text(wanted)
-
-    publish_folder(folder, save, lambda: stamp.exists() and stamp.read_text() == wanted)
-    return folder
+    model.save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
+    _image_processor().save_pretrained(staging)
