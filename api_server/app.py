@@ -8,6 +8,7 @@ import logging
 import math
 import os
 from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
 
 from aiohttp import web
 
@@ -19,12 +20,13 @@ from api_server.media_pool import MediaPool
 from api_server.openapi import OPENAPI_PATH, openapi_json
 from api_server.outputs import OutputFilter
 from api_server.ratelimit import RateLimiter, retry_after_header
-from api_server.routes import clients, jobs, pages, status, workers
+from api_server.routes import clients, files, jobs, pages, status, workers
 from api_server.state import (
     CALLER,
     CONFIG,
     CONNECTIONS,
     ENDPOINTS,
+    FILES,
     KEYS,
     MEDIA_POOL,
     OUTPUT_FILTER,
@@ -32,6 +34,7 @@ from api_server.state import (
     STORE,
 )
 from api_server.store import JobStore, Journal, SqliteJournal, StoreError, StoreUnavailable
+from api_server.store.files import FileStore
 
 log = logging.getLogger("jobhive.server")
 
@@ -91,6 +94,19 @@ def journal_for(store_url: str) -> Journal:
     raise ConfigError([f"store: {store_url!r} is not a store URL (use sqlite:PATH)"])
 
 
+def files_for(config: ServerConfig, own_journal: bool) -> FileStore:
+    """The output files' store: `[SERVER] files_dir`, else beside the SQLite file of
+    `config.store` (`PATH.files`); a temporary folder when the app was given a journal of
+    its own (a test's) and no files_dir."""
+    limits = (config.max_file_bytes, config.max_job_files_bytes)
+    if config.files_dir:
+        return FileStore(Path(config.files_dir), *limits)
+    path = sqlite_path(config.store)
+    if own_journal or path is None:
+        return FileStore.temporary(*limits)
+    return FileStore(path.with_name(path.name + ".files"), *limits)
+
+
 def create_app(
     config: ServerConfig, endpoints: Mapping[str, Endpoint], journal: Journal | None = None
 ) -> web.Application:
@@ -100,7 +116,8 @@ def create_app(
         config (ServerConfig): server settings (limits, store URL).
         endpoints (Mapping[str, Endpoint]): the loaded endpoint configs, by name.
         journal (Journal | None): the store's journal; None: the one `config.store` names
-            (tests pass a MemoryJournal).
+            (tests pass a MemoryJournal; its files are then kept in a temporary folder unless
+            `config.files_dir` names one).
 
     Returns:
         web.Application: ready for `web.run_app` or a test runner.
@@ -115,13 +132,15 @@ def create_app(
     app[CONFIG] = config
     app[ENDPOINTS] = dict(endpoints)
     app[STORE] = JobStore(app[ENDPOINTS], journal or journal_for(config.store))
+    app[FILES] = files_for(config, own_journal=journal is not None)
+    app[STORE].on_forget(app[FILES].delete_jobs)
     app[KEYS] = KeyBook(app[ENDPOINTS], config)
     app[OUTPUT_FILTER] = OutputFilter()
     app[RATE_LIMITER] = RateLimiter()
     app[MEDIA_POOL] = MediaPool(processes=min(4, os.cpu_count() or 1))
-    app.cleanup_ctx.extend([_media_pool, _store])
+    app.cleanup_ctx.extend([_media_pool, _store, _files])
     app.on_shutdown.append(_stop_waiting)
-    for module in (clients, jobs, workers, status):
+    for module in (clients, jobs, files, workers, status):
         app.add_routes(module.routes)
     app.router.add_get(OPENAPI_PATH, openapi_json)
     app.add_routes(pages.page_routes(app[ENDPOINTS]))
@@ -131,6 +150,14 @@ def create_app(
 async def _media_pool(app: web.Application) -> AsyncIterator[None]:
     yield
     app[MEDIA_POOL].close()
+
+
+async def _files(app: web.Application) -> AsyncIterator[None]:
+    """Reads the output files' records back once the store is open (removing the folders of
+    jobs it no longer knows); a temporary folder is removed at the end."""
+    await app[FILES].open(app[STORE].endpoints_of)
+    yield
+    await app[FILES].close()
 
 
 async def _stop_waiting(app: web.Application) -> None:

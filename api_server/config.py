@@ -64,6 +64,10 @@ class ServerConfig:
         max_connections (int): the most connections held open; fewer when the open-files limit
             (ulimit -n) is lower. Past it the longest-idle connection is closed for the new one,
             or the new one is refused when none is idle.
+        max_file_bytes (int): the largest output file a worker may upload (413 past it).
+        max_job_files_bytes (int): the most bytes of files one job may hold (413 past it).
+        files_dir (str): where output files are kept, one folder per job; "" (default): beside
+            the store's SQLite file, `PATH.files`.
     """
 
     host: str = "127.0.0.1"
@@ -84,6 +88,9 @@ class ServerConfig:
     header_timeout_s: float = 10.0
     body_timeout_s: float = 30.0
     max_connections: int = 4096
+    max_file_bytes: int = 64 * 1024 * 1024
+    max_job_files_bytes: int = 256 * 1024 * 1024
+    files_dir: str = ""
 
 
 @dataclass(frozen=True)
@@ -486,7 +493,8 @@ def _check_server(config: ServerConfig, where: str, problems: list[str]) -> None
         problems.append(f"{where}.store: must be sqlite:PATH (got {config.store!r})")
     for key in ("max_body_bytes", "worker_poll_max_s", "client_wait_max_s", "sweep_interval_s",
                 "worker_seen_ttl_s", "sse_keepalive_s", "keepalive_timeout_s", "header_timeout_s",
-                "body_timeout_s", "max_connections", "max_json_depth"):
+                "body_timeout_s", "max_connections", "max_json_depth", "max_file_bytes",
+                "max_job_files_bytes"):
         if getattr(config, key) <= 0:
             problems.append(f"{where}.{key}: must be greater than 0 (got {getattr(config, key)})")
     if "" in config.admin_keys:

@@ -100,8 +100,23 @@ _REPORT_PROPERTIES: dict[str, Any] = {
     },
 }
 
+_FILE_REF_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "description": "A file of a job's outputs (where a data URL used to be): download it "
+    "from `url` (with the job's key), or read the job with `?inline=1` for a data URL instead.",
+    "required": ["file", "url", "media_type", "bytes", "sha256"],
+    "properties": {
+        "file": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"},
+        "url": {"type": "string", "description": "`/api/v1/jobs/{job_id}/files/{file}`."},
+        "media_type": {"enum": sorted(protocol.FILE_MEDIA_TYPES)},
+        "bytes": {"type": "integer", "minimum": 0},
+        "sha256": {"type": "string", "description": "Hex SHA-256 of the bytes; the ETag."},
+    },
+}
+
 _SCHEMAS: dict[str, Any] = {
     "Error": _ERROR_SCHEMA,
+    "FileRef": _FILE_REF_SCHEMA,
     "Job": _JOB_SCHEMA,
     "EndpointSchema": {
         "type": "object",
@@ -274,17 +289,21 @@ _ERRORS: dict[str, tuple[str, dict[str, Any]]] = {
     "403": ("The key is valid, but not for this job.", {}),
     "404": ("No such endpoint or job (or its result expired).", {}),
     "409": ("A conflict: the job_id names another job, or the lease is no longer held.", {}),
-    "413": ("The request body is larger than the endpoint's or the server's limit.", {}),
-    "415": ("The request body is not JSON.", {}),
+    "413": ("The request body (or file) is larger than the endpoint's or the server's limit.",
+            {}),
+    "415": ("The request body is not JSON (a file upload: not a media type it takes).", {}),
+    "416": ("The Range asked for lies outside the file (Content-Range gives its length).", {}),
     "429": ("Too many submissions, or the queue is full.", {"Retry-After": _RETRY_AFTER}),
     "503": ("The store cannot take writes now; try again later.", {"Retry-After": _RETRY_AFTER}),
-    "507": ("The store's disk is full.", {}),
+    "507": ("The store's disk is full.", {"Retry-After": _RETRY_AFTER}),
 }
+_NO_BODY = ("416",)  # (aiohttp's file response answers these without a JSON body)
 _RESPONSES: dict[str, Any] = {
     f"Error{status}": {
         "description": text,
         **({"headers": headers} if headers else {}),
-        "content": {"application/json": {"schema": _ref("schemas", "Error")}},
+        **({} if status in _NO_BODY else {
+            "content": {"application/json": {"schema": _ref("schemas", "Error")}}}),
     }
     for status, (text, headers) in _ERRORS.items()
 }
@@ -335,6 +354,26 @@ _SINCE = {
     "description": "With `wait`: wait for a version past this one (default: the version now).",
     "schema": {"type": "integer", "minimum": 0},
 }
+_INLINE = {
+    "name": protocol.INLINE_PARAM,
+    "in": "query",
+    "required": False,
+    "description": "1: each file reference in the outputs comes as its data URL instead.",
+    "schema": {"enum": ["0", "1"], "default": "0"},
+}
+_LEASE = {
+    "name": protocol.LEASE_PARAM,
+    "in": "query",
+    "required": True,
+    "description": "The job's current lease (from its grant).",
+    "schema": {"type": "string", "minLength": 1, "maxLength": 128},
+}
+_FILE_HEADERS = [
+    {"name": "Range", "in": "header", "required": False, "schema": {"type": "string"},
+     "description": "`bytes=START-END`: part of the file (206), or 416 outside it."},
+    {"name": "If-None-Match", "in": "header", "required": False, "schema": {"type": "string"},
+     "description": "The ETag (`\"SHA256\"`) held: 304 when the file is still that."},
+]
 _LAST_EVENT_ID = {
     "name": "Last-Event-ID",
     "in": "header",
@@ -393,7 +432,7 @@ def _operations(wait_max_s: float) -> dict[tuple[str, str], dict[str, Any]]:
             "responses": {"200": _json(_ref("schemas", "EndpointSchema")), "404": None},
         },
         ("POST", SUBMIT_PATH): {
-            "parameters": [_wait_parameter(wait_max_s, "until the job finishes")],
+            "parameters": [_wait_parameter(wait_max_s, "until the job finishes"), _INLINE],
             "responses": {
                 "200": _json(
                     _ref("schemas", "Job"),
@@ -405,7 +444,7 @@ def _operations(wait_max_s: float) -> dict[tuple[str, str], dict[str, Any]]:
         },
         ("GET", "/api/v1/jobs/{job_id}"): {
             "security": _KEY_IF_ASKED,
-            "parameters": [_wait_parameter(wait_max_s, "until the job changes"), _SINCE],
+            "parameters": [_wait_parameter(wait_max_s, "until the job changes"), _SINCE, _INLINE],
             "responses": {"200": job, **dict.fromkeys(["400", *job_errors])},
         },
         ("DELETE", "/api/v1/jobs/{job_id}"): {
@@ -417,7 +456,7 @@ def _operations(wait_max_s: float) -> dict[tuple[str, str], dict[str, Any]]:
         },
         ("GET", "/api/v1/jobs/{job_id}/events"): {
             "security": _KEY_IF_ASKED,
-            "parameters": [_LAST_EVENT_ID],
+            "parameters": [_LAST_EVENT_ID, _INLINE],
             "responses": {
                 "200": {
                     "description": "Events `queued`, `progress`, then `result` or `error`; each "
@@ -425,6 +464,36 @@ def _operations(wait_max_s: float) -> dict[tuple[str, str], dict[str, Any]]:
                     "content": {"text/event-stream": {"schema": {"type": "string"}}},
                 },
                 **dict.fromkeys(job_errors),
+            },
+        },
+        ("GET", protocol.JOB_FILE_ROUTE): {
+            "security": _KEY_IF_ASKED,
+            "parameters": _FILE_HEADERS,
+            "responses": {
+                "200": {
+                    "description": "The file's bytes, of its media type (ETag: its SHA-256).",
+                    "content": {"*/*": {"schema": {"type": "string", "format": "binary"}}},
+                },
+                "206": {"description": "The part of the file the Range asked for."},
+                "304": {"description": "Not modified: the If-None-Match ETag is the file's."},
+                **dict.fromkeys([*job_errors, "416"]),
+            },
+        },
+        ("PUT", protocol.WORKER_JOB_FILE_ROUTE): {
+            "security": _KEY,
+            "parameters": [_LEASE],
+            "requestBody": {
+                "required": True,
+                "description": "The file's raw bytes; Content-Type its media type.",
+                "content": {
+                    media_type: {"schema": {"type": "string", "format": "binary"}}
+                    for media_type in sorted(protocol.FILE_MEDIA_TYPES)
+                },
+            },
+            "responses": {
+                "200": _json(_ref("schemas", "FileRef"), "Stored (durable): its reference."),
+                **dict.fromkeys(["400", "401", "403", "404", "409", "413", "415",
+                                 *store_errors]),
             },
         },
         ("POST", "/api/v1/worker/jobs"): {
@@ -601,13 +670,23 @@ def inputs_schema(endpoint: Endpoint) -> dict[str, Any]:
 
 
 def outputs_schema(specs: Mapping[str, Any]) -> dict[str, Any]:
-    """The (open) object schema of a job's outputs or progress outputs."""
+    """The (open) object schema of a job's outputs or progress outputs: a media output is a
+    file reference, or a data URL (older workers, or `?inline=1`)."""
     return {
         "type": "object",
-        "properties": {
-            name: field_schema({**spec.schema(), "required": False}) for name, spec in specs.items()
-        },
+        "properties": {name: _output_schema(spec.schema()) for name, spec in specs.items()},
     }
+
+
+def _output_schema(spec_json: Mapping[str, Any]) -> dict[str, Any]:
+    schema = field_schema({**spec_json, "required": False})  # {"anyOf": [it, null]}
+    kind = spec_json.get("type")
+    if kind in ("image", "audio"):
+        schema["anyOf"][0] = {"anyOf": [_ref("schemas", "FileRef"), schema["anyOf"][0]]}
+    elif kind == "image_list":
+        items = schema["anyOf"][0]["items"]
+        schema["anyOf"][0]["items"] = {"anyOf": [_ref("schemas", "FileRef"), items]}
+    return schema
 
 
 def submit_body_schema(endpoint: Endpoint) -> dict[str, Any]:

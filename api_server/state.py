@@ -14,10 +14,12 @@ from api_server.media_pool import MediaPool
 from api_server.outputs import OutputFilter
 from api_server.ratelimit import RateLimiter
 from api_server.store import JobStore
+from api_server.store.files import FileStore
 
 CONFIG = web.AppKey("config", ServerConfig)
 ENDPOINTS = web.AppKey("endpoints", Mapping[str, Endpoint])
 STORE = web.AppKey("store", JobStore)
+FILES = web.AppKey("files", FileStore)  # the jobs' output files (uploaded by workers)
 KEYS = web.AppKey("keys", KeyBook)
 CONNECTIONS = web.AppKey("connections", ConnectionGuard)  # cap and timeouts of the sockets
 RATE_LIMITER = web.AppKey("rate_limiter", RateLimiter)

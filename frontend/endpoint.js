@@ -41,6 +41,7 @@ function build(schema) {
   const resultCard = el("section", {className: "card", hidden: true}, el("h2", {}, "Result"), outputs);
   const key = keyNote(schema);
   let active = null; // {controller, job} while a job runs
+  const fileUrls = []; // blob: URLs of the file outputs shown (keyed endpoints), see below
 
   page.replaceChildren(
     el(
@@ -78,6 +79,12 @@ function build(schema) {
     }
     active = {controller: new AbortController(), job: null};
     const {signal} = active.controller;
+    // File outputs: on a keyed endpoint fetched with the key into blob: URLs (an <img> cannot
+    // send it), kept until the next job; on an open one shown from their own URLs.
+    for (const url of fileUrls.splice(0)) URL.revokeObjectURL(url);
+    const withFiles = (values) =>
+      jobhive.withFileUrls(values, {endpoint: schema.name, signal, urls: fileUrls});
+    let shown = 0; // progress renders begun: one that resolves late is not drawn over a newer
     setBusy(true);
     status.reset();
     progressOutputs.replaceChildren();
@@ -97,18 +104,22 @@ function build(schema) {
           transport.textContent = name === "sse" ? "" : "(polling)";
           status.element.dataset.transport = name;
         },
-        onUpdate: (update) => {
+        onUpdate: async (update) => {
           status.update(update);
-          renderOutputs(progressOutputs, schema.progress_outputs, update.progress_outputs, {
-            downloads: false,
-          });
           form.progress(update);
+          const render = ++shown;
+          const values = await withFiles(update.progress_outputs).catch(() => null);
+          if (render === shown && !signal.aborted) {
+            renderOutputs(progressOutputs, schema.progress_outputs, values, {downloads: false});
+          }
         },
       });
       form.finish(final);
       if (final.status === "done") {
+        const values = await withFiles(final.outputs);
+        shown++; // (a progress render still under way draws nothing now)
         progressOutputs.replaceChildren();
-        renderOutputs(outputs, schema.outputs, final.outputs, {prefix: `${schema.name}-`});
+        renderOutputs(outputs, schema.outputs, values, {prefix: `${schema.name}-`});
         resultCard.hidden = false;
       } else if (final.status === "failed") {
         banner.show(final.error || "the job failed");

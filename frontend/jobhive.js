@@ -53,6 +53,19 @@
  *                                         says which is used; transport: "auto" | "sse" | "poll"
  *   cancel(job, {signal})                the job after the cancel (DELETE /api/v1/jobs/{id})
  *   readFileAsDataURL(file)              "data:image/png;base64,..." of a File or Blob
+ *   isFileRef(value)                     (not a Promise) whether an output value is a file
+ *                                         reference {file, url, media_type, bytes, sha256}:
+ *                                         images, audio and video outputs come as these (data
+ *                                         URLs from older workers, or with ?inline=1)
+ *   withFileUrls(outputs, {endpoint, signal, urls})
+ *                                        the outputs with each file reference (a value, or an
+ *                                         item of a list) given `src`: a URL for <img src>,
+ *                                         <audio src> and download links. On an open endpoint
+ *                                         that is the file's own URL; where the endpoint has a
+ *                                         key (which an <img> cannot send) the file is fetched
+ *                                         with it into a blob: URL, pushed onto `urls` so that
+ *                                         the caller can revoke it. Data URLs pass as they are.
+ *   downloadFile(job, name, {endpoint, signal})   a file of the job's outputs as a Blob
  *   getKey(endpoint), setKey(endpoint, key), forgetKey(endpoint)     (not Promises)
  *   askKey(endpoint, {message})          asks for a client key in a <dialog>, keeps it, and
  *                                         returns it (null if the user cancels)
@@ -516,6 +529,58 @@ async function followPolls(follower, last) {
 }
 
 // ----- files
+
+export function isFileRef(value) {
+  return value !== null && typeof value === "object" && !Array.isArray(value) &&
+    typeof value.file === "string" && typeof value.url === "string";
+}
+
+/** Fetches a path (a file's URL) with the endpoint's key; resolves to its Blob. */
+async function fetchBlob(path, {endpoint = null, signal} = {}) {
+  const headers = {};
+  const key = keyOf(endpoint);
+  if (key) headers.Authorization = `Bearer ${key}`;
+  let response;
+  try {
+    response = await fetch(path, {signal, headers});
+  } catch (e) {
+    if (e.name === "AbortError") throw e;
+    throw new JobhiveError(0, `cannot reach the server (${e.message})`);
+  }
+  if (!response.ok) {
+    let data = null;
+    try {
+      data = await response.json();
+    } catch {
+      data = null;
+    }
+    throw errorOf(response, data);
+  }
+  return response.blob();
+}
+
+export async function downloadFile(job, name, options = {}) {
+  const {id, endpoint} = jobRef(job, options);
+  const path = `${API}/jobs/${encodeURIComponent(id)}/files/${encodeURIComponent(name)}`;
+  return withKey(endpoint, () => fetchBlob(path, {endpoint, signal: options.signal}));
+}
+
+export async function withFileUrls(outputs, {endpoint = null, signal, urls = null} = {}) {
+  if (!outputs || typeof outputs !== "object") return outputs;
+  const keyed = Boolean(keyOf(endpoint));
+  const one = async (value) => {
+    if (!isFileRef(value)) return value;
+    if (!keyed) return {...value, src: value.url}; // same origin: the browser fetches it
+    const src = URL.createObjectURL(await fetchBlob(value.url, {endpoint, signal}));
+    urls?.push(src);
+    return {...value, src};
+  };
+  const entries = await Promise.all(Object.entries(outputs).map(async ([name, value]) => [
+    name,
+    Array.isArray(value) ? await Promise.all(value.map(one)) : await one(value),
+  ]));
+  return Object.fromEntries(entries);
+}
 
 export function readFileAsDataURL(file) {
   return new Promise((resolve, reject) => {

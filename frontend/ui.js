@@ -14,7 +14,12 @@
  *                                          draws a job's outputs (or progress outputs) by their
  *                                          field type: image and image_list as a gallery with
  *                                          download links, audio as a player, string as text,
- *                                          numbers and booleans as values, the rest as JSON
+ *                                          numbers and booleans as values, the rest as JSON.
+ *                                          A media value is a data URL or a file reference
+ *                                          (given its `src` by jobhive.withFileUrls first where
+ *                                          the endpoint has a key; else its own url is used)
+ *   mediaOf(value, urls)                   {src, mime, href(), name} of a data URL or a file
+ *                                          reference, else null
  *   showFieldErrors(root, fields)          puts each server message next to the field whose
  *                                          element has data-field="NAME" (aria-invalid on its
  *                                          control); returns the messages it found no field for
@@ -42,7 +47,7 @@
  * keyNote and workersNote read the key store and /api/v1/endpoints through jobhive.js.
  */
 
-import {forgetKey, getKey, listEndpoints} from "./jobhive.js";
+import {forgetKey, getKey, isFileRef, listEndpoints} from "./jobhive.js";
 
 const WORKERS_REFRESH_MS = 5000;
 
@@ -241,6 +246,7 @@ const EXTENSIONS = {
   "audio/mpeg": "mp3",
   "audio/ogg": "ogg",
   "audio/flac": "flac",
+  "video/mp4": "mp4",
 };
 
 function mimeOf(dataUrl) {
@@ -264,7 +270,12 @@ function guessType(value) {
   if (typeof value === "string") {
     if (value.startsWith("data:image/")) return "image";
     if (value.startsWith("data:audio/")) return "audio";
+    if (value.startsWith("data:video/")) return "video";
     return "string";
+  }
+  if (isFileRef(value)) {
+    const kind = String(value.media_type).split("/")[0];
+    return ["image", "audio", "video"].includes(kind) ? kind : "file";
   }
   if (typeof value === "number") return Number.isInteger(value) ? "integer" : "float";
   if (typeof value === "boolean") return "boolean";
@@ -278,11 +289,25 @@ function isDataUrl(value) {
   return typeof value === "string" && value.startsWith("data:");
 }
 
-function imageFigure(src, {download, filename, urls, alt}) {
-  const figure = el("figure", {}, el("img", {src, alt, loading: "lazy"}));
+/** A media value as {src, mime, href(), name}: a data URL (its download link a blob URL made
+ * when asked, pushed onto urls), or a file reference (src: the `src` jobhive.withFileUrls gave
+ * it, else its own url; name: its file name); null for anything else. */
+export function mediaOf(value, urls = null) {
+  if (isDataUrl(value)) {
+    return {src: value, mime: mimeOf(value), href: () => blobUrl(value, urls), name: ""};
+  }
+  if (isFileRef(value)) {
+    const src = value.src || value.url;
+    return {src, mime: value.media_type, href: () => src, name: value.file};
+  }
+  return null;
+}
+
+function imageFigure(media, {download, filename, alt}) {
+  const figure = el("figure", {}, el("img", {src: media.src, alt, loading: "lazy"}));
   if (download) {
     figure.append(
-      el("figcaption", {}, el("a", {href: blobUrl(src, urls), download: filename}, "Download")),
+      el("figcaption", {}, el("a", {href: media.href(), download: filename}, "Download")),
     );
   }
   return figure;
@@ -290,29 +315,34 @@ function imageFigure(src, {download, filename, urls, alt}) {
 
 function renderValue(name, type, value, options) {
   const {downloads, prefix, urls} = options;
-  const filename = (i, src) => `${prefix}${name}${i === null ? "" : `-${i + 1}`}.${EXTENSIONS[mimeOf(src)] || "bin"}`;
+  const filename = (i, media) => `${prefix}${name}${i === null ? "" : `-${i + 1}`}.${EXTENSIONS[media.mime] || media.name.split(".").pop() || "bin"}`;
   if (value === null || value === undefined) return el("span", {className: "muted"}, "none");
-  if (type === "image" && isDataUrl(value)) {
-    if (!downloads) return el("img", {className: "preview", src: value, alt: name});
+  const media = mediaOf(value, urls);
+  if (type === "image" && media) {
+    if (!downloads) return el("img", {className: "preview", src: media.src, alt: name});
     return el("div", {className: "gallery"},
-      imageFigure(value, {download: true, filename: filename(null, value), urls, alt: name}));
+      imageFigure(media, {download: true, filename: filename(null, media), alt: name}));
   }
-  if (type === "image_list" && Array.isArray(value) && value.every(isDataUrl)) {
+  const items = Array.isArray(value) ? value.map((v) => mediaOf(v, urls)) : [];
+  if (type === "image_list" && items.length === value.length && items.every(Boolean)) {
     return el(
       "div",
       {className: "gallery"},
-      value.map((src, i) =>
-        imageFigure(src, {download: downloads, filename: filename(i, src), urls, alt: `${name} ${i + 1}`}),
+      items.map((m, i) =>
+        imageFigure(m, {download: downloads, filename: filename(i, m), alt: `${name} ${i + 1}`}),
       ),
     );
   }
-  if (type === "audio" && isDataUrl(value)) {
+  if ((type === "audio" || type === "video") && media) {
     return el(
       "div",
       {},
-      el("audio", {controls: true, src: value}),
-      downloads ? el("a", {href: blobUrl(value, urls), download: filename(null, value)}, "Download") : null,
+      el(type, {controls: true, src: media.src}),
+      downloads ? el("a", {href: media.href(), download: filename(null, media)}, "Download") : null,
     );
+  }
+  if (type === "file" && media) {
+    return el("a", {href: media.href(), download: filename(null, media)}, `Download ${media.name}`);
   }
   if (type === "string" && typeof value === "string") return el("p", {className: "text"}, value);
   if (["integer", "float", "boolean"].includes(type) && typeof value !== "object") {

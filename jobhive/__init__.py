@@ -6,7 +6,16 @@
         outputs = client.result(client.submit("echo", {"text": "hi"}))
 """
 
-from jobhive.client import AsyncClient, Client, Event, Job, backoff_delay_s, new_job_id
+from jobhive.client import (
+    AsyncClient,
+    AsyncFile,
+    Client,
+    Event,
+    File,
+    Job,
+    backoff_delay_s,
+    new_job_id,
+)
 from jobhive.errors import (
     ApiError,
     AuthError,
@@ -25,11 +34,13 @@ from jobhive.errors import (
 __all__ = [
     "ApiError",
     "AsyncClient",
+    "AsyncFile",
     "AuthError",
     "Client",
     "ConflictError",
     "ConnectionFailed",
     "Event",
+    "File",
     "Job",
     "JobCanceled",
     "JobFailed",

@@ -7,6 +7,9 @@ stderr; Ctrl-C cancels the job and exits 130.
 A value is read as JSON when it parses (`steps=4`, `delay_s=0.5`, `tags='["a","b"]'`) and as a
 string otherwise (`text=hello`; quote a string that looks like JSON: `text='"42"'`);
 `image=@cat.png` sends the file as a data URL.
+
+A file output (an image, audio) prints as its reference, with the URL to download it from;
+`--save DIR` downloads each into DIR and prints its path instead; `--inline` prints data URLs.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from jobhive.client import DEFAULT_SERVER_URL, Client, Job, new_job_id
+from jobhive.client import DEFAULT_SERVER_URL, Client, File, Job, new_job_id
 from jobhive.errors import JobhiveError
 
 
@@ -44,6 +47,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--key", default=os.environ.get("JOBHIVE_KEY"), help="client key (default $JOBHIVE_KEY)"
     )
+    files = parser.add_mutually_exclusive_group()
+    files.add_argument("--save", metavar="DIR", type=Path,
+                       help="download file outputs into DIR and print their paths")
+    files.add_argument("--inline", action="store_true",
+                       help="print file outputs as data URLs (the whole file in the JSON)")
     return parser.parse_args(argv)
 
 
@@ -96,6 +104,18 @@ def follow(client: Client, job: Job) -> Job:
     return job
 
 
+def save_files(outputs: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """The outputs with each File downloaded into folder (under its name) and replaced by the
+    path written."""
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def one(value: Any) -> Any:
+        return str(value.save(folder / value.name)) if isinstance(value, File) else value
+
+    return {key: [one(v) for v in value] if isinstance(value, list) else one(value)
+            for key, value in outputs.items()}
+
+
 def _state(job: Job) -> str:
     if job.status == "queued" and job.queue_position:
         return f"queued, {job.queue_position} ahead"
@@ -114,7 +134,9 @@ def main(argv: list[str] | None = None) -> int:
     with Client(args.server, args.key) as client:
         try:
             job = client.submit(args.endpoint, inputs, job_id=job_id)
-            outputs = client.result(follow(client, job))
+            outputs = client.result(follow(client, job), inline=args.inline)
+            if args.save is not None:
+                outputs = save_files(outputs, args.save)
         except KeyboardInterrupt:
             with contextlib.suppress(JobhiveError):
                 client.cancel(job_id)
@@ -123,5 +145,14 @@ def main(argv: list[str] | None = None) -> int:
         except JobhiveError as e:
             print(f"jobhive: {e}", file=sys.stderr)
             return 1
-    print(json.dumps(outputs, indent=2, ensure_ascii=False))
+        except OSError as e:  # --save could not write
+            print(f"jobhive: {e}", file=sys.stderr)
+            return 1
+
+    def reference(file: object) -> Any:  # a File prints as its reference, URL made whole
+        if not isinstance(file, File):
+            raise TypeError(f"{type(file).__name__} is not JSON")
+        return {**file.to_json(), "url": args.server.rstrip("/") + file.url}
+
+    print(json.dumps(outputs, indent=2, ensure_ascii=False, default=reference))
     return 0

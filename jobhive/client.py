@@ -8,6 +8,7 @@
 
     with Client("http://127.0.0.1:7777") as client:
         outputs = client.result(client.submit("echo", {"text": "hi"}))
+        outputs["image"].save("out.png")  # a file output: a `File` (`AsyncFile` above)
 
 Every request is safe to repeat (submit sends a job_id of its own making, so a repeat finds the
 job the first try made), so connection errors and 502/503/504 are retried with backoff.
@@ -22,8 +23,9 @@ import itertools
 import logging
 import random
 import threading
-from collections.abc import AsyncIterator, Coroutine, Iterator
-from dataclasses import dataclass, fields
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any, TypeVar
 
 import aiohttp
@@ -35,9 +37,14 @@ from jobhive.protocol import (
     EVENT_OF_STATUS,
     EVENT_PROGRESS,
     FINISHED_STATUSES,
+    INLINE_PARAM,
+    FileRef,
     JobStatus,
+    ProtocolError,
     endpoint_path,
     events_path,
+    is_file_ref,
+    job_file_path,
     job_path,
     new_job_id,
     submit_path,
@@ -91,6 +98,101 @@ class Event:
 
     event: str
     job: Job
+
+
+@dataclass(frozen=True, slots=True)
+class AsyncFile:
+    """A file of a job's outputs, as `AsyncClient.result` returns it in place of its reference
+    (images, audio, video: the server keeps them as files, not base64 in the JSON).
+
+    Attributes:
+        name (str): its name within the job, e.g. "image-0.png" (what `download` takes).
+        media_type (str): its Content-Type, e.g. "image/png".
+        url (str): where the server serves it (a path on the server).
+        size (int): its length in bytes.
+        sha256 (str): the hex SHA-256 of its bytes.
+    """
+
+    name: str
+    media_type: str
+    url: str
+    size: int
+    sha256: str
+    _client: AsyncClient = field(repr=False, compare=False)
+
+    async def read(self) -> bytes:
+        """The file's bytes (downloaded with the client's key)."""
+        return await self._client._request("GET", self.url, raw=True)
+
+    async def save(self, path: str | Path) -> Path:
+        """Downloads the file to `path` (a file; replaced if there); returns the path."""
+        return await _write(Path(path), await self.read())
+
+    def to_json(self) -> dict[str, Any]:
+        """The file reference as the server sent it."""
+        return FileRef(self.name, self.url, self.media_type, self.size, self.sha256).to_json()
+
+
+@dataclass(frozen=True, slots=True)
+class File:
+    """A file of a job's outputs, as `Client.result` returns it: AsyncFile's attributes, with
+    `read()` and `save(path)` that block."""
+
+    name: str
+    media_type: str
+    url: str
+    size: int
+    sha256: str
+    _client: Client = field(repr=False, compare=False)
+
+    def read(self) -> bytes:
+        """The file's bytes (downloaded with the client's key)."""
+        return self._client._call(self._client._client._request("GET", self.url, raw=True))
+
+    def save(self, path: str | Path) -> Path:
+        """Downloads the file to `path` (a file; replaced if there); returns the path."""
+        path = Path(path)
+        path.write_bytes(self.read())
+        return path
+
+    def to_json(self) -> dict[str, Any]:
+        """The file reference as the server sent it."""
+        return FileRef(self.name, self.url, self.media_type, self.size, self.sha256).to_json()
+
+
+async def _write(path: Path, data: bytes) -> Path:
+    await asyncio.to_thread(path.write_bytes, data)
+    return path
+
+
+def _outputs_of(finished: Job, make_file: Callable[[FileRef], Any]) -> dict[str, Any]:
+    """A finished job's outputs, file references made into files; raises if it did not end
+    done (JobFailed, JobCanceled)."""
+    if finished.status == JobStatus.FAILED:
+        raise JobFailed(finished)
+    if finished.status == JobStatus.CANCELED:
+        raise JobCanceled(finished)
+    return _with_files(finished.outputs or {}, make_file)
+
+
+def _with_files(outputs: dict[str, Any], make: Callable[[FileRef], Any]) -> dict[str, Any]:
+    """The outputs with each file reference (a value, or an item of a list value) made into
+    `make(ref)`; anything else (data URLs too) as it is."""
+
+    def one(value: Any) -> Any:
+        if not is_file_ref(value):
+            return value
+        try:
+            return make(FileRef.from_json(value))
+        except ProtocolError:  # not a reference after all: the value as it came
+            return value
+
+    return {key: [one(v) for v in value] if isinstance(value, list) else one(value)
+            for key, value in outputs.items()}
+
+
+def _file_name(file: str | AsyncFile | File) -> str:
+    return file.name if isinstance(file, AsyncFile | File) else file
 
 
 def backoff_delay_s(attempt: int, base_s: float, max_s: float) -> float:
@@ -220,12 +322,14 @@ class AsyncClient:
         body: dict[str, Any] | None = None,
         params: dict[str, str] | None = None,
         wait_s: float = 0.0,
+        raw: bool = False,
     ) -> Any:
-        """Sends a request, retrying connection errors and 502/503/504; returns the JSON reply.
+        """Sends a request, retrying connection errors and 502/503/504; returns the JSON reply
+        (with `raw`, the body's bytes). `path` may also be a whole URL.
 
         Raises ConnectionFailed when the retries run out, an ApiError for an error status.
         """
-        url = self.server_url + path
+        url = path if path.startswith(("http://", "https://")) else self.server_url + path
         data = orjson.dumps(body) if body is not None else None
         headers = {"Content-Type": "application/json"} if data is not None else None
         timeout = aiohttp.ClientTimeout(total=self.timeout_s + wait_s)
@@ -237,6 +341,8 @@ class AsyncClient:
                 async with self._open_session().request(
                     method, url, data=payload, params=params, headers=headers, timeout=timeout
                 ) as response:
+                    if raw and response.status < 400:
+                        return await response.read()
                     reply = await _decode(response)
                     if response.status < 400:
                         return reply
@@ -299,7 +405,14 @@ class AsyncClient:
             )
         )
 
-    async def get(self, job: str | Job, *, wait_s: float = 0.0, since: int | None = None) -> Job:
+    async def get(
+        self,
+        job: str | Job,
+        *,
+        wait_s: float = 0.0,
+        since: int | None = None,
+        inline: bool = False,
+    ) -> Job:
         """The job's current state.
 
         Args:
@@ -308,24 +421,30 @@ class AsyncClient:
                 default 0.
             since (int | None): with wait_s, wait for a version past this one; default the
                 version the server has now.
+            inline (bool): file outputs as data URLs instead of file references; default False.
 
         Returns:
-            Job: the job.
+            Job: the job (its outputs as JSON: a file output is its reference, a dict).
         """
         params = {}
         if wait_s:
             params["wait"] = f"{wait_s:g}"
         if since is not None:
             params["since"] = str(since)
+        if inline:
+            params[INLINE_PARAM] = "1"
         path = job_path(_job_id(job))
         return Job.from_json(await self._request("GET", path, params=params, wait_s=wait_s))
 
-    async def wait(self, job: str | Job, timeout_s: float | None = None) -> Job:
+    async def wait(
+        self, job: str | Job, timeout_s: float | None = None, *, inline: bool = False
+    ) -> Job:
         """Waits (by long-polling) until the job is done, failed or canceled.
 
         Args:
             job (str | Job): the job or its id.
             timeout_s (float | None): give up after this many seconds; default None (never).
+            inline (bool): file outputs as data URLs (see `get`); default False.
 
         Returns:
             Job: the finished job, whatever its status.
@@ -335,35 +454,64 @@ class AsyncClient:
         """
         loop = asyncio.get_running_loop()
         deadline = None if timeout_s is None else loop.time() + timeout_s
-        current = job if isinstance(job, Job) and job.finished else await self.get(job)
+        if isinstance(job, Job) and job.finished and not inline:
+            current = job  # (inline: read again, for the data URLs)
+        else:
+            current = await self.get(job, inline=inline)
         while not current.finished:
             wait_s = LONG_POLL_S if deadline is None else min(LONG_POLL_S, deadline - loop.time())
             if wait_s <= 0:
                 raise WaitTimeout(current, timeout_s or 0.0)
-            current = await self.get(current.job_id, wait_s=wait_s, since=current.version)
+            current = await self.get(current.job_id, wait_s=wait_s, since=current.version,
+                                     inline=inline)
         return current
 
-    async def result(self, job: str | Job, timeout_s: float | None = None) -> dict[str, Any]:
+    async def result(
+        self, job: str | Job, timeout_s: float | None = None, *, inline: bool = False
+    ) -> dict[str, Any]:
         """Waits for the job and returns its outputs.
 
         Args:
             job (str | Job): the job or its id.
             timeout_s (float | None): give up after this many seconds; default None (never).
+            inline (bool): file outputs as data URLs (strings, as before files) instead of
+                AsyncFile objects; default False.
 
         Returns:
-            dict[str, Any]: the job's outputs.
+            dict[str, Any]: the job's outputs; each file output (or item of a list output)
+            an AsyncFile, whose `read()` and `save(path)` download it.
 
         Raises:
             JobFailed: the job failed (`.job.error` says why).
             JobCanceled: the job was canceled.
             WaitTimeout: timeout_s passed first.
         """
-        finished = await self.wait(job, timeout_s)
-        if finished.status == JobStatus.FAILED:
-            raise JobFailed(finished)
-        if finished.status == JobStatus.CANCELED:
-            raise JobCanceled(finished)
-        return finished.outputs or {}
+        return _outputs_of(await self.wait(job, timeout_s, inline=inline), self._file)
+
+    def _file(self, ref: FileRef) -> AsyncFile:
+        return AsyncFile(ref.file, ref.media_type, ref.url, ref.size, ref.sha256, self)
+
+    async def download(
+        self, job: str | Job, name: str | AsyncFile | File, path: str | Path | None = None
+    ) -> bytes | Path:
+        """One file of a job's outputs.
+
+        Args:
+            job (str | Job): the job or its id.
+            name (str | AsyncFile | File): the file's name within the job, as its reference
+                has it (`"file"`, e.g. "image-0.png"; not the output's key), or the file.
+            path (str | Path | None): write it to this file and return the path; default
+                None: return its bytes.
+
+        Returns:
+            bytes | Path: its bytes, or the path written.
+
+        Raises:
+            NotFoundError: no such job, or the job has no such file.
+        """
+        data = await self._request("GET", job_file_path(_job_id(job), _file_name(name)),
+                                   raw=True)
+        return data if path is None else await _write(Path(path), data)
 
     async def cancel(self, job: str | Job) -> Job:
         """Cancels the job: a queued job leaves the queue, a running one stops at its next
@@ -377,7 +525,9 @@ class AsyncClient:
         """
         return Job.from_json(await self._request("DELETE", job_path(_job_id(job))))
 
-    async def stream(self, job: str | Job, *, sse: bool = True) -> AsyncIterator[Event]:
+    async def stream(
+        self, job: str | Job, *, sse: bool = True, inline: bool = False
+    ) -> AsyncIterator[Event]:
         """The job's events as they happen, ending after `result` or `error`.
 
         Uses Server-Sent Events, reconnecting with Last-Event-ID when the connection drops; if
@@ -387,6 +537,7 @@ class AsyncClient:
         Args:
             job (str | Job): the job or its id.
             sse (bool): use Server-Sent Events; False long-polls from the start. Default True.
+            inline (bool): file outputs as data URLs (see `get`); default False.
 
         Returns:
             AsyncIterator[Event]: `queued` (again whenever the queue position changes),
@@ -395,7 +546,7 @@ class AsyncClient:
         job_id = _job_id(job)
         last: Job | None = None
         if sse:
-            async with contextlib.aclosing(self._sse_events(job_id)) as events:
+            async with contextlib.aclosing(self._sse_events(job_id, inline)) as events:
                 async for event in events:
                     last = event.job
                     yield event
@@ -403,14 +554,14 @@ class AsyncClient:
                 return
             log.info("job %s: no event stream; long-polling instead", job_id)
         async with contextlib.aclosing(
-            self._polled_events(job_id, last.version if last else 0)
+            self._polled_events(job_id, last.version if last else 0, inline)
         ) as events:
             async for event in events:
                 yield event
 
-    async def _sse_events(self, job_id: str) -> AsyncIterator[Event]:
+    async def _sse_events(self, job_id: str, inline: bool) -> AsyncIterator[Event]:
         """Events from the SSE route until the final one; stops early when SSE does not work."""
-        url = self.server_url + events_path(job_id)
+        url = self.server_url + events_path(job_id) + (f"?{INLINE_PARAM}=1" if inline else "")
         # No total limit: a stream lasts as long as the job; the server's keepalive comments
         # (every 15 s by default) keep a healthy connection under the read limit.
         timeout = aiohttp.ClientTimeout(
@@ -445,9 +596,9 @@ class AsyncClient:
                 return
             await self._retry_later(failures - 1, f"GET {url}", problem)
 
-    async def _polled_events(self, job_id: str, since: int) -> AsyncIterator[Event]:
+    async def _polled_events(self, job_id: str, since: int, inline: bool) -> AsyncIterator[Event]:
         """Events made by long-polling: one per new version of the job, and the final state."""
-        current = await self.get(job_id)
+        current = await self.get(job_id, inline=inline)
         while True:
             # A finished job always ends the stream with its event, even one whose version is
             # not past `since`: versions are not stored, a restarted server numbers them afresh.
@@ -456,7 +607,7 @@ class AsyncClient:
                 since = current.version
             if current.finished:
                 return
-            current = await self.get(job_id, wait_s=LONG_POLL_S, since=since)
+            current = await self.get(job_id, wait_s=LONG_POLL_S, since=since, inline=inline)
 
 
 class Client:
@@ -541,25 +692,44 @@ class Client:
         """See AsyncClient.submit."""
         return self._call(self._client.submit(endpoint, inputs, job_id=job_id, wait_s=wait_s))
 
-    def get(self, job: str | Job, *, wait_s: float = 0.0, since: int | None = None) -> Job:
+    def get(
+        self,
+        job: str | Job,
+        *,
+        wait_s: float = 0.0,
+        since: int | None = None,
+        inline: bool = False,
+    ) -> Job:
         """See AsyncClient.get."""
-        return self._call(self._client.get(job, wait_s=wait_s, since=since))
+        return self._call(self._client.get(job, wait_s=wait_s, since=since, inline=inline))
 
-    def wait(self, job: str | Job, timeout_s: float | None = None) -> Job:
+    def wait(self, job: str | Job, timeout_s: float | None = None, *, inline: bool = False) -> Job:
         """See AsyncClient.wait."""
-        return self._call(self._client.wait(job, timeout_s))
+        return self._call(self._client.wait(job, timeout_s, inline=inline))
 
-    def result(self, job: str | Job, timeout_s: float | None = None) -> dict[str, Any]:
-        """See AsyncClient.result."""
-        return self._call(self._client.result(job, timeout_s))
+    def result(
+        self, job: str | Job, timeout_s: float | None = None, *, inline: bool = False
+    ) -> dict[str, Any]:
+        """See AsyncClient.result; each file output is a File (its read() and save() block)."""
+        return _outputs_of(self._call(self._client.wait(job, timeout_s, inline=inline)),
+                           self._file)
+
+    def _file(self, ref: FileRef) -> File:
+        return File(ref.file, ref.media_type, ref.url, ref.size, ref.sha256, self)
+
+    def download(
+        self, job: str | Job, name: str | AsyncFile | File, path: str | Path | None = None
+    ) -> bytes | Path:
+        """See AsyncClient.download."""
+        return self._call(self._client.download(job, name, path))
 
     def cancel(self, job: str | Job) -> Job:
         """See AsyncClient.cancel."""
         return self._call(self._client.cancel(job))
 
-    def stream(self, job: str | Job, *, sse: bool = True) -> Iterator[Event]:
+    def stream(self, job: str | Job, *, sse: bool = True, inline: bool = False) -> Iterator[Event]:
         """See AsyncClient.stream."""
-        events = self._client.stream(job, sse=sse)
+        events = self._client.stream(job, sse=sse, inline=inline)
         try:
             while (event := self._call(_next_or_none(events))) is not None:
                 yield event

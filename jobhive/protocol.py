@@ -7,7 +7,11 @@ after the job's status, each carrying the whole job). Workers long-poll for a ba
 (`POST /api/v1/worker/jobs`), each job coming as a grant holding its lease; they report
 progress (which renews the lease) and post results, one job or a batch per request, the
 results request also asking for the next batch; a worker that stops says goodbye. Binary
-values (images, audio) travel as base64 data URLs.
+outputs (images, audio, video) travel as files: the worker uploads each one
+(`PUT /api/v1/worker/jobs/{job_id}/files/{name}?lease_id=...`, the raw bytes) and puts its
+file reference (`FileRef`) in the outputs; clients download it
+(`GET /api/v1/jobs/{job_id}/files/{name}`), or ask for the job with `?inline=1` to get data
+URLs in its place. Binary inputs, and outputs of older workers, are base64 data URLs.
 
 Standard library only: imported by the server, the workers and the client alike.
 """
@@ -110,6 +114,14 @@ WORKER_RESULTS_PATH = f"{API_PREFIX}/worker/results"  # a batch, optionally with
 WORKER_JOB_PROGRESS_ROUTE = f"{API_PREFIX}/worker/jobs/{{job_id}}/progress"  # one job
 WORKER_JOB_RESULT_ROUTE = f"{API_PREFIX}/worker/jobs/{{job_id}}/result"  # one job
 WORKER_GOODBYE_PATH = f"{API_PREFIX}/worker/goodbye"  # {"worker_id"} → 200 {"ok": true}
+# PUT the raw bytes of one output file (Content-Type: its media type) → 200 its FileRef.
+WORKER_JOB_FILE_ROUTE = f"{API_PREFIX}/worker/jobs/{{job_id}}/files/{{name}}"
+JOB_FILE_ROUTE = f"{JOB_ROUTE}/files/{{name}}"  # GET: a file of the job's outputs
+
+LEASE_PARAM = "lease_id"  # the query parameter of a file upload that names its lease
+# `?inline=1` on a job read (GET job, a submit with ?wait=, the event stream): each file
+# reference in the outputs comes as a data URL instead (as before files; megabytes of JSON).
+INLINE_PARAM = "inline"
 
 
 def _segment(value: str) -> str:
@@ -138,6 +150,14 @@ def worker_job_progress_path(job_id: str) -> str:
 
 def worker_job_result_path(job_id: str) -> str:
     return WORKER_JOB_RESULT_ROUTE.format(job_id=_segment(job_id))
+
+
+def worker_job_file_path(job_id: str, name: str) -> str:
+    return WORKER_JOB_FILE_ROUTE.format(job_id=_segment(job_id), name=_segment(name))
+
+
+def job_file_path(job_id: str, name: str) -> str:
+    return JOB_FILE_ROUTE.format(job_id=_segment(job_id), name=_segment(name))
 
 
 # ----- what workers send and receive
@@ -262,3 +282,82 @@ def decode_data_url(value: str, *, validate: bool = False) -> tuple[str, bytes]:
         return mime, base64.b64decode(payload, validate=validate)
     except ValueError as e:  # binascii.Error, or a character outside ASCII
         raise ValueError(f"invalid base64 ({e})") from e
+
+
+# ----- binary outputs: files and the references to them
+
+FILE_NAME_RULE = (
+    "1 to 100 letters, digits or '.', '_', '-', the first a letter or digit (e.g. image-0.png)"
+)
+FILE_NAME_PATTERN = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,99}\Z")
+# The media types a worker may upload (the Content-Type of the upload, without parameters).
+FILE_MEDIA_TYPES = frozenset({
+    "image/png", "image/jpeg", "image/webp", "image/gif",
+    "audio/wav", "audio/mpeg", "audio/ogg", "audio/flac",
+    "video/mp4",
+    "application/octet-stream",
+})
+FILE_REF_KEYS = ("file", "url", "media_type", "bytes", "sha256")
+
+
+def valid_file_name(value: object) -> bool:
+    """True if `value` may name a job's file: a string of FILE_NAME_RULE."""
+    return isinstance(value, str) and FILE_NAME_PATTERN.match(value) is not None
+
+
+def is_file_ref(value: object) -> bool:
+    """Whether an output value is shaped as a file reference: a JSON object with a "file" key
+    (checked further by `FileRef.from_json`)."""
+    return isinstance(value, dict) and "file" in value
+
+
+@dataclass(frozen=True, slots=True)
+class FileRef:
+    """A file of a job's outputs, where a data URL used to be: an output's value (or an item of
+    a list-valued output) is `{"file", "url", "media_type", "bytes", "sha256"}`.
+
+    The server fills in `url`, `media_type`, `bytes` and `sha256` from the file it stored for
+    this job (a worker need only send `file`, the name it uploaded under).
+
+    Attributes:
+        file (str): the file's name within its job (FILE_NAME_RULE), e.g. "image-0.png".
+        url (str): where clients download it: `/api/v1/jobs/{job_id}/files/{file}` (a path on
+            the server, with the job's read access).
+        media_type (str): its Content-Type, one of FILE_MEDIA_TYPES.
+        size (int): its length in bytes (the JSON key is "bytes").
+        sha256 (str): the SHA-256 of its bytes in hex; also its ETag.
+    """
+
+    file: str
+    url: str
+    media_type: str
+    size: int
+    sha256: str
+
+    @classmethod
+    def from_json(cls, data: object) -> FileRef:
+        """The reference of a parsed JSON object; url, media_type, bytes and sha256 may be
+        missing (a worker's reference before the server fills them in: "", 0).
+
+        Raises:
+            ProtocolError: not an object, or a key of the wrong type (the message names it).
+        """
+        if not isinstance(data, dict):
+            raise ProtocolError(f"a file reference must be a JSON object (got "
+                                f"{type(data).__name__})")
+        if not valid_file_name(data.get("file")):
+            raise ProtocolError(f"'file' must be {FILE_NAME_RULE} (got {data.get('file')!r:.60})")
+        for key in ("url", "media_type", "sha256"):
+            if not isinstance(data.get(key, ""), str):
+                raise ProtocolError(f"file reference {data['file']!r}: {key!r} must be a string")
+        size = data.get("bytes", 0)
+        if not _integer(size) or size < 0:
+            raise ProtocolError(f"file reference {data['file']!r}: 'bytes' must be a whole "
+                                "number")
+        return cls(data["file"], data.get("url", ""), data.get("media_type", ""), size,
+                   data.get("sha256", ""))
+
+    def to_json(self) -> dict[str, Any]:
+        """The reference as it travels (its keys in FILE_REF_KEYS order)."""
+        return {"file": self.file, "url": self.url, "media_type": self.media_type,
+                "bytes": self.size, "sha256": self.sha256}

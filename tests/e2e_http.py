@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from aiohttp import web
 from conftest import ECHO_WORKER_KEY, REPO, write_endpoint
 
 ECHO_TOML = (REPO / "endpoints" / "echo" / "endpoint.toml").read_text()
@@ -234,3 +235,16 @@ def assert_declared(http: httpx.Client, url: str, endpoint: str, outputs: dict[s
     for partial in progress_outputs:
         undeclared = set(partial or {}) - set(schema["progress_outputs"])
         assert not undeclared, f"{endpoint} does not declare {undeclared} in [PROGRESS.OUTPUTS]"
+
+
+async def serve_app(routes: web.RouteTableDef) -> tuple[web.AppRunner, str]:
+    """A small aiohttp app of `routes` on a free loopback port (a fake server for a worker
+    test); returns its runner (clean it up) and URL."""
+    app = web.Application()
+    app.add_routes(routes)
+    app_runner = web.AppRunner(app)
+    await app_runner.setup()
+    site = web.TCPSite(app_runner, "127.0.0.1", 0)
+    await site.start()
+    port = app_runner.addresses[0][1]
+    return app_runner, f"http://127.0.0.1:{port}"

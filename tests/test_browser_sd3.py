@@ -105,7 +105,10 @@ async def test_previews_sharpen_then_the_final_images_join_the_gallery(sd3, brow
     await expect(result.locator('dd[data-setting="mode"]')).to_have_text("text-to-image")
     await expect(result.locator('dd[data-setting="strength"]')).to_have_count(0)
     src = await images.first.locator("img").get_attribute("src")
-    assert src is not None and src.startswith("data:image/png;base64,")
+    # the image is the job's file, loaded from its URL (no base64 in the page)
+    assert src is not None and src.endswith("/files/images-0.png"), src
+    loaded = await images.first.locator("img").evaluate("img => img.complete && img.naturalWidth")
+    assert loaded == 128
 
     # clicking an image shows it large
     await images.nth(1).locator("button.image-button").click()

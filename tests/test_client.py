@@ -141,14 +141,14 @@ def test_sync_stream_yields_progress_in_order_then_result(echo_url):
 
 async def test_stream_carries_a_data_line_of_megabytes(echo_url):
     # A noise image does not compress, so its data URL is megabytes long: the SSE line that
-    # carries the result is far past aiohttp's readline limit (128 KiB).
+    # carries the result (asked for inline) is far past aiohttp's readline limit (128 KiB).
     image = Image.frombytes("RGB", (1024, 1024), random.Random(0).randbytes(1024 * 1024 * 3))
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     async with AsyncClient(echo_url) as client:
         data_url = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
         job = await client.submit("echo", {"image": data_url})
-        events = [event async for event in client.stream(job)]
+        events = [event async for event in client.stream(job, inline=True)]
     assert events[-1].event == "result"
     assert events[-1].job.outputs["image"].startswith("data:image/")
     assert len(events[-1].job.outputs["image"]) > 1_000_000
@@ -390,13 +390,20 @@ def test_cli_prints_the_outputs_and_a_progress_bar(echo_url):
     assert "done" in done.stderr
 
 
-def test_cli_sends_a_file_as_a_data_url(echo_url, tmp_path: Path):
+def test_cli_sends_a_file_as_a_data_url_and_saves_the_result_file(echo_url, tmp_path: Path):
     Image.new("RGB", (8, 8), (200, 10, 10)).save(tmp_path / "red.png")
-    done = run_cli("echo", f"image=@{tmp_path / 'red.png'}", 'text="42"', "--server", echo_url)
+    args = ("echo", f"image=@{tmp_path / 'red.png'}", 'text="42"', "--server", echo_url)
+    done = run_cli(*args)
     assert done.returncode == 0, done.stderr
     outputs = json.loads(done.stdout)
-    assert outputs["image"].startswith("data:image/png;base64,")
+    assert outputs["image"]["media_type"] == "image/png"  # the echoed image came back a file
     assert outputs["text"] == "42"  # JSON, so quoted: a string
+    saved = run_cli(*args, "--save", str(tmp_path / "out"))
+    assert saved.returncode == 0, saved.stderr
+    path = Path(json.loads(saved.stdout)["image"])
+    assert path.read_bytes() == (tmp_path / "red.png").read_bytes()
+    inline = json.loads(run_cli(*args, "--inline").stdout)
+    assert inline["image"].startswith("data:image/png;base64,")
 
 
 def test_cli_exits_non_zero_with_the_error(echo_url):

@@ -62,10 +62,12 @@ OPERATIONS = [
     *(("post", f"/api/v1/endpoints/{name}/jobs") for name in ENDPOINT_NAMES),
     ("get", "/api/v1/jobs/{job_id}"),
     ("get", "/api/v1/jobs/{job_id}/events"),
+    ("get", "/api/v1/jobs/{job_id}/files/{name}"),
     ("delete", "/api/v1/jobs/{job_id}"),
     ("post", "/api/v1/worker/jobs"),
     ("post", "/api/v1/worker/jobs/{job_id}/progress"),
     ("post", "/api/v1/worker/jobs/{job_id}/result"),
+    ("put", "/api/v1/worker/jobs/{job_id}/files/{name}"),
     ("post", "/api/v1/worker/progress"),
     ("post", "/api/v1/worker/results"),
     ("post", "/api/v1/worker/goodbye"),
@@ -226,7 +228,14 @@ def _make_jobs(http: httpx.Client) -> dict[str, str]:
     assert granted["job_id"] == running
     done = submit("fuzz-done")
     (granted,) = worker.take(wait_s=5)
-    assert worker.result(granted, outputs={"text": "done"}).status_code == 200
+    # A file named like an endpoint, which the name strategy draws: its downloads are fuzzed.
+    reply = http.put(f"/api/v1/worker/jobs/{done}/files/echo", content=b"\x89PNG" * 64,
+                     params={"lease_id": granted["lease_id"]},
+                     headers={"Authorization": f"Bearer {ECHO_WORKER_KEY}",
+                              "Content-Type": "image/png"})
+    assert reply.status_code == 200, reply.text
+    assert worker.result(granted, outputs={"text": "done", "image": reply.json()}
+                         ).status_code == 200
     canceled = submit("fuzz-canceled")
     assert http.delete(f"/api/v1/jobs/{canceled}").status_code == 200
     return {
@@ -585,7 +594,7 @@ def test_the_document_is_openapi_3_1_and_describes_every_operation(fuzz):
     assert {"202", "400", "413", "429", "503", "507"} <= set(echo["responses"])
     # Query parameters, and the error body every error status refers to.
     get_job = document["paths"]["/api/v1/jobs/{job_id}"]["get"]
-    assert [p["name"] for p in get_job["parameters"]] == ["job_id", "wait", "since"]
+    assert [p["name"] for p in get_job["parameters"]] == ["job_id", "wait", "since", "inline"]
     assert get_job["summary"] == "The job's state."
     error = document["components"]["schemas"]["Error"]
     assert error["required"] == ["error"]

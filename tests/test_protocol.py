@@ -11,9 +11,9 @@ import logging
 import socket
 from typing import Any
 
-import aiohttp
 import pytest
 from aiohttp import web
+from e2e_http import serve_app
 
 from jobhive import client, protocol
 from jobhive.protocol import (
@@ -33,6 +33,7 @@ from jobhive.protocol import (
     valid_job_id,
 )
 from workers.runtime import images
+from workers.runtime.link import ServerLink
 from workers.runtime.model import ModelWorker
 from workers.runtime.runner import Runner, RunnerSettings
 
@@ -222,17 +223,6 @@ def test_the_runner_polls_with_protocol_keys_and_reads_grants():
         "j1", "echo", "l1", 1, 30)
 
 
-async def serve_app(routes: web.RouteTableDef) -> tuple[web.AppRunner, str]:
-    app = web.Application()
-    app.add_routes(routes)
-    app_runner = web.AppRunner(app)
-    await app_runner.setup()
-    site = web.TCPSite(app_runner, "127.0.0.1", 0)
-    await site.start()
-    port = app_runner.addresses[0][1]
-    return app_runner, f"http://127.0.0.1:{port}"
-
-
 async def test_a_worker_stopping_cleanly_says_goodbye():
     seen: list[tuple[str, Any]] = []
     routes = web.RouteTableDef()
@@ -280,11 +270,9 @@ async def test_a_server_gone_costs_the_goodbye_one_log_line(caplog):
     with socket.socket() as sock:  # a port that was free a moment ago: nothing listens there
         sock.bind(("127.0.0.1", 0))
         url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    worker = runner(url)
-    async with aiohttp.ClientSession(url) as http:
-        worker._http = http
+    async with ServerLink(url, "worker-key", max_backoff_s=0.1) as link:
         with caplog.at_level(logging.INFO, "jobhive.worker"):
-            await asyncio.wait_for(worker._say_goodbye(), 5)
+            await asyncio.wait_for(link.say_goodbye("w-1"), 5)
     goodbyes = [r for r in caplog.records if r.name == "jobhive.worker"]
     assert [(r.levelno, r.getMessage()[:22]) for r in goodbyes] == [
         (logging.INFO, "goodbye not delivered ")]

@@ -25,16 +25,20 @@ from jobhive import Client
 TINY = {"width": 64, "height": 64, "steps": 4, "cfg_scale": 5.0, "preview": "none"}
 
 
-def submit(http: httpx.Client, url: str, wait_s: float = 0, **inputs) -> dict:
-    suffix = f"?wait={wait_s}" if wait_s else ""
-    reply = http.post(f"{url}/api/v1/endpoints/sd3/jobs{suffix}", json={"inputs": inputs})
+def submit(http: httpx.Client, url: str, wait_s: float = 0, inline: bool = True,
+           **inputs) -> dict:
+    """Submits; with wait_s, the finished job (its images as data URLs unless not inline)."""
+    query = {"wait": wait_s} if wait_s else {}
+    if inline:
+        query["inline"] = 1
+    reply = http.post(f"{url}/api/v1/endpoints/sd3/jobs", params=query, json={"inputs": inputs})
     assert reply.status_code in (200, 202), reply.text
     return reply.json()
 
 
 def finished(http: httpx.Client, url: str, job_id: str, timeout_s: float = 30) -> dict:
     def done():
-        job = http.get(f"{url}/api/v1/jobs/{job_id}?wait=1").json()
+        job = http.get(f"{url}/api/v1/jobs/{job_id}?wait=1&inline=1").json()  # data URLs
         return job if job["status"] in ("done", "failed", "canceled") else None
 
     return wait_until(done, timeout_s=timeout_s)
@@ -49,16 +53,21 @@ def picture(value: str) -> Image.Image:
 
 def test_txt2img_several_images_with_seeds_and_metadata(sd3, http):
     server, _ = sd3
-    job = submit(http, server.url, wait_s=30, prompt="a red cat", seed=1234, num_images=3,
-                 output_format="png", **TINY)
+    job = submit(http, server.url, wait_s=30, inline=False, prompt="a red cat", seed=1234,
+                 num_images=3, output_format="png", **TINY)
     assert job["status"] == "done", job
     outputs = job["outputs"]
     assert_declared(http, server.url, "sd3", outputs)
     assert outputs["seeds"] == [1234, 1235, 1236]
     assert len(outputs["images"]) == 3
-    for seed, value in zip(outputs["seeds"], outputs["images"], strict=True):
-        assert value.startswith("data:image/png;base64,")
-        image = picture(value)
+    for i, (seed, ref) in enumerate(zip(outputs["seeds"], outputs["images"], strict=True)):
+        # Each image is a file of the job, uploaded by the worker as raw PNG bytes.
+        assert ref["file"] == f"images-{i}.png" and ref["media_type"] == "image/png"
+        download = http.get(f"{server.url}{ref['url']}")
+        assert download.status_code == 200 and download.headers["content-type"] == "image/png"
+        assert len(download.content) == ref["bytes"]
+        image = Image.open(io.BytesIO(download.content))
+        image.load()
         assert (image.format, image.size) == ("PNG", (64, 64))
         embedded = json.loads(image.text["parameters"])
         assert embedded["prompt"] == "a red cat" and embedded["seed"] == seed

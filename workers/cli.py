@@ -1,4 +1,5 @@
-"""`jobhive-worker TYPE --server URL --key KEY`: runs one model worker against a server."""
+"""`jobhive-worker TYPE --server URL --key KEY`: runs one model worker against a server; with
+`--gpus all|LIST` or `--processes N`, one per GPU or N of them (workers/runtime/supervisor.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,14 @@ import sys
 from typing import Any
 
 from jobhive.aio import run_loop
-from workers.runtime import ModelWorker, Runner, RunnerSettings, WorkerRefused
+from workers.runtime import ModelStalled, ModelWorker, Runner, RunnerSettings, WorkerRefused
+from workers.runtime.supervisor import (
+    EXIT_REFUSED,
+    EXIT_STALLED,
+    child_command,
+    plan_children,
+    supervise,
+)
 
 # Worker types: (module:class, one-line help). A type's module is imported only when it is
 # chosen, so `noop` runs where torch is not installed.
@@ -87,7 +95,27 @@ def parse_args(argv: list[str] | None) -> tuple[type[ModelWorker], Any, argparse
             help="on SIGINT/SIGTERM, how long the running batch may finish before "
             "it is handed back (default 30)",
         )
+        p.add_argument(
+            "--stall-s",
+            type=float,
+            help="how long a batch may run without a progress report before the model is taken "
+            f"for hung: its jobs fail and the worker exits with status {EXIT_STALLED} (default "
+            f"{worker_cls.stall_s if worker_cls else 60:g})",
+        )
         p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+        host = p.add_mutually_exclusive_group()
+        host.add_argument(
+            "--gpus",
+            metavar="all|LIST",
+            help="run one worker process per GPU, each with its own CUDA_VISIBLE_DEVICES and "
+            "worker id ID-gpuN, restarted when it fails: all, or a list such as 0,2",
+        )
+        host.add_argument(
+            "--processes",
+            type=int,
+            metavar="N",
+            help="run N worker processes (worker ids ID-p0...), restarted when they fail",
+        )
         if worker_cls is not None:
             worker_cls.add_arguments(p)
         p.set_defaults(_worker=name)
@@ -97,6 +125,14 @@ def parse_args(argv: list[str] | None) -> tuple[type[ModelWorker], Any, argparse
         parser.error("--key (or $JOBHIVE_WORKER_KEY) is required")
     if args.max_batch < 1:
         parser.error("--max-batch must be at least 1")
+    args._children = None  # with --gpus or --processes: the processes a supervisor runs
+    if args.gpus is not None or args.processes is not None:
+        try:
+            args._children = plan_children(
+                args.gpus, args.processes, args.worker_id, getattr(args, "device", None)
+            )
+        except ValueError as e:
+            parser.error(str(e))
     if getattr(args, "tiny", False):
         if args.model:
             parser.error("give either --model DIR or --tiny")
@@ -109,7 +145,12 @@ def parse_args(argv: list[str] | None) -> tuple[type[ModelWorker], Any, argparse
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
     worker_cls, model_settings, args = parse_args(argv)
+    if args._children:  # --gpus/--processes: this process supervises, the children serve
+        tiny_model = args.model if getattr(args, "tiny", False) else None
+        command = child_command(argv, tiny_model)
+        raise SystemExit(supervise(args._worker, command, args._children))
     logging.basicConfig(
         level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -121,13 +162,17 @@ def main(argv: list[str] | None = None) -> None:
         poll_wait_s=args.poll_wait_s,
         burst=args.burst,
         grace_s=args.grace_s,
+        stall_s=args.stall_s,
     )
     runner = Runner(worker_cls(model_settings), settings)
     try:
         run_loop(runner.serve())
     except WorkerRefused as e:
         print(f"jobhive-worker: {e}", file=sys.stderr)
-        raise SystemExit(2) from e
+        raise SystemExit(EXIT_REFUSED) from e
+    except ModelStalled as e:
+        print(f"jobhive-worker: {e}", file=sys.stderr)
+        raise SystemExit(EXIT_STALLED) from e
 
 
 if __name__ == "__main__":

@@ -1,19 +1,24 @@
 """The noop worker: echoes its inputs, after an optional delay with progress steps and previews.
 
-No torch: it serves the `echo` endpoint for tests, the demo and the benchmarks.
+No torch: it serves the `echo` endpoint for tests, the demo and the benchmarks. `--hang-after N`
+makes its model thread hang from the N-th batch on, the way a wedged GPU call would (to test
+the runner's --stall-s).
 """
 
 from __future__ import annotations
 
 import argparse
 import io
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
 
 from PIL import Image, ImageDraw
 
+from jobhive.protocol import FILE_MEDIA_TYPES, decode_data_url
 from workers.runtime.images import data_url
+from workers.runtime.media import MediaFile
 from workers.runtime.model import Job, ModelWorker, Progress
 
 
@@ -29,13 +34,25 @@ def preview_image(step: int, steps: int, size_px: int = 96) -> str:
     return data_url(buffer.getvalue(), "jpeg")
 
 
+def echoed_image(value: str | None) -> MediaFile | str | None:
+    """The input image (a data URL) back as a file, as a model's image output travels; one of a
+    type that cannot travel as a file stays a data URL."""
+    if value is None:
+        return None
+    media_type, data = decode_data_url(value)
+    return MediaFile(data, media_type) if media_type in FILE_MEDIA_TYPES else value
+
+
 @dataclass(frozen=True)
 class NoopSettings:
     """Args:
     worker_id (str): echoed in every job's outputs, so a test sees which worker ran it.
+    hang_after (int | None): from this batch on (1: the first), `run` blocks forever without
+        a report; None: never.
     """
 
     worker_id: str
+    hang_after: int | None = None
 
 
 class NoopWorker(ModelWorker):
@@ -43,16 +60,35 @@ class NoopWorker(ModelWorker):
     batch takes as long as its longest delay."""
 
     job_type = "echo"
+    stall_s = 60.0  # it shows life while it waits, so a 60 s delay_s passes too
     settings: NoopSettings
+
+    def __init__(self, settings: NoopSettings) -> None:
+        super().__init__(settings)
+        self.batches = 0  # batches begun; touched by the model thread only
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument(
+            "--hang-after",
+            type=int,
+            metavar="N",
+            help="from the N-th batch on, hang the model thread forever (tests --stall-s)",
+        )
 
     @classmethod
     def settings_from(cls, args: argparse.Namespace) -> NoopSettings:
-        return NoopSettings(worker_id=args.worker_id)
+        if args.hang_after is not None and args.hang_after < 1:
+            raise ValueError("--hang-after must be at least 1 (the first batch)")
+        return NoopSettings(worker_id=args.worker_id, hang_after=args.hang_after)
 
     def info(self) -> dict[str, Any]:
         return {"model": "noop"}
 
     def run(self, batch: list[Job], progress: Progress) -> list[dict[str, Any] | Exception]:
+        self.batches += 1
+        if self.settings.hang_after is not None and self.batches >= self.settings.hang_after:
+            threading.Event().wait()  # a wedged model: no report, no return, ever
         # 1. Each job's schedule: `steps` reports evenly spread over `delay_s`.
         start = time.monotonic()
         schedule = {
@@ -65,7 +101,9 @@ class NoopWorker(ModelWorker):
         # 2. Step through all jobs on one clock, reporting as each step comes due.
         while any(schedule.values()):
             due = min(t[0] for t in schedule.values() if t)
-            time.sleep(max(0.0, due - time.monotonic()))
+            while (left_s := due - time.monotonic()) > 0:
+                progress.alive()  # a long gap between steps is no stall
+                time.sleep(min(left_s, 1.0))
             for job in batch:
                 times = schedule[job.id]
                 if times and times[0] <= time.monotonic() and not job.canceled:
@@ -84,6 +122,7 @@ class NoopWorker(ModelWorker):
         while (left_s := start + longest_s - time.monotonic()) > 0:
             if all(job.canceled for job in batch):
                 break
+            progress.alive()
             time.sleep(min(left_s, 0.05))
         # 4. The outputs: the inputs back, or the failure asked for.
         return [self._echo(job) for job in batch]
@@ -95,6 +134,6 @@ class NoopWorker(ModelWorker):
             "text": job.inputs["text"],
             "delay_s": job.inputs["delay_s"],
             "steps": job.inputs["steps"],
-            "image": job.inputs.get("image"),
+            "image": echoed_image(job.inputs.get("image")),
             "worker_id": self.settings.worker_id,
         }

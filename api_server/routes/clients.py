@@ -10,6 +10,7 @@ from api_server.fields import has_media, validate_inputs
 from api_server.httputil import ApiError, json_response, query_seconds, read_json, read_object
 from api_server.media_pool import MediaCrash
 from api_server.ratelimit import retry_after_header
+from api_server.routes.jobs import shown, wants_inline
 from api_server.state import CALLER, CONFIG, ENDPOINTS, MEDIA_POOL, RATE_LIMITER, STORE
 from jobhive import protocol
 
@@ -57,12 +58,13 @@ async def get_endpoint(request: web.Request) -> web.Response:
 @routes.post(protocol.SUBMIT_ROUTE)
 async def submit_job(request: web.Request) -> web.Response:
     """Validates and queues a job: 202 with its id and place in the queue; with `?wait=S`, the
-    finished job (200) when it ends within S seconds. A repeat of a client's job_id answers 200
-    with the job already there."""
+    finished job (200) when it ends within S seconds (`&inline=1`: data URLs in place of file
+    references). A repeat of a client's job_id answers 200 with the job already there."""
     app = request.app
     endpoint = endpoint_of(request)
     owner = request[CALLER].client_owner(endpoint)
     wait_s = query_seconds(request, "wait", app[CONFIG].client_wait_max_s)
+    inline = wants_inline(request)
     clients = endpoint.clients
     wait_for_token_s = app[RATE_LIMITER].take(
         endpoint.name, owner or request.remote or "", clients.rate_limit_per_s, clients.rate_burst
@@ -103,4 +105,4 @@ async def submit_job(request: web.Request) -> web.Response:
     if wait_s and not job.status.finished:
         job = await store.wait_until_finished(job.id, wait_s) or job
     status = 202 if created and not job.status.finished else 200
-    return json_response(job.to_json(), status)
+    return json_response(await shown(request, job, inline), status)

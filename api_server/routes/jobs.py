@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from typing import Any
 
 import orjson
 from aiohttp import web
 
 from api_server.auth import Caller
 from api_server.httputil import ApiError, json_response, query_int, query_seconds
-from api_server.state import CALLER, CONFIG, ENDPOINTS, STORE
+from api_server.state import CALLER, CONFIG, ENDPOINTS, FILES, STORE
 from api_server.store import JobView
 from jobhive import protocol
 
@@ -43,18 +44,45 @@ async def job_of(request: web.Request) -> JobView:
     return job
 
 
+def wants_inline(request: web.Request) -> bool:
+    """`?inline=1` (or true/yes); 400 for a value that is not a yes or a no."""
+    raw = request.query.get(protocol.INLINE_PARAM)
+    if raw is None or raw.lower() in ("0", "false", "no", ""):
+        return False
+    if raw.lower() in ("1", "true", "yes"):
+        return True
+    raise ApiError(400, f"invalid query parameter {protocol.INLINE_PARAM!r}",
+                   {protocol.INLINE_PARAM: f"must be 1 or 0 (got {raw[:40]!r})"})
+
+
+async def shown(request: web.Request, job: JobView, inline: bool) -> dict[str, Any]:
+    """The job as the client sees it; with `inline`, each file reference of its outputs and
+    progress outputs replaced by the file's data URL."""
+    data = job.to_json()
+    if not inline:
+        return data
+    files = request.app[FILES]
+    if job.outputs_json:
+        data["outputs"] = await files.inline(job.id, orjson.loads(job.outputs_json))
+    if job.progress_outputs:
+        data["progress_outputs"] = await files.inline(job.id, job.progress_outputs)
+    return data
+
+
 @routes.get(protocol.JOB_ROUTE)
 async def get_job(request: web.Request) -> web.Response:
     """The job's state. `?wait=S` holds the request until the job changes (past the version
-    given by `?since=V`, or past its version now) or S seconds pass."""
+    given by `?since=V`, or past its version now) or S seconds pass. `?inline=1`: data URLs
+    in place of file references."""
     wait_s = query_seconds(request, "wait", request.app[CONFIG].client_wait_max_s)
     since = request.query.get("since")
     since_version = None if since is None else query_int(since, "since")
+    inline = wants_inline(request)
     job = await job_of(request)
     if wait_s and not job.status.finished:
         since_version = job.version if since_version is None else since_version
         job = await request.app[STORE].wait_for_change(job.id, since_version, wait_s) or job
-    return json_response(job.to_json())
+    return json_response(await shown(request, job, inline))
 
 
 @routes.delete(protocol.JOB_ROUTE)
@@ -68,9 +96,11 @@ async def cancel_job(request: web.Request) -> web.Response:
 async def job_events(request: web.Request) -> web.StreamResponse:
     """Server-Sent Events of one job until it finishes: `queued`, `progress`, then `result` or
     `error`. Each event's id is the job's version; a client reconnecting with Last-Event-ID gets
-    the current state at once if it changed since, so it misses nothing that still matters."""
+    the current state at once if it changed since, so it misses nothing that still matters.
+    `?inline=1`: data URLs in place of file references (in every event)."""
     last_id = request.headers.get("Last-Event-ID", "")
     sent_version = query_int(last_id, "Last-Event-ID") if last_id else 0
+    inline = wants_inline(request)
     job = await job_of(request)
     if sent_version > job.version:  # an id this job never reached: send its state afresh
         sent_version = 0
@@ -83,7 +113,7 @@ async def job_events(request: web.Request) -> web.StreamResponse:
     )
     await response.prepare(request)
     try:
-        await _stream(request, response, job, sent_version)
+        await _stream(request, response, job, sent_version, inline)
     except (ConnectionResetError, asyncio.CancelledError):
         raise
     except Exception:  # the stream is under way: no error reply can follow, only an end
@@ -92,7 +122,11 @@ async def job_events(request: web.Request) -> web.StreamResponse:
 
 
 async def _stream(
-    request: web.Request, response: web.StreamResponse, job: JobView, sent_version: int
+    request: web.Request,
+    response: web.StreamResponse,
+    job: JobView,
+    sent_version: int,
+    inline: bool = False,
 ) -> None:
     store = request.app[STORE]
     keepalive_s = request.app[CONFIG].sse_keepalive_s
@@ -103,7 +137,7 @@ async def _stream(
         while True:
             if job.version > sent_version or job.queue_position != sent_position:
                 event = protocol.EVENT_OF_STATUS[job.status]
-                data = orjson.dumps(job.to_json())
+                data = orjson.dumps(await shown(request, job, inline))
                 await response.write(
                     b"event: %s\nid: %d\ndata: %s\n\n" % (event.encode(), job.version, data)
                 )

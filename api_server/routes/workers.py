@@ -19,7 +19,7 @@ from aiohttp import web
 from api_server.auth import unauthorized
 from api_server.config import Endpoint
 from api_server.httputil import ApiError, json_response, read_json, read_object
-from api_server.state import CALLER, CONFIG, ENDPOINTS, OUTPUT_FILTER, STORE
+from api_server.state import CALLER, CONFIG, ENDPOINTS, FILES, OUTPUT_FILTER, STORE
 from api_server.store import ReportAnswer, WorkerReport
 from jobhive import protocol
 
@@ -165,7 +165,9 @@ async def _authorized(
     request: web.Request, reports: list[WorkerReport], results: bool, worker: str
 ) -> tuple[list[WorkerReport], list[ReportAnswer]]:
     """Splits reports into those the caller's key may make (their outputs kept to what the
-    endpoint declares, and serialised once for results) and refusals for the rest."""
+    endpoint declares, file references checked against the job's files and rewritten from
+    them, and serialised once for results) and refusals for the rest (400 for a reference to
+    a file the job does not have, naming the output)."""
     app = request.app
     worker_of = request[CALLER].role.worker_of
     endpoints_of = await app[STORE].endpoints_of(r.job_id for r in reports)
@@ -179,15 +181,21 @@ async def _authorized(
             refused.append(ReportAnswer(report.job_id, ok=False, error=error, status=403))
         elif report.outputs is None:
             allowed.append(report)
-        elif results:
-            outputs = app[OUTPUT_FILTER].results(endpoint, report.outputs, worker)
-            allowed.append(WorkerReport(report.job_id, report.lease_id, report.progress,
-                                        outputs_json=orjson.dumps(outputs),
-                                        error=report.error, release=report.release))
         else:
-            outputs = app[OUTPUT_FILTER].progress(endpoint, report.outputs, worker)
-            allowed.append(WorkerReport(report.job_id, report.lease_id, report.progress,
-                                        outputs=outputs))
+            keep = app[OUTPUT_FILTER].results if results else app[OUTPUT_FILTER].progress
+            outputs, bad = app[FILES].references(
+                report.job_id, keep(endpoint, report.outputs, worker)
+            )
+            if bad:  # a reference to a file this job does not have: the report is refused
+                error = "; ".join(f"{key}: {reason}" for key, reason in bad.items())
+                refused.append(ReportAnswer(report.job_id, ok=False, error=error, status=400))
+            elif results:
+                allowed.append(WorkerReport(report.job_id, report.lease_id, report.progress,
+                                            outputs_json=orjson.dumps(outputs),
+                                            error=report.error, release=report.release))
+            else:
+                allowed.append(WorkerReport(report.job_id, report.lease_id, report.progress,
+                                            outputs=outputs))
     return allowed, refused
 
 

@@ -21,7 +21,7 @@ import logging
 import math
 import secrets
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -79,6 +79,8 @@ class JobStore:
         self._worker_waiters: dict[str, list[asyncio.Future[bool]]] = {n: [] for n in endpoints}
         self._run_s: dict[str, float] = dict.fromkeys(endpoints, 1.0)  # moving average per job
         self._closing = False  # shutting down: long-polls answer at once, no more grants
+        # Called with the ids of jobs forgotten (their TTL passed): their files go too.
+        self._forget_hooks: list[Callable[[list[str]], Awaitable[None]]] = []
 
     # ----- start-up and shut-down
 
@@ -205,13 +207,14 @@ class JobStore:
                             f"({settings.max_queue_bytes} bytes of inputs); retry later",
                             self._retry_after_s(name))
         inline = len(inputs_json) <= INLINE_VALUE_MAX_BYTES
+        created_at_ms = self._clock()
         job = Job(
-            id=job_id or secrets.token_hex(16),
+            id=job_id or new_job_id(created_at_ms),
             endpoint=name,
             owner=owner,
             inputs_json=inputs_json if inline else None,
             inputs_bytes=len(inputs_json),
-            created_at_ms=self._clock(),
+            created_at_ms=created_at_ms,
         )
         submitting[0] += 1
         submitting[1] += len(inputs_json)
@@ -601,6 +604,21 @@ class JobStore:
             return
         for job in expired:
             del self._jobs[job.id]
+        for hook in self._forget_hooks:
+            try:
+                await hook([job.id for job in expired])
+            except Exception:  # the sweeper goes on; an orphan is removed at the next start
+                log.exception("a hook on forgotten jobs failed")
+
+    def on_forget(self, hook: Callable[[list[str]], Awaitable[None]]) -> None:
+        """Calls `await hook(job_ids)` after jobs are forgotten at the end of their TTL."""
+        self._forget_hooks.append(hook)
+
+    def lease_answer(self, job_id: str, lease_id: str) -> ReportAnswer:
+        """Whether the worker holding `lease_id` may still add to the job (upload a file): ok,
+        or what its progress report would get (404 unknown; 409 lease lost or job finished;
+        canceled)."""
+        return self._leased(WorkerReport(job_id, lease_id))[1]
 
     async def checkpoint(self) -> None:
         """Makes the journal's recent writes safe from a power cut too (an fsync)."""
@@ -796,6 +814,15 @@ class JobStore:
         """A guess at when a queue slot frees: one job's run time over the jobs running."""
         running = sum(1 for job in self._running.values() if job.endpoint == endpoint)
         return max(1, math.ceil(self._run_s[endpoint] / max(1, running)))
+
+
+def new_job_id(created_at_ms: int) -> str:
+    """A fresh job id: 32 hex digits, the creation time in milliseconds (12 digits) and then 80
+    random bits (unguessable). For speed: ids that grow with time go in at the end of the
+    journal's index of ids, so a commit of many new jobs writes one or two index pages, not a
+    random page per job (with random ids those page writes, in each commit and again in each
+    checkpoint, were about a fifth of the journal's CPU per job)."""
+    return f"{created_at_ms:012x}{secrets.token_hex(10)}"
 
 
 async def _wait_on(waiter: asyncio.Future[bool], timeout_s: float) -> bool:

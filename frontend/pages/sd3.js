@@ -7,12 +7,12 @@
 
 import * as jobhive from "/static/jobhive.js";
 import {
-  blobUrl,
   clearFieldErrors,
   el,
   errorBanner,
   jobStatus,
   keyNote,
+  mediaOf,
   showFieldErrors,
   workersNote,
 } from "/static/ui.js";
@@ -84,8 +84,9 @@ function sliderStep(spec) {
   return span <= 2 ? 0.01 : span <= 50 ? 0.1 : 1;
 }
 
-function extensionOf(dataUrl) {
-  const type = /^data:image\/([a-z0-9.+-]+)/i.exec(dataUrl)?.[1]?.toLowerCase() || "png";
+/** The file extension of an image ({mime} of ui.js mediaOf: a data URL or a file). */
+function extensionOf(media) {
+  const type = /^image\/([a-z0-9.+-]+)/i.exec(media.mime)?.[1]?.toLowerCase() || "png";
   return type === "jpeg" ? "jpg" : type;
 }
 
@@ -94,9 +95,9 @@ function slug(text, length = 40) {
 }
 
 /** "sd3-1234-a-red-cat.png": the endpoint, the seed and the start of the prompt. */
-function filenameOf(dataUrl, seed, prompt) {
+function filenameOf(media, seed, prompt) {
   const words = slug(prompt || "");
-  return `${schema.name}-${seed}${words ? `-${words}` : ""}.${extensionOf(dataUrl)}`;
+  return `${schema.name}-${seed}${words ? `-${words}` : ""}.${extensionOf(media)}`;
 }
 
 // ----- the controls, from the schema
@@ -301,12 +302,13 @@ function showPreview(src, step) {
   $("previews").dataset.step = String(step);
 }
 
+/** Shows the final images: media of ui.js mediaOf (data URLs, or files). */
 function showFinal(images, seeds) {
   const previews = $("previews");
   previews.style.setProperty("--columns", String(Math.min(images.length, 2)));
-  previews.replaceChildren(...images.map((src, i) => el("img", {
+  previews.replaceChildren(...images.map((media, i) => el("img", {
     className: "tile final",
-    src,
+    src: media.src,
     alt: `Image ${i + 1} (seed ${seeds[i]})`,
   })));
   previews.dataset.step = "final";
@@ -323,7 +325,9 @@ function onUpdate(job) {
   } else if (job.status === "queued") {
     $("preview-caption").textContent = "Previews start when a worker takes the job.";
   }
-  if (outputs.preview) showPreview(outputs.preview, outputs.preview_step ?? outputs.step ?? 0);
+  // A preview is a data URL, or a file shown from its own URL (open endpoints).
+  const preview = mediaOf(outputs.preview);
+  if (preview) showPreview(preview.src, outputs.preview_step ?? outputs.step ?? 0);
 }
 
 // ----- results
@@ -355,13 +359,15 @@ function settingsList(settings, job) {
       el("dd", {"data-setting": name.toLowerCase()}, String(value))]));
 }
 
-function addResult(job, settings) {
-  const {images = [], seeds = []} = job.outputs || {};
+/** Adds a finished job to the gallery; images are media of ui.js mediaOf. */
+function addResult(job, settings, images) {
+  const {seeds = []} = job.outputs || {};
   const prompt = settings.prompt || "";
-  const figures = images.map((src, i) => {
+  const figures = images.map((media, i) => {
+    const {src} = media;
     const seed = seeds[i] ?? "?";
-    const filename = filenameOf(src, seed, prompt);
-    const href = blobUrl(src);
+    const filename = filenameOf(media, seed, prompt);
+    const href = media.href();
     const caption = `${prompt || "(no prompt)"}, seed ${seed}`;
     const useSeed = el("button", {
       type: "button",
@@ -430,9 +436,13 @@ async function generate() {
     const final = await jobhive.follow(job, {onUpdate});
     status.update(final);
     if (final.status === "done") {
-      showFinal(final.outputs?.images || [], final.outputs?.seeds || []);
+      // File outputs: fetched with the key into blob: URLs where the endpoint has one (an
+      // <img> cannot send it); data URLs (older workers) as they are. Kept while the page is.
+      const outputs = await jobhive.withFileUrls(final.outputs, {endpoint: schema.name});
+      const images = (outputs?.images || []).map((image) => mediaOf(image)).filter(Boolean);
+      showFinal(images, final.outputs?.seeds || []);
       $("preview-caption").textContent = "Done: the final images, also first in the results.";
-      addResult(final, settings);
+      addResult(final, settings, images);
     } else if (final.status === "canceled") {
       const step = final.progress_outputs?.step;
       $("preview-caption").textContent = step ? `Canceled at step ${step}.` : "Canceled.";

@@ -90,6 +90,7 @@ class Llama4Worker(ModelWorker):
     """Chat with Llama 4 (or any chat model); several chats of a batch generate together."""
 
     job_type = "llama4_chat"
+    stall_s = 60.0  # progress with each streamed token; a long prefill is silent
     settings: Llama4Settings
 
     @classmethod

@@ -25,6 +25,7 @@ class RagWorker(ModelWorker):
     """Searches an index of texts and images; each job is one query."""
 
     job_type = "rag_search"
+    stall_s = 60.0  # a search takes milliseconds and reports nothing
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:

@@ -14,9 +14,8 @@ Its settings are a frozen dataclass that `settings_from` builds from its command
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 
 @dataclass(eq=False)
@@ -42,9 +41,21 @@ class Job:
     lease_s: float = 60.0
 
 
-# progress(job, percent, outputs): percent from 0 to 100; outputs become the job's progress
-# outputs (previews, partial text). Cheap to call: the runner coalesces and sends in batches.
-Progress = Callable[[Job, float, dict[str, Any] | None], None]
+class Progress(Protocol):
+    """What a model reports through (the runner's ProgressRelay); both calls are cheap and
+    safe from any thread: the runner coalesces the reports and sends them in batches.
+
+    `progress(job, percent, outputs)`: percent from 0 to 100; outputs become the job's progress
+    outputs (previews, partial text). `progress.alive()`: no news, but the model is working.
+    Either is the sign of life the runner waits for: a batch silent for the worker's
+    `stall_s` is taken for a hung model (see ModelWorker.stall_s).
+    """
+
+    def __call__(self, job: Job, percent: float, outputs: dict[str, Any] | None = None) -> None:
+        ...
+
+    def alive(self) -> None:
+        ...
 
 
 class ModelWorker:
@@ -57,6 +68,11 @@ class ModelWorker:
     """
 
     job_type: ClassVar[str]
+    # The longest a batch may run without a sign of life (a progress report or
+    # `progress.alive()`) before the runner takes the model for hung: it stops renewing the
+    # leases, fails the batch's jobs with "model stalled for N s" and exits with status 3 for
+    # its supervisor to start a fresh process (a thread cannot be killed). --stall-s overrides.
+    stall_s: ClassVar[float] = 60.0
 
     def __init__(self, settings: Any = None) -> None:
         self.settings = settings
@@ -93,7 +109,9 @@ class ModelWorker:
         Args:
             batch (list[Job]): one or more jobs of the same endpoint (up to --max-batch).
             progress (Progress): call it to report progress and previews; each report also keeps
-                the job's lease alive. Check `job.canceled` between steps.
+                the job's lease alive. A step with nothing to report may call
+                `progress.alive()`: a batch silent for `stall_s` seconds is failed as hung.
+                Check `job.canceled` between steps.
 
         Returns:
             list[dict[str, Any] | Exception]: one entry per job, in batch order: the job's

@@ -1,10 +1,12 @@
-"""Progress from the model thread to the runner: the latest report of each job, coalesced."""
+"""Progress from the model thread to the runner: the latest report of each job, coalesced, and
+the batch's last sign of life (which the stall watch reads)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -16,10 +18,20 @@ class ProgressRelay:
 
     `send` (the runner's sending loop) starts on the first report, or when `start` is called
     for a heartbeat: a batch that finishes quickly and reports nothing costs no task at all.
+    The relay also watches the batch's life: `stalled` resolves (to the seconds of silence)
+    once neither a report nor `alive()` came for stall_s; a timer, not a task.
+
+    Args:
+        loop (asyncio.AbstractEventLoop): the runner's loop.
+        send (Callable[[ProgressRelay], Awaitable[None]]): the runner's sending loop.
+        stall_s (float): the longest silence before the batch counts as stalled.
     """
 
     def __init__(
-        self, loop: asyncio.AbstractEventLoop, send: Callable[[ProgressRelay], Awaitable[None]]
+        self,
+        loop: asyncio.AbstractEventLoop,
+        send: Callable[[ProgressRelay], Awaitable[None]],
+        stall_s: float,
     ) -> None:
         self._loop = loop
         self._send = send
@@ -27,12 +39,34 @@ class ProgressRelay:
         self._latest: dict[str, tuple[float, dict[str, Any] | None]] = {}
         self._task: asyncio.Task[None] | None = None
         self.wake = asyncio.Event()
+        self.stall_s = stall_s
+        # Written by the model thread, read by the loop: a float store is atomic in CPython.
+        self.alive_at = time.monotonic()
+        self.stalled: asyncio.Future[float] = loop.create_future()
+        self._watch = loop.call_later(stall_s, self._check_life)
 
     def __call__(self, job: Job, percent: float, outputs: dict[str, Any] | None = None) -> None:
         """What a model calls (from its thread): progress in percent, and optional outputs."""
+        self.alive_at = time.monotonic()
         with self._lock:
             self._latest[job.id] = (max(0.0, min(100.0, float(percent))), outputs)
         self._loop.call_soon_threadsafe(self._wake)
+
+    def alive(self) -> None:
+        """What a model calls (from its thread) to show it works, with nothing to report."""
+        self.alive_at = time.monotonic()
+
+    @property
+    def lively(self) -> bool:
+        """Whether the model showed life within stall_s (only then are leases renewed)."""
+        return time.monotonic() - self.alive_at < self.stall_s
+
+    def _check_life(self) -> None:
+        silent_s = time.monotonic() - self.alive_at
+        if silent_s >= self.stall_s:
+            self.stalled.set_result(silent_s)
+        else:
+            self._watch = self._loop.call_later(self.stall_s - silent_s, self._check_life)
 
     def _wake(self) -> None:
         self.wake.set()
@@ -43,6 +77,7 @@ class ProgressRelay:
             self._task = asyncio.create_task(self._send(self))
 
     async def stop(self) -> None:
+        self._watch.cancel()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -2,12 +2,20 @@
 
 `Runner.serve()` loads the model, then loops: long-poll the server for a batch, run the model on
 it in the model thread, relay its progress (coalesced, one request per batch; it also renews the
-leases), post all results in one request. The server being away is retried with backoff.
+leases while the model shows life), post the results in requests that fit the server's limits
+(workers/runtime/delivery.py). The server being away is retried with backoff; so is a reply
+that is not the server's JSON (a proxy's HTML error page while the server restarts).
+
+A model silent for `stall_s` (no progress report, no `progress.alive()`) is taken for hung: the
+leases are no longer renewed, the batch's jobs fail with "model stalled for N s", and `serve`
+raises ModelStalled (the CLI exits with status 3) so that a supervisor starts a fresh process.
 
 Shut-down: the first SIGINT/SIGTERM stops polling and lets the running batch finish (up to
 `grace_s`, then its jobs are handed back to the queue); a second signal hands them back at once.
-A running job is finished or handed back, never dropped. A worker that stops cleanly (signal,
-or burst mode's queue empty) then says goodbye, so the server's status drops it at once.
+A running job is finished or handed back, never dropped. Results not yet delivered are tried
+for grace_s more, those the server may hold already (their request was cut short) once more.
+A worker that stops cleanly (signal, or burst mode's queue empty) then says goodbye, so the
+server's status drops it at once.
 """
 
 from __future__ import annotations
@@ -15,35 +23,41 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import signal
 import time
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
 import orjson
 
+from jobhive.files import FileUploadError
 from jobhive.protocol import (
-    WORKER_GOODBYE_PATH,
     WORKER_POLL_PATH,
     WORKER_PROGRESS_PATH,
     WORKER_RESULTS_PATH,
     Grant,
 )
+from workers.runtime import delivery
+from workers.runtime.delivery import Chunk
+from workers.runtime.link import RETRYABLE, ServerLink, maybe_taken
+from workers.runtime.media import take_files
 from workers.runtime.model import Job, ModelWorker
 from workers.runtime.progress import ProgressRelay
 from workers.runtime.thread import ModelThread
 
 log = logging.getLogger("jobhive.worker")
 
-_RETRYABLE = (aiohttp.ClientError, asyncio.TimeoutError, OSError)
-GOODBYE_TIMEOUT_S = 2.0  # a goodbye is a courtesy: a server slow to take it is not waited for
+RETRIED_4XX = (408, 429)  # the client errors a retry can fix
 
 
 class WorkerRefused(Exception):
     """The server refused this worker outright (wrong key, unknown job type): retrying won't
     help, so the worker stops with this message."""
+
+
+class ModelStalled(Exception):
+    """The model showed no life for stall_s: its batch failed, and since a Python thread cannot
+    be stopped, the worker exits (status 3) for a supervisor to start a fresh process."""
 
 
 @dataclass(frozen=True)
@@ -61,6 +75,8 @@ class RunnerSettings:
             jobs are handed back.
         progress_interval_s (float): the shortest gap between two progress requests.
         max_backoff_s (float): the longest wait between two tries when the server is away.
+        stall_s (float | None): the longest a batch may run without a sign of life before the
+            model is taken for hung (see ModelWorker.stall_s); None: the model's own.
     """
 
     server_url: str
@@ -72,6 +88,7 @@ class RunnerSettings:
     grace_s: float = 30.0
     progress_interval_s: float = 0.1
     max_backoff_s: float = 15.0
+    stall_s: float | None = None
 
 
 class Runner:
@@ -89,20 +106,34 @@ class Runner:
         # running jobs back); futures, not Events, so that racing them costs no task per batch.
         self._stopping: asyncio.Future[None] | None = None
         self._hand_back: asyncio.Future[None] | None = None
-        self._http: aiohttp.ClientSession | None = None
+        self._link: ServerLink  # set by serve()
         self._thread = ModelThread()
-        self._backoff_s = 0.0
+        self._running = 0  # jobs in the model now; the stop messages say what is left to do
+        self._unsent = 0  # results not yet handed to a request
+        # Learned from 413s: a results request this large was refused (None: none was yet).
+        self._refused_bytes: int | None = None
 
     def stop(self) -> None:
         """What SIGINT/SIGTERM do: the first asks to finish, the second to hand back."""
         assert self._stopping is not None and self._hand_back is not None
         if self._stopping.done():
-            log.warning("handing the running jobs back to the server")
+            if self._running:
+                log.warning("handing the running jobs back to the server")
+            elif self._unsent:
+                log.warning("stopping now: %d results not delivered", self._unsent)
+            else:
+                log.warning("stopping now")
             if not self._hand_back.done():
                 self._hand_back.set_result(None)
-        else:
+            return
+        if self._running:
             log.warning("stopping: finishing the running batch (signal again to hand it back)")
-            self._stopping.set_result(None)
+        elif self._unsent:
+            log.warning("stopping: delivering %d results first (signal again to give up)",
+                        self._unsent)
+        else:
+            log.warning("stopping: no job is running")
+        self._stopping.set_result(None)
 
     async def serve(self) -> None:
         """Loads the model and serves jobs until stopped (or, with burst, the queue is empty).
@@ -126,45 +157,35 @@ class Runner:
             settings.worker_id,
             settings.max_batch,
         )
-        headers = {"Authorization": f"Bearer {settings.key}", "Content-Type": "application/json"}
-        async with aiohttp.ClientSession(settings.server_url, headers=headers) as http:
-            self._http = http
-            jobs = await self._poll()
-            while jobs is not None:  # None: stopping
-                if jobs:
-                    jobs = await self._run_batch(jobs)  # its results post brings the next batch
-                elif settings.burst:
-                    log.info("queue empty: exiting (burst mode)")
-                    break
-                else:
-                    jobs = await self._poll()
-            await self._say_goodbye()
+        async with ServerLink(settings.server_url, settings.key, settings.max_backoff_s) as link:
+            self._link = link
+            try:
+                await self._serve_batches()
+            except ModelStalled:
+                await link.say_goodbye(settings.worker_id)
+                raise
+            await link.say_goodbye(settings.worker_id)
         log.info("worker %s stopped", settings.worker_id)
+
+    async def _serve_batches(self) -> None:
+        jobs = await self._poll()
+        while jobs is not None:  # None: stopping
+            if jobs:
+                jobs = await self._run_batch(jobs)  # its results post brings the next batch
+            elif self.settings.burst:
+                log.info("queue empty: exiting (burst mode)")
+                return
+            else:
+                jobs = await self._poll()
 
     # ----- talking to the server
 
-    async def _post(self, path: str, body: dict[str, Any], timeout_s: float) -> tuple[int, Any]:
-        assert self._http is not None
-        timeout = aiohttp.ClientTimeout(total=timeout_s)
-        async with self._http.post(path, data=orjson.dumps(body), timeout=timeout) as response:
-            data = await response.read()
-            return response.status, orjson.loads(data) if data else None
-
-    async def _retry_later(self, problem: object) -> None:
-        """Waits before the next try, longer each time (with jitter), up to max_backoff_s."""
-        self._backoff_s = min(self.settings.max_backoff_s, max(0.25, self._backoff_s * 2))
-        log.warning(
-            "server %s unavailable (%s); retrying in %.1f s",
-            self.settings.server_url,
-            str(problem) or type(problem).__name__,
-            self._backoff_s,
-        )
-        await asyncio.wait({self._hand_back}, timeout=self._backoff_s * random.uniform(0.8, 1.2))
-
-    def _reached(self) -> None:
-        if self._backoff_s:
-            log.info("server %s reachable again", self.settings.server_url)
-            self._backoff_s = 0.0
+    async def _retry_later(self, problem: object, deadline: float | None = None) -> None:
+        """Backs off before the next try (not past deadline, a time.monotonic()); a first stop,
+        or a hand-back, cuts the wait short."""
+        wake = [self._hand_back] if self._stopping.done() else [self._hand_back, self._stopping]
+        at_most_s = None if deadline is None else deadline - time.monotonic()
+        await self._link.retry_later(problem, *wake, at_most_s=at_most_s)
 
     def _poll_body(self) -> dict[str, Any]:
         settings = self.settings
@@ -175,36 +196,6 @@ class Runner:
             "wait_s": min(settings.poll_wait_s, 1.0) if settings.burst else settings.poll_wait_s,
             "info": self.model.info(),
         }
-
-    async def _post_unless_stopping(
-        self, path: str, body: dict[str, Any], timeout_s: float
-    ) -> tuple[int, Any] | None:
-        """Posts, but gives up (None) as soon as a stop is asked for: a poll left hanging would
-        hold the shut-down for its whole wait. The server drops a poll whose client left."""
-        post = asyncio.ensure_future(self._post(path, body, timeout_s))
-        await asyncio.wait({post, self._stopping}, return_when=asyncio.FIRST_COMPLETED)
-        if not post.done():
-            post.cancel()
-            return None
-        return post.result()
-
-    async def _say_goodbye(self) -> None:
-        """Tells the server this worker is gone, so it leaves /api/v1/status now instead of
-        when it has been quiet long enough. Best effort: any failure (server gone, an older
-        server without the route) is logged and ignored."""
-        assert self._http is not None
-        body = orjson.dumps({"worker_id": self.settings.worker_id})
-        timeout = aiohttp.ClientTimeout(total=GOODBYE_TIMEOUT_S)
-        try:
-            async with self._http.post(WORKER_GOODBYE_PATH, data=body, timeout=timeout) as reply:
-                status = reply.status  # the body is not needed (and an older server's 404 is text)
-        except Exception as e:  # whatever went wrong, the worker stops all the same
-            log.info("goodbye not delivered (%s)", str(e) or type(e).__name__)
-            return
-        if status == 200:
-            log.debug("said goodbye to %s", self.settings.server_url)
-        else:
-            log.info("goodbye not taken (HTTP %d); the server forgets this worker in time", status)
 
     @staticmethod
     def _jobs_from(grants: list[dict[str, Any]]) -> list[Job]:
@@ -220,49 +211,68 @@ class Runner:
         body = self._poll_body()
         while not self._stopping.done():
             try:
-                reply = await self._post_unless_stopping(
-                    WORKER_POLL_PATH, body, body["wait_s"] + 15
+                reply = await self._link.post_unless(
+                    WORKER_POLL_PATH, body, body["wait_s"] + 15, self._stopping
                 )
-            except _RETRYABLE as e:
+            except RETRYABLE as e:
                 await self._retry_later(e)
                 continue
             if reply is None:
                 return None
             status, data = reply
-            self._reached()
+            self._link.reached()
             if status == 204:
                 return []
             if status == 200:
                 return self._jobs_from(data["jobs"])
-            message = data.get("error") if isinstance(data, dict) else None
+            why = delivery.reason(status, data)
             if status in (400, 401, 403):
-                fields = data.get("fields") if isinstance(data, dict) else None
-                details = "".join(f"; {k}: {v}" for k, v in (fields or {}).items())
-                raise WorkerRefused(f"server refused the poll ({status}): {message}{details}")
-            await self._retry_later(f"HTTP {status}: {message}")
+                raise WorkerRefused(f"server refused the poll ({status}): {why}")
+            await self._retry_later(f"HTTP {status}: {why}")
         return None
 
     # ----- running a batch
 
     async def _run_batch(self, jobs: list[Job]) -> list[Job] | None:
-        """Runs one batch and delivers its results; returns the next batch (None: stopping)."""
+        """Runs one batch and delivers its results; returns the next batch (None: stopping).
+
+        Raises:
+            ModelStalled: the model showed no life for stall_s (its jobs were failed).
+        """
         loop = asyncio.get_running_loop()
         started = time.monotonic()
         heartbeat_s = min(job.lease_s for job in jobs) / 3
-        relay = ProgressRelay(loop, lambda r: self._relay_progress(jobs, r, started, heartbeat_s))
+        stall_s = self.model.stall_s if self.settings.stall_s is None else self.settings.stall_s
+        relay = ProgressRelay(
+            loop, lambda r: self._relay_progress(jobs, r, started, heartbeat_s), stall_s
+        )
         heartbeat = loop.call_later(heartbeat_s, relay.start)
         run = self._thread.call(self._run_model, jobs, relay)
+        self._running = len(jobs)
         try:
-            results = await self._finish_or_hand_back(run, jobs)
+            results = await self._finish_or_hand_back(run, jobs, relay.stalled)
         finally:
+            self._running = 0
             heartbeat.cancel()
             await relay.stop()
+        if relay.stalled.done() and not run.done():
+            await self._fail_stalled(jobs, stall_s)
         if results is None:
             await self._send_results(jobs, [{"release": True}] * len(jobs), self.settings.grace_s)
             return None
         log.info("batch of %d %s jobs ran in %.3f s", len(jobs), jobs[0].endpoint,
                  time.monotonic() - started)
+        await self._upload_files(jobs, results)
         return await self._send_results(jobs, results)
+
+    async def _fail_stalled(self, jobs: list[Job], stall_s: float) -> None:
+        """Fails a hung model's batch (trying for grace_s), then raises ModelStalled."""
+        error = f"model stalled for {stall_s:g} s"
+        log.error("%s (no progress from its batch of %d %s jobs: %s): failing them and "
+                  "exiting for a fresh process", error, len(jobs), jobs[0].endpoint,
+                  ", ".join(job.id for job in jobs))
+        await self._send_results(jobs, [{"error": error}] * len(jobs), self.settings.grace_s)
+        raise ModelStalled(f"{error}; its jobs failed")
 
     def _run_model(self, jobs: list[Job], relay: ProgressRelay) -> list[dict[str, Any]]:
         """In the model thread: runs the batch and turns what it returns into result entries."""
@@ -281,8 +291,9 @@ class Runner:
                 entries.append({"error": f"worker returned {type(outcome).__name__}, not a dict"})
             else:
                 try:  # serialised here, off the event loop; what cannot travel becomes an error
-                    data = orjson.dumps(outcome, option=orjson.OPT_SERIALIZE_NUMPY)
-                    entries.append({"outputs": orjson.Fragment(data)})
+                    outputs, files = take_files(outcome)  # media go as files, not in the JSON
+                    data = orjson.dumps(outputs, option=orjson.OPT_SERIALIZE_NUMPY)
+                    entries.append({"outputs": orjson.Fragment(data), "files": files})
                 except TypeError as e:
                     entries.append({"error": f"outputs are not JSON-serialisable: {e}"})
             if job.canceled:
@@ -290,14 +301,17 @@ class Runner:
         return entries
 
     async def _finish_or_hand_back(
-        self, run: asyncio.Future[Any], jobs: list[Job]
+        self, run: asyncio.Future[Any], jobs: list[Job], stalled: asyncio.Future[float]
     ) -> list[dict[str, Any]] | None:
-        """The batch's result entries, or None when its jobs must be handed back."""
-        await asyncio.wait({run, self._stopping}, return_when=asyncio.FIRST_COMPLETED)
+        """The batch's result entries, or None when its jobs must be handed back (or failed:
+        the model stalled)."""
+        await asyncio.wait({run, self._stopping, stalled}, return_when=asyncio.FIRST_COMPLETED)
+        if stalled.done() and not run.done():
+            return None
         if not run.done():
             log.warning("waiting up to %g s for %d running jobs", self.settings.grace_s, len(jobs))
             await asyncio.wait(
-                {run, self._hand_back},
+                {run, self._hand_back, stalled},
                 timeout=self.settings.grace_s,
                 return_when=asyncio.FIRST_COMPLETED,
             )
@@ -336,7 +350,7 @@ class Runner:
                             "outputs": outputs,
                         }
                     )
-                elif now - sent_at[job.id] >= heartbeat_s and not job.canceled:
+                elif now - sent_at[job.id] >= heartbeat_s and not job.canceled and relay.lively:
                     reports.append({"job_id": job.id, "lease_id": job.lease_id})
             if reports:
                 await self._send_progress(jobs, reports)
@@ -345,12 +359,19 @@ class Runner:
 
     async def _send_progress(self, jobs: list[Job], reports: list[dict[str, Any]]) -> None:
         try:
-            status, data = await self._post(WORKER_PROGRESS_PATH, {"reports": reports}, 30)
-        except _RETRYABLE as e:
-            log.warning("progress not delivered (%s); the lease renews with the next one", e)
+            status, data = await self._link.post(WORKER_PROGRESS_PATH, {"reports": reports}, 30)
+            if status == 413 and any(r.get("outputs") for r in reports):
+                # Previews too large for the server: the leases must still be renewed.
+                log.warning("progress refused (413: %s); sending it without its outputs",
+                            delivery.reason(status, data))
+                reports = [{**r, "outputs": None} for r in reports]
+                status, data = await self._link.post(WORKER_PROGRESS_PATH, {"reports": reports}, 30)
+        except RETRYABLE as e:
+            log.warning("progress not delivered (%s); the lease renews with the next one",
+                        str(e) or type(e).__name__)
             return
         if status != 200:
-            log.warning("progress refused (%d): %s", status, data)
+            log.warning("progress refused (%d): %s", status, delivery.reason(status, data))
             return
         by_id = {job.id: job for job in jobs}
         for answer in data["answers"]:
@@ -360,51 +381,154 @@ class Runner:
                     log.info("job %s stops: %s", job.id, answer.get("error") or "canceled")
                 job.canceled = True
 
+    # ----- delivering results
+
+    async def _upload_files(self, jobs: list[Job], entries: list[dict[str, Any]]) -> None:
+        """Uploads the media files of each job's result (entry["files"]), which its outputs
+        reference, before the results are posted. The server being away is retried as for
+        results; a file it refuses for a reason a retry cannot fix fails that job with the
+        reason; a job whose lease is gone (409) is left for its report to be answered so.
+        A hand-back (second signal) stops the uploads: those jobs are handed back instead."""
+        for job, entry in zip(jobs, entries, strict=True):
+            files = entry.pop("files", None) or {}
+            for name, media in files.items():
+                problem = await self._upload(job, name, media)
+                if problem is None:
+                    continue
+                if self._hand_back.done():
+                    entry.clear()
+                    entry["release"] = True
+                else:
+                    entry.clear()
+                    entry["error"] = problem
+                    log.error("job %s fails: %s", job.id, problem)
+                break
+
+    async def _upload(self, job: Job, name: str, media: Any) -> str | None:
+        """Uploads one file, retrying while the server is away (for grace_s once stopping);
+        None when it is stored, else why it is not (the job's error)."""
+        deadline = None
+        while True:
+            try:
+                await self._link.upload(job.id, job.lease_id, name, media.media_type, media.data)
+                self._link.reached()
+                return None
+            except FileUploadError as e:
+                if e.status < 500 and e.status not in RETRIED_4XX:
+                    return f"result file {name} refused by the server ({e.status}): {e.message}"
+                problem: object = f"HTTP {e.status}: {e.message[:200]}"
+            except RETRYABLE as e:
+                problem = str(e) or type(e).__name__
+            if self._stopping.done() and deadline is None:
+                deadline = time.monotonic() + self.settings.grace_s
+            if self._hand_back.done() or (deadline is not None and time.monotonic() > deadline):
+                return f"result file {name} not delivered: {problem}"
+            await self._retry_later(problem, deadline)
+
     async def _send_results(
         self, jobs: list[Job], entries: list[dict[str, Any]], give_up_s: float | None = None
     ) -> list[Job] | None:
-        """Posts a batch's results in one request that also polls for the next batch (unless
-        stopping), retrying while the server is away; returns the next batch, None when
-        stopping. Once stopping, it tries for grace_s at most, and not at all after a second
-        signal: the leases expire and the jobs run again elsewhere, late but not lost.
-        With give_up_s (a hand-back), tries only that long: a hand-back that cannot
-        be delivered is not needed, the lease expiring requeues the jobs all the same."""
+        """Posts a batch's results in requests that fit the server's limits, the last one also
+        polling for the next batch (unless stopping); returns that batch ([] when none came),
+        None when stopping. The server being away is retried with backoff; a result it refuses
+        fails its job with the reason (workers/runtime/delivery.py).
+
+        Once stopping, results not yet delivered are tried for grace_s at most, those the
+        server may hold already (their request was cut short) once more, and none after a
+        second signal: the leases expire and the jobs run again elsewhere, late but not lost.
+        With give_up_s (a hand-back, a stalled batch's errors), tries only that long, and
+        without a poll."""
         reports = [
             {"job_id": job.id, "lease_id": job.lease_id, **entry}
             for job, entry in zip(jobs, entries, strict=True)
         ]
+        pending = delivery.pack(reports, self._results_budget())
         deadline = time.monotonic() + give_up_s if give_up_s is not None else None
-        while True:
-            body: dict[str, Any] = {"reports": reports}
-            if give_up_s is None and not self._stopping.done():
-                body["poll"] = self._poll_body()
+        next_jobs: list[Job] | None = None
+        while pending:
+            chunk = pending[0]
+            polling = give_up_s is None and not self._stopping.done() and len(pending) == 1
+            self._unsent = sum(len(c.reports) for c in pending) - len(chunk.reports) * polling
             try:
-                if "poll" in body:
-                    reply = await self._post_unless_stopping(
-                        WORKER_RESULTS_PATH, body, body["poll"]["wait_s"] + 60
-                    )
-                else:
-                    reply = await self._post(WORKER_RESULTS_PATH, body, 60)
-            except _RETRYABLE as e:
-                problem: object = e
+                status, data, size = await self._post_results(chunk, polling)
+            except RETRYABLE as e:
+                problem: object = str(e) or type(e).__name__
+                chunk.maybe_taken |= maybe_taken(e)
             else:
-                if reply is None:
-                    continue  # stopping: send the results again, without the poll (idempotent)
-                status, data = reply
-                self._reached()
+                if status == 0:  # stopping cut the poll short: send them again, without it
+                    chunk.maybe_taken = True
+                    continue
+                self._link.reached()
                 if status == 200:
-                    for answer in data["answers"]:
-                        if not answer["ok"]:
-                            log.warning("result of job %s not taken: %s",
-                                        answer["job_id"], answer.get("error"))
-                    return self._jobs_from(data["jobs"]) if "jobs" in data else None
-                if status < 500 and status != 429:
-                    log.error("results refused (%d): %s", status, data)
-                    return None if self._stopping.done() else []
-                problem = f"HTTP {status}"
+                    pending.pop(0)
+                    self._note_answers(data)
+                    if polling:
+                        next_jobs = self._jobs_from(data.get("jobs", []))
+                    continue
+                if 400 <= status < 500 and status not in RETRIED_4XX:
+                    pending[:1] = self._after_refusal(chunk, status, data, size)
+                    continue
+                problem = f"HTTP {status}: {delivery.reason(status, data)}"
             if self._stopping.done() and deadline is None:  # stopping: try for grace_s more
                 deadline = time.monotonic() + self.settings.grace_s
-            if self._hand_back.done() or (deadline is not None and time.monotonic() > deadline):
-                log.warning("gave up delivering %d results: %s", len(jobs), problem)
-                return None
-            await self._retry_later(problem)
+            if self._stopping.done() and chunk.maybe_taken:
+                log.warning("%s not confirmed (%s): the server may hold them already; if not, "
+                            "their leases run out and they run again", chunk.what, problem)
+                pending.pop(0)
+            elif self._hand_back.done() or (deadline is not None and time.monotonic() > deadline):
+                for left in pending:
+                    log.warning("gave up delivering %s (%s): their leases run out and they run "
+                                "again", left.what, problem)
+                pending.clear()
+            else:
+                await self._retry_later(problem, deadline)
+        self._unsent = 0
+        if next_jobs is not None:
+            return next_jobs
+        return None if self._stopping.done() or give_up_s is not None else []
+
+    def _results_budget(self) -> int | None:
+        """The most bytes of reports a results request may carry (None: no limit known yet)."""
+        if self._refused_bytes is None:
+            return None
+        return self._refused_bytes - len(orjson.dumps(self._poll_body())) - 256
+
+    async def _post_results(self, chunk: Chunk, polling: bool) -> tuple[int, Any, int]:
+        """Posts one chunk (with a poll for the next batch); returns (status, data, the body's
+        size), status 0 when a stop cut the poll short."""
+        body: dict[str, Any] = {"reports": chunk.reports}
+        if not polling:
+            data = orjson.dumps(body)
+            return (*await self._link.post(WORKER_RESULTS_PATH, data, 60), len(data))
+        body["poll"] = self._poll_body()
+        data = orjson.dumps(body)
+        reply = await self._link.post_unless(
+            WORKER_RESULTS_PATH, data, body["poll"]["wait_s"] + 60, self._stopping
+        )
+        return (0, None, len(data)) if reply is None else (*reply, len(data))
+
+    def _note_answers(self, data: dict[str, Any]) -> None:
+        for answer in data["answers"]:
+            if not answer["ok"]:
+                log.warning("result of job %s not taken: %s", answer["job_id"], answer.get("error"))
+
+    def _after_refusal(self, chunk: Chunk, status: int, data: Any, size: int) -> list[Chunk]:
+        """What to send instead of a chunk the server refused: its reports in smaller chunks,
+        or, for one report, the error that fails its job (nothing if that was refused too)."""
+        why = delivery.reason(status, data)
+        if status == 413:
+            self._refused_bytes = min(self._refused_bytes or size, size)
+        if len(chunk.reports) > 1:
+            parts = delivery.split(chunk, self._results_budget() if status == 413 else None)
+            log.warning("%d results refused together (%d: %s); sending them in %d requests",
+                        len(chunk.reports), status, why, len(parts))
+            return parts
+        (report,) = chunk.reports
+        replacement = delivery.refused(report, status, why)
+        if replacement is None:
+            log.error("%s refused (%d: %s): its lease runs out and it runs again",
+                      chunk.what, status, why)
+            return []
+        log.error("result of job %s refused (%d: %s): the job fails with that reason",
+                  report["job_id"], status, why)
+        return [Chunk([replacement], chunk.maybe_taken)]

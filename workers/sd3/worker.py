@@ -29,6 +29,7 @@ import torch
 from PIL import Image, PngImagePlugin
 
 from workers.runtime.images import data_url, decode_image
+from workers.runtime.media import MediaFile
 from workers.runtime.model import Job, ModelWorker, Progress
 
 log = logging.getLogger("jobhive.worker.sd3")
@@ -334,6 +335,7 @@ class SD3Worker(ModelWorker):
     """Stable Diffusion 3 text-to-image and image-to-image, with previews and batching."""
 
     job_type = "sd3"
+    stall_s = 120.0  # progress each denoising step; text encoding and VAE decode are silent
     settings: SD3Settings
 
     @classmethod
@@ -520,8 +522,8 @@ class SD3Worker(ModelWorker):
         for seed, image in zip(r.seeds, images[r.rows], strict=True):
             assert image is not None
             metadata = {**r.settings(), "seed": seed, "model": str(self.settings.model)}
-            encoded.append(data_url(encode_image(image, r.output_format, metadata),
-                                    r.output_format))
+            encoded.append(MediaFile(encode_image(image, r.output_format, metadata),
+                                     f"image/{r.output_format}"))
         return {
             "images": encoded,
             "seeds": r.seeds,

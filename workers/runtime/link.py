@@ -1,0 +1,164 @@
+"""A worker's link to its server: JSON posts, what counts as the server being away, backoff.
+
+Every reply the runner reads goes through `ServerLink.post`: a reply that is not JSON (a
+reverse proxy's HTML 502 while the server restarts, an empty body, another content type) raises
+ServerUnavailable, which is retried like a refused connection, with the same log line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from typing import Any
+
+import aiohttp
+import orjson
+
+from jobhive.files import upload_file
+from jobhive.protocol import WORKER_GOODBYE_PATH, FileRef
+
+log = logging.getLogger("jobhive.worker")
+
+GOODBYE_TIMEOUT_S = 2.0  # a goodbye is a courtesy: a server slow to take it is not waited for
+
+
+class ServerUnavailable(Exception):
+    """A reply that is not the server's JSON (a proxy's HTML error page, an empty body, another
+    content type): whoever answered, the server is away, as when a connection is refused."""
+
+    def __init__(self, status: int, content_type: str) -> None:
+        super().__init__(f"HTTP {status} {content_type or 'without content type'}, not JSON")
+        self.status = status
+
+
+# What a retry may fix: the connection, a timeout, a reply not from the server.
+RETRYABLE = (aiohttp.ClientError, asyncio.TimeoutError, OSError, ServerUnavailable)
+
+
+def maybe_taken(error: BaseException) -> bool:
+    """Whether a request that failed so may have been taken by the server all the same: unless
+    the connection was never made. (A dropped connection or a timeout may come after the
+    server took it; so may a proxy's 502, when its upstream went away mid-request.)"""
+    return not isinstance(error, aiohttp.ClientConnectorError)
+
+
+class ServerLink:
+    """One worker's HTTP session with its server (an async context manager).
+
+    Args:
+        url (str): the server's base URL.
+        key (str): the worker key, sent as a bearer token.
+        max_backoff_s (float): the longest wait between two tries when the server is away.
+    """
+
+    def __init__(self, url: str, key: str, max_backoff_s: float) -> None:
+        self.url = url
+        self._headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+        self._max_backoff_s = max_backoff_s
+        self._backoff_s = 0.0
+        self._http: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> ServerLink:
+        self._http = aiohttp.ClientSession(self.url, headers=self._headers)
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        assert self._http is not None
+        await self._http.close()
+
+    async def post(
+        self, path: str, body: dict[str, Any] | bytes, timeout_s: float
+    ) -> tuple[int, Any]:
+        """The status and JSON of the server's reply (None for a 204, or for a 413 that is not
+        JSON: whoever said it, the request was too large).
+
+        Raises:
+            ServerUnavailable: any other reply that is not JSON.
+            aiohttp.ClientError, asyncio.TimeoutError, OSError: the request failed.
+        """
+        assert self._http is not None, "use the link as `async with`"
+        data = body if isinstance(body, bytes) else orjson.dumps(body)
+        timeout = aiohttp.ClientTimeout(total=timeout_s)
+        async with self._http.post(path, data=data, timeout=timeout) as response:
+            raw = await response.read()
+            status, content_type = response.status, response.content_type
+        try:
+            if content_type != "application/json":
+                raise ValueError(content_type)
+            return status, orjson.loads(raw)
+        except ValueError:  # orjson.JSONDecodeError too
+            if status in (204, 413):
+                return status, None
+            raise ServerUnavailable(status, content_type) from None
+
+    async def upload(
+        self, job_id: str, lease_id: str, name: str, media_type: str, data: bytes
+    ) -> FileRef:
+        """PUTs one output file of a job (jobhive.files.upload_file); its reference.
+
+        Raises:
+            jobhive.files.FileUploadError: the server (or a proxy) answered other than 200.
+            aiohttp.ClientError, asyncio.TimeoutError, OSError: the request failed.
+        """
+        assert self._http is not None, "use the link as `async with`"
+        return await upload_file(self._http, job_id, lease_id, name, media_type, data)
+
+    async def post_unless(
+        self, path: str, body: dict[str, Any] | bytes, timeout_s: float, stop: asyncio.Future[Any]
+    ) -> tuple[int, Any] | None:
+        """Posts, but gives up (None) as soon as `stop` resolves: a poll left hanging would
+        hold the shut-down for its whole wait. The server drops a poll whose client left."""
+        post = asyncio.ensure_future(self.post(path, body, timeout_s))
+        await asyncio.wait({post, stop}, return_when=asyncio.FIRST_COMPLETED)
+        if not post.done():
+            post.cancel()
+            return None
+        return post.result()
+
+    async def retry_later(
+        self, problem: object, *wake: asyncio.Future[Any], at_most_s: float | None = None
+    ) -> None:
+        """Waits before the next try, longer each time (with jitter), up to max_backoff_s (and
+        at_most_s, when given), or until one of `wake` resolves."""
+        self._backoff_s = min(self._max_backoff_s, max(0.25, self._backoff_s * 2))
+        wait_s = self._backoff_s
+        if at_most_s is not None:
+            wait_s = max(0.0, min(wait_s, at_most_s))
+        log.warning(
+            "server %s unavailable (%s); retrying in %.1f s",
+            self.url,
+            str(problem) or type(problem).__name__,
+            wait_s,
+        )
+        jittered_s = wait_s * random.uniform(0.8, 1.2)
+        if at_most_s is not None:
+            jittered_s = max(0.0, min(jittered_s, at_most_s))
+        await asyncio.wait(set(wake), timeout=jittered_s)
+
+    def reached(self) -> None:
+        """Notes an answer from the server: the next backoff starts short again."""
+        if self._backoff_s:
+            log.info("server %s reachable again", self.url)
+            self._backoff_s = 0.0
+
+    async def say_goodbye(self, worker_id: str) -> None:
+        """Tells the server this worker is gone, so it leaves /api/v1/status now instead of
+        when it has been quiet long enough. Best effort: any failure (server gone, an older
+        server without the route) is logged and ignored."""
+        try:
+            status, _ = await self.post(
+                WORKER_GOODBYE_PATH, {"worker_id": worker_id}, GOODBYE_TIMEOUT_S
+            )
+        except ServerUnavailable as e:
+            if e.status >= 500:
+                log.info("goodbye not delivered (%s)", e)
+                return
+            status = e.status  # an older server's 404 for the route is text
+        except Exception as e:  # whatever went wrong, the worker stops all the same
+            log.info("goodbye not delivered (%s)", str(e) or type(e).__name__)
+            return
+        if status == 200:
+            log.debug("said goodbye to %s", self.url)
+        else:
+            log.info("goodbye not taken (HTTP %d); the server forgets this worker in time", status)
