@@ -17,7 +17,7 @@ from api_server.config import ConfigError, Endpoint, ServerConfig, sqlite_path
 from api_server.connections import ConnectionGuard
 from api_server.httputil import ApiError, error_response
 from api_server.media_pool import MediaPool
-from api_server.openapi import OPENAPI_PATH, openapi_json
+from api_server.openapi import OPENAPI_PATH, build_document, openapi_json
 from api_server.outputs import OutputFilter
 from api_server.ratelimit import RateLimiter, retry_after_header
 from api_server.routes import clients, files, jobs, pages, status, workers
@@ -139,6 +139,7 @@ def create_app(
     app[RATE_LIMITER] = RateLimiter()
     app[MEDIA_POOL] = MediaPool(processes=min(4, os.cpu_count() or 1))
     app.cleanup_ctx.extend([_media_pool, _store, _files])
+    app.on_startup.append(build_document)
     app.on_shutdown.append(_stop_waiting)
     for module in (clients, jobs, files, workers, status):
         app.add_routes(module.routes)

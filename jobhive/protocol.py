@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import base64
 import re
-import uuid
+import secrets
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -93,9 +94,17 @@ def valid_job_id(value: object) -> bool:
     return isinstance(value, str) and JOB_ID_PATTERN.match(value) is not None
 
 
-def new_job_id() -> str:
-    """A fresh random job id, which makes a submit safe to repeat."""
-    return uuid.uuid4().hex
+def new_job_id(created_at_ms: int | None = None) -> str:
+    """A fresh job id, which makes a submit safe to repeat: 32 hex digits, the creation time in
+    milliseconds (12 digits, now unless given) and then 80 random bits (unguessable).
+
+    Time first, for the store's speed: ids that grow with time go in at the end of the
+    journal's index of ids, so a commit of many new jobs writes one or two index pages, not a
+    random page per job (with random ids those page writes, in each commit and again in each
+    checkpoint, were about a fifth of the journal's CPU per job)."""
+    if created_at_ms is None:
+        created_at_ms = time.time_ns() // 1_000_000
+    return f"{created_at_ms:012x}{secrets.token_hex(10)}"
 
 
 # ----- routes: `*_ROUTE` are aiohttp patterns, the functions fill them in (quoted)

@@ -20,7 +20,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import ECHO_WORKER_KEY, REPO, SD3_WORKER_KEY, Process, spawn_worker, wait_until
+from conftest import ECHO_WORKER_KEY, REPO, Process, spawn_worker, wait_until
 from e2e_http import echo_variant, get_job
 
 from workers.runtime.supervisor import child_command
@@ -302,25 +302,28 @@ def test_gpus_start_one_child_per_gpu(
 
 
 @pytest.mark.timeout(300)
-def test_tiny_sd3_children_share_one_build_and_each_serve(
-    tmp_path, start_server, start_supervisor, http
+def test_tiny_model_children_share_one_build_and_each_serve(
+    tiny_llama4_dir, start_server, start_supervisor, http
 ):
-    tiny_dir = tmp_path / "tiny-sd3"
+    # The tiny Llama 4 (the session's build; the supervisor builds it if no test did yet): a
+    # model worker whose children load in seconds (the tiny SD3 takes three times as long).
     server = start_server()
     supervisor = start_supervisor(
-        server.url, "--tiny", "--tiny-dir", str(tiny_dir), "--device", "cpu", "--processes", "2",
-        "--preview-size", "64", kind="sd3", key=SD3_WORKER_KEY, env={"OMP_NUM_THREADS": "1"},
+        server.url, "--tiny", "--tiny-dir", str(tiny_llama4_dir), "--device", "cpu",
+        "--dtype", "float32", "--processes", "2", kind="llama4", key="llama4-worker-key",
+        env={"OMP_NUM_THREADS": "1"},
     )
     online(http, server.url, BOTH, timeout_s=240)
     for _, pid, _ in started(supervisor):  # the children load the build, never build it
         argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        assert b"--tiny" not in argv and str(tiny_dir).encode() in argv, argv
-        assert argv[argv.index(b"--model") + 1] == str(tiny_dir).encode(), argv
-    inputs = {"prompt": "a hive", "width": 64, "height": 64, "steps": 2, "preview": "none"}
+        assert b"--tiny" not in argv, argv
+        assert argv[argv.index(b"--model") + 1] == str(tiny_llama4_dir).encode(), argv
+    inputs = {"chat_context": [{"role": "user", "content": "hi"}], "max_new_tokens": 4,
+              "seed": 1}
 
     def both_served() -> bool:
         # Two jobs at once: while one child runs the first, the other takes the second.
-        job_ids = [submit(http, server.url, "sd3", **inputs) for _ in range(2)]
+        job_ids = [submit(http, server.url, "llama4_chat", **inputs) for _ in range(2)]
         assert [finished(http, server.url, j)["status"] for j in job_ids] == ["done"] * 2
         seen = status(http, server.url)
         return all(seen[w]["jobs_done"] >= 1 for w in BOTH)

@@ -42,7 +42,7 @@ from api_server.store.model import (
 )
 from api_server.store.queue import JobQueue
 from api_server.store.workers import WorkerRegistry
-from jobhive.protocol import Grant, JobStatus
+from jobhive.protocol import Grant, JobStatus, new_job_id
 
 log = logging.getLogger("jobhive.jobs")
 
@@ -814,15 +814,6 @@ class JobStore:
         """A guess at when a queue slot frees: one job's run time over the jobs running."""
         running = sum(1 for job in self._running.values() if job.endpoint == endpoint)
         return max(1, math.ceil(self._run_s[endpoint] / max(1, running)))
-
-
-def new_job_id(created_at_ms: int) -> str:
-    """A fresh job id: 32 hex digits, the creation time in milliseconds (12 digits) and then 80
-    random bits (unguessable). For speed: ids that grow with time go in at the end of the
-    journal's index of ids, so a commit of many new jobs writes one or two index pages, not a
-    random page per job (with random ids those page writes, in each commit and again in each
-    checkpoint, were about a fifth of the journal's CPU per job)."""
-    return f"{created_at_ms:012x}{secrets.token_hex(10)}"
 
 
 async def _wait_on(waiter: asyncio.Future[bool], timeout_s: float) -> bool:

@@ -251,6 +251,12 @@ class Runner:
         self._running = len(jobs)
         try:
             results = await self._finish_or_hand_back(run, jobs, relay.stalled)
+            if results is not None:
+                log.info("batch of %d %s jobs ran in %.3f s", len(jobs), jobs[0].endpoint,
+                         time.monotonic() - started)
+                # While the relay runs its heartbeats keep the leases: each stored file is a
+                # sign of life, so a long upload is not taken for a stalled model.
+                await self._upload_files(jobs, results, relay)
         finally:
             self._running = 0
             heartbeat.cancel()
@@ -260,9 +266,6 @@ class Runner:
         if results is None:
             await self._send_results(jobs, [{"release": True}] * len(jobs), self.settings.grace_s)
             return None
-        log.info("batch of %d %s jobs ran in %.3f s", len(jobs), jobs[0].endpoint,
-                 time.monotonic() - started)
-        await self._upload_files(jobs, results)
         return await self._send_results(jobs, results)
 
     async def _fail_stalled(self, jobs: list[Job], stall_s: float) -> None:
@@ -383,7 +386,9 @@ class Runner:
 
     # ----- delivering results
 
-    async def _upload_files(self, jobs: list[Job], entries: list[dict[str, Any]]) -> None:
+    async def _upload_files(
+        self, jobs: list[Job], entries: list[dict[str, Any]], relay: ProgressRelay
+    ) -> None:
         """Uploads the media files of each job's result (entry["files"]), which its outputs
         reference, before the results are posted. The server being away is retried as for
         results; a file it refuses for a reason a retry cannot fix fails that job with the
@@ -394,6 +399,7 @@ class Runner:
             for name, media in files.items():
                 problem = await self._upload(job, name, media)
                 if problem is None:
+                    relay.alive()
                     continue
                 if self._hand_back.done():
                     entry.clear()
