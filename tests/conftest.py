@@ -54,6 +54,17 @@ class Process:
         self._close()
         return self.proc.returncode
 
+    def exited(self, timeout_s: float = 30.0) -> int:
+        """Waits for the process to exit by itself and for all its output to be read (so that
+        `text` holds its last lines); returns its exit code. Fails, with its output, when it
+        is still running after timeout_s."""
+        try:
+            self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"still running after {timeout_s} s:\n{self.text}") from None
+        self._close()
+        return self.proc.returncode
+
     def kill(self) -> None:
         """SIGKILL: the process gets no chance to clean up (a crash, a lost host)."""
         if self.proc.poll() is None:
