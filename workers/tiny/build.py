@@ -9,6 +9,7 @@ VERSION whenever what it builds changes.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -60,12 +61,24 @@ def ensure_built(
     if is_built():
         return target
     log.info("building the tiny random-weight %s in %s", name, target)
+    _quiet_progress_bars()
 
     def save_stamped(staging: Path) -> None:
         save(staging)
         (staging / STAMP).write_text(json.dumps(wanted))  # last: a stamped folder is whole
 
     return _publish_folder(target, save_stamped, is_built)
+
+
+def _quiet_progress_bars() -> None:
+    """No per-shard progress bars on the terminal: a tiny build takes a second."""
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    with contextlib.suppress(ImportError):
+        import diffusers
+
+        diffusers.utils.logging.disable_progress_bar()
 
 
 def _publish_folder(target: Path, save: Callable[[Path], None],
