@@ -33,6 +33,9 @@ def _show(value: Any, limit: int = 40) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+MEDIA_TYPE_NAMES = frozenset({"image", "image_list", "audio"})  # outputs that may be files
+
+
 @dataclass(frozen=True, kw_only=True)
 class FieldSpec:
     """What every field type shares.

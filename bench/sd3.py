@@ -57,6 +57,8 @@ def parse_args() -> argparse.Namespace:
                         help="how long a job may take (--through-server; at most 300)")
     parser.add_argument("--against", metavar="REV",
                         help="with --through-server, also run this git revision, alternately")
+    parser.add_argument("--tiny", action="store_true", help="the tiny random-weight SD3")
+    parser.add_argument("--tiny-dir", help="where the tiny SD3 is built (default its cache)")
     SD3Worker.add_arguments(parser)
     args = parser.parse_args()
     if args.through_server:

@@ -454,17 +454,14 @@ class AsyncClient:
         """
         loop = asyncio.get_running_loop()
         deadline = None if timeout_s is None else loop.time() + timeout_s
-        if isinstance(job, Job) and job.finished and not inline:
-            current = job  # (inline: read again, for the data URLs)
-        else:
-            current = await self.get(job, inline=inline)
+        current = job if isinstance(job, Job) and job.finished else await self.get(job)
         while not current.finished:
             wait_s = LONG_POLL_S if deadline is None else min(LONG_POLL_S, deadline - loop.time())
             if wait_s <= 0:
                 raise WaitTimeout(current, timeout_s or 0.0)
-            current = await self.get(current.job_id, wait_s=wait_s, since=current.version,
-                                     inline=inline)
-        return current
+            current = await self.get(current.job_id, wait_s=wait_s, since=current.version)
+        # The data URLs once, for the finished job: not with every long-poll on the way.
+        return await self.get(current.job_id, inline=True) if inline else current
 
     async def result(
         self, job: str | Job, timeout_s: float | None = None, *, inline: bool = False
@@ -598,8 +595,10 @@ class AsyncClient:
 
     async def _polled_events(self, job_id: str, since: int, inline: bool) -> AsyncIterator[Event]:
         """Events made by long-polling: one per new version of the job, and the final state."""
-        current = await self.get(job_id, inline=inline)
+        current = await self.get(job_id)
         while True:
+            if current.finished and inline:  # the data URLs once, for the final event
+                current = await self.get(job_id, inline=True)
             # A finished job always ends the stream with its event, even one whose version is
             # not past `since`: versions are not stored, a restarted server numbers them afresh.
             if current.version > since or current.finished:
@@ -607,7 +606,7 @@ class AsyncClient:
                 since = current.version
             if current.finished:
                 return
-            current = await self.get(job_id, wait_s=LONG_POLL_S, since=since, inline=inline)
+            current = await self.get(job_id, wait_s=LONG_POLL_S, since=since)
 
 
 class Client:

@@ -1,7 +1,8 @@
 """A worker's side of output files: upload one, get back the reference to put in its outputs.
 
     ref = await upload_file(http, grant.job_id, grant.lease_id, "image-0.png", "image/png", png)
-    outputs = {"image": ref.to_json()}
+    outputs = {"image": ref.to_json()}   # or {"image": {"file": "image-0.png"}}: the server
+                                         # fills in the rest from what it stored
 
 The worker runtime calls it before it posts the job's result; the server answers only once the
 file is durable, and a retry with the same name replaces the file (safe to repeat).
@@ -24,14 +25,12 @@ class FileUploadError(Exception):
         status (int): the HTTP status (413: too large, 409: the lease was lost, 507/503: the
             server cannot store it now, try later).
         message (str): the server's error message.
-        retry_after_s (float | None): the server's Retry-After, where it sent one.
     """
 
-    def __init__(self, status: int, message: str, retry_after_s: float | None = None) -> None:
+    def __init__(self, status: int, message: str) -> None:
         super().__init__(f"file upload refused: HTTP {status}: {message}")
         self.status = status
         self.message = message
-        self.retry_after_s = retry_after_s
 
 
 async def upload_file(
@@ -42,21 +41,20 @@ async def upload_file(
     media_type: str,
     data: bytes,
     *,
-    server_url: str = "",
+    timeout_s: float | None = None,
 ) -> FileRef:
     """PUTs one output file of a job and returns its reference.
 
     Args:
         session (aiohttp.ClientSession): a session sending the worker key (Authorization:
-            Bearer KEY), with the server as its base URL unless `server_url` is given.
+            Bearer KEY), with the server as its base URL.
         job_id (str): the job's id.
         lease_id (str): the job's current lease (from its grant).
         name (str): the file's name within the job (protocol.FILE_NAME_RULE), e.g.
             "image-0.png".
         media_type (str): its media type, one of protocol.FILE_MEDIA_TYPES.
         data (bytes): its bytes.
-        server_url (str): the server's URL, put before the route; default "" (the session's
-            base URL).
+        timeout_s (float | None): the longest the upload may take; None: the session's.
 
     Returns:
         FileRef: the reference as the server stored it (url, bytes, sha256 filled in); put
@@ -67,15 +65,14 @@ async def upload_file(
             without a reference.
         aiohttp.ClientError: the server could not be reached.
     """
-    url = server_url.rstrip("/") + worker_job_file_path(job_id, name)
+    timeout = aiohttp.ClientTimeout(total=timeout_s) if timeout_s is not None else None
     async with session.put(  # (a BytesIO: aiohttp writes it in chunks, off the loop's back)
-        url, params={LEASE_PARAM: lease_id}, data=io.BytesIO(data),
-        headers={"Content-Type": media_type},
+        worker_job_file_path(job_id, name), params={LEASE_PARAM: lease_id},
+        data=io.BytesIO(data), headers={"Content-Type": media_type}, timeout=timeout,
     ) as response:
         body = await response.read()
         if response.status != 200:
-            raise FileUploadError(response.status, _message(body),
-                                  _retry_after(response.headers.get("Retry-After")))
+            raise FileUploadError(response.status, _message(body))
         try:
             return FileRef.from_json(orjson.loads(body))
         except (orjson.JSONDecodeError, ProtocolError) as e:
@@ -88,10 +85,3 @@ def _message(body: bytes) -> str:
     except orjson.JSONDecodeError:
         return body[:200].decode(errors="replace")
     return str(data.get("error", data)) if isinstance(data, dict) else str(data)
-
-
-def _retry_after(value: str | None) -> float | None:
-    try:
-        return float(value) if value is not None else None
-    except ValueError:
-        return None

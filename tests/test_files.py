@@ -181,6 +181,21 @@ async def test_inline_gives_data_urls(client):
     assert text.startswith("event: result") and '"data:image/png;base64,' in text
 
 
+async def test_inline_is_bounded_by_max_body_bytes():
+    client = await serve(max_body_bytes=len(PNG) + 100)  # one file fits, two do not
+    try:
+        job_id, lease_id = await running_job(client)
+        refs = [await (await put(client, job_id, f"image-{i}.png", lease_id=lease_id)).json()
+                for i in range(2)]
+        assert (await finish(client, job_id, lease_id, {"images": refs})).status == 200
+        body = await error_of(await client.get(f"/api/v1/jobs/{job_id}?inline=1"), 413)
+        assert "fetch them from their URLs" in body["error"], body
+        plain = await client.get(f"/api/v1/jobs/{job_id}")  # the references still answer
+        assert (await plain.json())["outputs"]["images"][0]["file"] == "image-0.png"
+    finally:
+        await client.close()
+
+
 async def test_submit_with_wait_and_inline(client):
     submitted = asyncio.ensure_future(client.post(
         "/api/v1/endpoints/echo/jobs?wait=10&inline=1", json={"inputs": {}, "job_id": "w-1"}))
@@ -351,6 +366,14 @@ async def test_a_reference_to_a_file_not_uploaded_is_refused(client):
     (answer,) = (await reply.json())["answers"]
     assert not answer["ok"] and "outputs.image" in answer["error"]
     assert (await (await client.get(f"/api/v1/jobs/{job_id}")).json())["status"] == "running"
+
+
+async def test_only_media_outputs_hold_references(client):
+    # `text` is a string output: an object with a "file" key there is the worker's own value.
+    job_id, lease_id = await running_job(client)
+    notes = {"file": "notes.txt", "page": 3}
+    assert (await finish(client, job_id, lease_id, {"text": notes})).status == 200
+    assert (await (await client.get(f"/api/v1/jobs/{job_id}")).json())["outputs"]["text"] == notes
 
 
 async def test_a_reference_to_another_jobs_file_is_rewritten_or_refused(client):

@@ -218,7 +218,7 @@ def runner(url: str) -> Runner:
 def test_the_runner_polls_with_protocol_keys_and_reads_grants():
     worker = runner("http://127.0.0.1:9")
     assert set(worker._poll_body()) <= set(POLL_KEYS)
-    (job,) = worker._jobs_from([grant_json()])
+    (job,) = worker._jobs_from({"jobs": [grant_json()]})
     assert (job.id, job.endpoint, job.lease_id, job.attempt, job.lease_s) == (
         "j1", "echo", "l1", 1, 30)
 

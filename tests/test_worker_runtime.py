@@ -259,8 +259,9 @@ async def test_a_reply_that_is_not_json_is_the_server_away(caplog):
         web.Response(status=200, text="<html>maintenance</html>", content_type="text/html"),
         web.Response(status=200, body=b"", content_type="application/json"),
         web.Response(status=200, text='{"jobs": []}', content_type="text/plain"),
-        web.Response(status=204),
-    ]
+        web.json_response({"grants": []}),  # JSON, but no list of jobs: the server away too
+        web.json_response({"jobs": [{"job_id": 7}]}),  # a grant that is not one: skipped,
+    ]  # so no job came: the burst worker exits
     routes = web.RouteTableDef()
 
     @routes.post(WORKER_POLL_PATH)
@@ -283,8 +284,10 @@ async def test_a_reply_that_is_not_json_is_the_server_away(caplog):
         "HTTP 200 text/html, not JSON",
         "HTTP 200 application/json, not JSON",
         "HTTP 200 text/plain, not JSON",
+        "a reply without its list of jobs",
     ]
-    assert replies == []  # it went on to the 204, then exited (burst)
+    assert any("a grant that is not one" in r.getMessage() for r in caplog.records)
+    assert replies == []  # it went on to the last reply, then exited (burst)
 
 
 # ----- B: a hung model is found

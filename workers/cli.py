@@ -9,6 +9,7 @@ import logging
 import os
 import socket
 import sys
+from pathlib import Path
 from typing import Any
 
 from jobhive.aio import run_loop
@@ -34,11 +35,12 @@ WORKER_TYPES = {
 }
 
 
-# The tiny random-weight builds `--tiny` serves (workers/tiny/): built here, before the worker
-# starts, and handed to it as its --model folder, so no model package depends on workers/tiny.
+# The tiny random-weight builds `--tiny` serves (workers/tiny/), by worker type: (builder, what
+# its output is). jobhive-worker owns --tiny and --tiny-dir: it builds the model before the
+# worker starts and hands it over as --model, so no model package depends on workers/tiny.
 TINY_BUILDERS = {
-    "sd3": "workers.tiny.sd3:build_tiny_sd3",
-    "llama4": "workers.tiny.llama4:build_tiny_llama4",
+    "sd3": ("workers.tiny.sd3:build_tiny_sd3", "an SD3 whose images are noise"),
+    "llama4": ("workers.tiny.llama4:build_tiny_llama4", "a Llama 4 whose text is gibberish"),
 }
 
 
@@ -98,9 +100,10 @@ def parse_args(argv: list[str] | None) -> tuple[type[ModelWorker], Any, argparse
         p.add_argument(
             "--stall-s",
             type=float,
-            help="how long a batch may run without a progress report before the model is taken "
+            help="how long a batch may run without a sign of life (a progress report) before "
+            "the model is taken "
             f"for hung: its jobs fail and the worker exits with status {EXIT_STALLED} (default "
-            f"{worker_cls.stall_s if worker_cls else 60:g})",
+            f"{(worker_cls or ModelWorker).stall_s:g})",
         )
         p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
         host = p.add_mutually_exclusive_group()
@@ -116,6 +119,13 @@ def parse_args(argv: list[str] | None) -> tuple[type[ModelWorker], Any, argparse
             metavar="N",
             help="run N worker processes (worker ids ID-p0...), restarted when they fail",
         )
+        if name in TINY_BUILDERS:
+            p.add_argument("--tiny", action="store_true",
+                           help=f"build (once) and serve a tiny random-weight model offline, "
+                           f"{TINY_BUILDERS[name][1]}: for tests and the demo")
+            p.add_argument("--tiny-dir", type=Path, default=None,
+                           help=f"where --tiny keeps its build (default "
+                           f"~/.cache/jobhive/tiny-{name})")
         if worker_cls is not None:
             worker_cls.add_arguments(p)
         p.set_defaults(_worker=name)
@@ -136,7 +146,7 @@ def parse_args(argv: list[str] | None) -> tuple[type[ModelWorker], Any, argparse
     if getattr(args, "tiny", False):
         if args.model:
             parser.error("give either --model DIR or --tiny")
-        args.model = str(_imported(TINY_BUILDERS[args._worker])(args.tiny_dir))
+        args.model = str(_imported(TINY_BUILDERS[args._worker][0])(args.tiny_dir))
     try:
         settings = worker_cls.settings_from(args)
     except ValueError as e:

@@ -60,7 +60,6 @@ class NoopWorker(ModelWorker):
     batch takes as long as its longest delay."""
 
     job_type = "echo"
-    stall_s = 60.0  # it shows life while it waits, so a 60 s delay_s passes too
     settings: NoopSettings
 
     def __init__(self, settings: NoopSettings) -> None:

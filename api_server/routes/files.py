@@ -80,8 +80,11 @@ async def upload_file(request: web.Request) -> web.Response:
     # A refusal past this point (413 past a limit, 507/503 when the disk cannot take it) is a
     # StoreError, answered by the app's edge; what was written goes with the upload.
     async with files.upload(job_id, name, media_type) as upload:
-        async for chunk in request.content.iter_chunked(_READ_CHUNK_BYTES):
-            await upload.write(chunk)
+        try:
+            async for chunk in request.content.iter_chunked(_READ_CHUNK_BYTES):
+                await upload.write(chunk)
+        except ConnectionResetError as e:  # the worker went, or stalled past body_timeout_s
+            raise ApiError(400, f"the upload of {name!r} was cut off: nothing kept") from e
         if (refused := _refusal(store.lease_answer(job_id, lease_id))) is not None:
             raise refused  # the lease was lost (or the job canceled) while it came
         stored = await upload.commit()

@@ -61,11 +61,11 @@ async def shown(request: web.Request, job: JobView, inline: bool) -> dict[str, A
     data = job.to_json()
     if not inline:
         return data
-    files = request.app[FILES]
+    files, max_bytes = request.app[FILES], request.app[CONFIG].max_body_bytes
     if job.outputs_json:
-        data["outputs"] = await files.inline(job.id, orjson.loads(job.outputs_json))
+        data["outputs"] = await files.inline(job.id, orjson.loads(job.outputs_json), max_bytes)
     if job.progress_outputs:
-        data["progress_outputs"] = await files.inline(job.id, job.progress_outputs)
+        data["progress_outputs"] = await files.inline(job.id, job.progress_outputs, max_bytes)
     return data
 
 

@@ -30,7 +30,7 @@ import os
 import secrets
 import shutil
 import tempfile
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -141,10 +141,15 @@ class FileStore:
         return await asyncio.to_thread(stored.path.read_bytes)
 
     def references(
-        self, job_id: str, outputs: dict[str, Any], where: str = "outputs"
+        self,
+        job_id: str,
+        outputs: dict[str, Any],
+        media_keys: Collection[str] | None = None,
+        where: str = "outputs",
     ) -> tuple[dict[str, Any], dict[str, str]]:
         """A worker's outputs with each file reference (an output's value, or an item of a
-        list-valued output) checked and rewritten from what this job's store holds.
+        list-valued output) checked and rewritten from what this job's store holds. Only the
+        outputs in media_keys may hold references (None: any output).
 
         Returns:
             tuple[dict, dict[str, str]]: the outputs, and one reason per bad reference
@@ -152,8 +157,12 @@ class FileStore:
             for this job, or a sha256 other than the uploaded file's. Data URLs and other
             values pass as they are.
         """
+        if media_keys is not None:
+            outputs_with_refs = {k: v for k, v in outputs.items() if k in media_keys}
+        else:
+            outputs_with_refs = outputs
         if not any(is_file_ref(v) or (isinstance(v, list) and any(map(is_file_ref, v)))
-                   for v in outputs.values()):
+                   for v in outputs_with_refs.values()):
             return outputs, {}  # (most outputs: nothing to look up)
         errors: dict[str, str] = {}
 
@@ -176,15 +185,21 @@ class FileStore:
             return stored.ref().to_json()
 
         out = {
-            key: [one(v, f"{where}.{key}[{i}]") for i, v in enumerate(value)]
+            key: value if key not in outputs_with_refs
+            else [one(v, f"{where}.{key}[{i}]") for i, v in enumerate(value)]
             if isinstance(value, list) else one(value, f"{where}.{key}")
             for key, value in outputs.items()
         }
         return out, errors
 
-    async def inline(self, job_id: str, outputs: Any) -> Any:
+    async def inline(self, job_id: str, outputs: Any, max_bytes: int) -> Any:
         """The outputs with each reference to one of this job's files replaced by its data
-        URL (the files read in a thread); anything else as it is."""
+        URL (the files read in a thread); anything else as it is.
+
+        Raises:
+            FileRefused: 413, the files together are over max_bytes (their data URLs, a third
+                larger again, would all be in memory): they are to be fetched from their URLs.
+        """
         if not isinstance(outputs, dict):
             return outputs
         wanted: dict[str, StoredFile] = {}
@@ -194,6 +209,9 @@ class FileStore:
                     wanted[stored.name] = stored
         if not wanted:
             return outputs
+        if (total := sum(f.size for f in wanted.values())) > max_bytes:
+            raise FileRefused(413, f"the job's files are {total} bytes, over the {max_bytes} that "
+                              "may come inline (max_body_bytes): fetch them from their URLs")
         urls = await asyncio.to_thread(_data_urls, list(wanted.values()))
 
         def one(value: Any) -> Any:

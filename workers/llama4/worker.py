@@ -97,12 +97,6 @@ class Llama4Worker(ModelWorker):
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--model", help="folder of a Hugging Face checkpoint (config, "
                             "weights, tokenizer with a chat template)")
-        parser.add_argument("--tiny", action="store_true",
-                            help="build (once) and serve a tiny random-weight Llama 4: offline, "
-                            "gibberish text; for tests and the demo")
-        parser.add_argument("--tiny-dir", type=Path, default=None,
-                            help="where --tiny keeps its build (default "
-                            "~/.cache/jobhive/tiny-llama4)")
         parser.add_argument("--quantize", choices=["none", "4bit"], default="none",
                             help="4bit: bitsandbytes NF4 with double quantization")
         parser.add_argument("--device", default="auto",

@@ -20,6 +20,7 @@ from jobhive.protocol import WORKER_GOODBYE_PATH, FileRef
 
 log = logging.getLogger("jobhive.worker")
 
+UPLOAD_TIMEOUT_S = 60.0  # an upload's time limit, plus a second per MB
 GOODBYE_TIMEOUT_S = 2.0  # a goodbye is a courtesy: a server slow to take it is not waited for
 
 
@@ -78,7 +79,8 @@ class ServerLink:
             aiohttp.ClientError, asyncio.TimeoutError, OSError: the request failed.
         """
         assert self._http is not None, "use the link as `async with`"
-        data = body if isinstance(body, bytes) else orjson.dumps(body)
+        data = body if isinstance(body, bytes) else orjson.dumps(
+            body, option=orjson.OPT_SERIALIZE_NUMPY)
         timeout = aiohttp.ClientTimeout(total=timeout_s)
         async with self._http.post(path, data=data, timeout=timeout) as response:
             raw = await response.read()
@@ -102,7 +104,10 @@ class ServerLink:
             aiohttp.ClientError, asyncio.TimeoutError, OSError: the request failed.
         """
         assert self._http is not None, "use the link as `async with`"
-        return await upload_file(self._http, job_id, lease_id, name, media_type, data)
+        # Long enough for a slow link (1 MB/s), not forever: a hung upload is retried.
+        timeout_s = UPLOAD_TIMEOUT_S + len(data) / 1e6
+        return await upload_file(self._http, job_id, lease_id, name, media_type, data,
+                                 timeout_s=timeout_s)
 
     async def post_unless(
         self, path: str, body: dict[str, Any] | bytes, timeout_s: float, stop: asyncio.Future[Any]

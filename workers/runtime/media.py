@@ -50,6 +50,9 @@ def take_files(outputs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Media
     Returns:
         tuple[dict[str, Any], dict[str, MediaFile]]: the outputs with references, and the files
         by name (empty when there are none: the outputs are returned as they are).
+
+    Raises:
+        ValueError: two media outputs would have the same file name.
     """
     files: dict[str, MediaFile] = {}
 
@@ -57,6 +60,8 @@ def take_files(outputs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Media
         if not isinstance(value, MediaFile):
             return value
         name = f"{stem}{value.suffix}"
+        if name in files:  # e.g. an output "images-0" beside the list "images"
+            raise ValueError(f"two media outputs would both be the file {name!r}")
         files[name] = value
         return {"file": name}
 

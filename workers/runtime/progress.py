@@ -4,13 +4,15 @@ the batch's last sign of life (which the stall watch reads)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import logging
 import threading
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from workers.runtime.model import Job
+
+log = logging.getLogger("jobhive.worker")
 
 
 class ProgressRelay:
@@ -80,8 +82,12 @@ class ProgressRelay:
         self._watch.cancel()
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            try:
                 await self._task
+            except asyncio.CancelledError:
+                pass
+            except Exception:  # the batch's results must still go: its progress is no reason
+                log.exception("the progress relay failed")
 
     def take(self) -> dict[str, tuple[float, dict[str, Any] | None]]:
         with self._lock:

@@ -36,11 +36,12 @@ from jobhive.protocol import (
     WORKER_PROGRESS_PATH,
     WORKER_RESULTS_PATH,
     Grant,
+    ProtocolError,
 )
 from workers.runtime import delivery
 from workers.runtime.delivery import Chunk
 from workers.runtime.link import RETRYABLE, ServerLink, maybe_taken
-from workers.runtime.media import take_files
+from workers.runtime.media import MediaFile, take_files
 from workers.runtime.model import Job, ModelWorker
 from workers.runtime.progress import ProgressRelay
 from workers.runtime.thread import ModelThread
@@ -140,6 +141,7 @@ class Runner:
 
         Raises:
             WorkerRefused: the server refused the worker's key or job type.
+            ModelStalled: the model showed no life for stall_s (its jobs were failed).
         """
         loop = asyncio.get_running_loop()
         self._stopping, self._hand_back = loop.create_future(), loop.create_future()
@@ -198,10 +200,23 @@ class Runner:
         }
 
     @staticmethod
-    def _jobs_from(grants: list[dict[str, Any]]) -> list[Job]:
+    def _jobs_from(data: Any) -> list[Job]:
+        """The jobs a poll's (or a results post's) reply grants. A grant that is not one is
+        logged and left alone: its lease runs out and the job goes to another worker.
+
+        Raises:
+            ProtocolError: the reply has no list of grants (not the server's answer).
+        """
+        grants = data.get("jobs") if isinstance(data, dict) else None
+        if not isinstance(grants, list):
+            raise ProtocolError("a reply without its list of jobs")
         jobs = []
-        for data in grants:
-            g = Grant.from_json(data)
+        for grant in grants:
+            try:
+                g = Grant.from_json(grant)
+            except ProtocolError as e:
+                log.warning("a grant that is not one (%s): left to its lease", e)
+                continue
             jobs.append(Job(id=g.job_id, endpoint=g.endpoint, inputs=g.inputs,
                             lease_id=g.lease_id, attempt=g.attempt, lease_s=g.lease_s))
         return jobs
@@ -224,7 +239,11 @@ class Runner:
             if status == 204:
                 return []
             if status == 200:
-                return self._jobs_from(data["jobs"])
+                try:
+                    return self._jobs_from(data)
+                except ProtocolError as e:
+                    await self._retry_later(e)
+                    continue
             why = delivery.reason(status, data)
             if status in (400, 401, 403):
                 raise WorkerRefused(f"server refused the poll ({status}): {why}")
@@ -297,8 +316,8 @@ class Runner:
                     outputs, files = take_files(outcome)  # media go as files, not in the JSON
                     data = orjson.dumps(outputs, option=orjson.OPT_SERIALIZE_NUMPY)
                     entries.append({"outputs": orjson.Fragment(data), "files": files})
-                except TypeError as e:
-                    entries.append({"error": f"outputs are not JSON-serialisable: {e}"})
+                except (TypeError, ValueError) as e:  # (ValueError: two files of one name)
+                    entries.append({"error": f"outputs cannot travel: {e}"})
             if job.canceled:
                 log.info("job %s was canceled while running", job.id)
         return entries
@@ -362,11 +381,17 @@ class Runner:
 
     async def _send_progress(self, jobs: list[Job], reports: list[dict[str, Any]]) -> None:
         try:
-            status, data = await self._link.post(WORKER_PROGRESS_PATH, {"reports": reports}, 30)
+            try:
+                status, data = await self._link.post(WORKER_PROGRESS_PATH, {"reports": reports},
+                                                     30)
+            except TypeError as e:  # outputs that are not JSON: the leases are still renewed
+                log.warning("progress outputs not JSON-serialisable (%s); sent without them", e)
+                status, data = 413, None
             if status == 413 and any(r.get("outputs") for r in reports):
                 # Previews too large for the server: the leases must still be renewed.
-                log.warning("progress refused (413: %s); sending it without its outputs",
-                            delivery.reason(status, data))
+                if data is not None or status != 413:
+                    log.warning("progress refused (413: %s); sending it without its outputs",
+                                delivery.reason(status, data))
                 reports = [{**r, "outputs": None} for r in reports]
                 status, data = await self._link.post(WORKER_PROGRESS_PATH, {"reports": reports}, 30)
         except RETRYABLE as e:
@@ -377,9 +402,9 @@ class Runner:
             log.warning("progress refused (%d): %s", status, delivery.reason(status, data))
             return
         by_id = {job.id: job for job in jobs}
-        for answer in data["answers"]:
-            if not answer["ok"] or answer["canceled"]:
-                job = by_id[answer["job_id"]]
+        for answer in _answers(data):
+            job = by_id.get(answer.get("job_id"))
+            if job is not None and (not answer.get("ok") or answer.get("canceled")):
                 if not job.canceled:
                     log.info("job %s stops: %s", job.id, answer.get("error") or "canceled")
                 job.canceled = True
@@ -391,13 +416,15 @@ class Runner:
     ) -> None:
         """Uploads the media files of each job's result (entry["files"]), which its outputs
         reference, before the results are posted. The server being away is retried as for
-        results; a file it refuses for a reason a retry cannot fix fails that job with the
-        reason; a job whose lease is gone (409) is left for its report to be answered so.
-        A hand-back (second signal) stops the uploads: those jobs are handed back instead."""
+        results; a file it refuses for a reason a retry cannot fix (the lease gone, 409,
+        included) becomes that job's error, which the server then takes or answers for.
+        A hand-back (second signal) stops the uploads: the jobs not uploaded yet are handed
+        back instead."""
         for job, entry in zip(jobs, entries, strict=True):
             files = entry.pop("files", None) or {}
             for name, media in files.items():
-                problem = await self._upload(job, name, media)
+                problem = "handing back" if self._hand_back.done() else (
+                    await self._upload(job, name, media))
                 if problem is None:
                     relay.alive()
                     continue
@@ -410,7 +437,7 @@ class Runner:
                     log.error("job %s fails: %s", job.id, problem)
                 break
 
-    async def _upload(self, job: Job, name: str, media: Any) -> str | None:
+    async def _upload(self, job: Job, name: str, media: MediaFile) -> str | None:
         """Uploads one file, retrying while the server is away (for grace_s once stopping);
         None when it is stored, else why it is not (the job's error)."""
         deadline = None
@@ -468,8 +495,9 @@ class Runner:
                 if status == 200:
                     pending.pop(0)
                     self._note_answers(data)
-                    if polling:
-                        next_jobs = self._jobs_from(data.get("jobs", []))
+                    if polling:  # (a reply without grants: the next poll asks again)
+                        with contextlib.suppress(ProtocolError):
+                            next_jobs = self._jobs_from(data)
                     continue
                 if 400 <= status < 500 and status not in RETRIED_4XX:
                     pending[:1] = self._after_refusal(chunk, status, data, size)
@@ -513,10 +541,11 @@ class Runner:
         )
         return (0, None, len(data)) if reply is None else (*reply, len(data))
 
-    def _note_answers(self, data: dict[str, Any]) -> None:
-        for answer in data["answers"]:
-            if not answer["ok"]:
-                log.warning("result of job %s not taken: %s", answer["job_id"], answer.get("error"))
+    def _note_answers(self, data: Any) -> None:
+        for answer in _answers(data):
+            if not answer.get("ok"):
+                log.warning("result of job %s not taken: %s", answer.get("job_id"),
+                            answer.get("error"))
 
     def _after_refusal(self, chunk: Chunk, status: int, data: Any, size: int) -> list[Chunk]:
         """What to send instead of a chunk the server refused: its reports in smaller chunks,
@@ -538,3 +567,10 @@ class Runner:
         log.error("result of job %s refused (%d: %s): the job fails with that reason",
                   report["job_id"], status, why)
         return [Chunk([replacement], chunk.maybe_taken)]
+
+
+def _answers(data: Any) -> list[dict[str, Any]]:
+    """The per-job answers of a progress or results reply; what is not one is skipped (the
+    runner acts on a server's answers, it does not trust their shape)."""
+    answers = data.get("answers") if isinstance(data, dict) else None
+    return [a for a in answers if isinstance(a, dict)] if isinstance(answers, list) else []

@@ -351,11 +351,6 @@ class SD3Worker(ModelWorker):
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--model", help="a diffusers-format SD3 folder (model_index.json)")
-        parser.add_argument("--tiny", action="store_true",
-                            help="build (once) and serve a tiny random-weight SD3: noise, no "
-                            "downloads; for tests and the demo")
-        parser.add_argument("--tiny-dir", help="where the tiny model is cached "
-                            "(default ~/.cache/jobhive/tiny-sd3)")
         parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                             help="cuda, cuda:N or cpu (default cuda when present)")
         parser.add_argument("--dtype", choices=["auto", *_DTYPES], default="auto",
