@@ -70,7 +70,8 @@ class Caller:
         return ApiError(403, why) if self.known else unauthorized(what)
 
 
-NOBODY = Caller("", Role())
+NO_ROLE = Role()
+NOBODY = Caller("", NO_ROLE)
 
 
 def unauthorized(what: str) -> ApiError:
@@ -121,7 +122,7 @@ class KeyBook:
         if len(key) > MAX_KEY_LENGTH or not key.isprintable():
             raise _bad_header(f"must be printable and at most {MAX_KEY_LENGTH} characters")
         owner = key_hash(key)
-        return Caller(owner, self._roles.get(owner, Role()))
+        return Caller(owner, self._roles.get(owner, NO_ROLE))
 
 
 def _bad_header(why: str) -> ApiError:

@@ -8,6 +8,7 @@ configuration with one line per problem (file, key, reason) when anything is unk
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 import tomllib
 import types
@@ -17,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from api_server.fields import FIELD_TYPES, FieldError, FieldSpec
+from api_server.fields import FIELD_TYPES, MEDIA_TYPE_NAMES, FieldError, FieldSpec
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 # A demo page's route: one or more /segments, none empty or starting with a dot.
@@ -189,6 +190,18 @@ class Endpoint:
     def job_type(self) -> str:
         return self.worker.job_type
 
+    @functools.cached_property
+    def media_outputs(self) -> frozenset[str] | None:
+        """The [OUTPUTS] that may hold file references: those declared image, image_list or
+        audio (a json output's {"file": ...} object is its own business); None (any) when the
+        endpoint declares no outputs."""
+        return _media_keys(self.outputs)
+
+    @functools.cached_property
+    def media_progress_outputs(self) -> frozenset[str] | None:
+        """As media_outputs, of [PROGRESS.OUTPUTS]."""
+        return _media_keys(self.progress_outputs)
+
     def schema(self) -> dict[str, Any]:
         """The endpoint as JSON for `GET /api/v1/endpoints/{name}` (keys are never shown)."""
         section = dataclasses.asdict(self.endpoint)
@@ -200,6 +213,12 @@ class Endpoint:
             "outputs": {name: spec.schema() for name, spec in self.outputs.items()},
             "progress_outputs": {n: s.schema() for n, s in self.progress_outputs.items()},
         }
+
+
+def _media_keys(declared: Mapping[str, FieldSpec]) -> frozenset[str] | None:
+    if not declared:
+        return None
+    return frozenset(k for k, spec in declared.items() if spec.type_name in MEDIA_TYPE_NAMES)
 
 
 _SECTIONS = {"ENDPOINT", "WORKER", "CLIENTS", "INPUTS", "OUTPUTS", "PROGRESS", "STATIC"}

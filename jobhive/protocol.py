@@ -26,7 +26,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from types import MappingProxyType
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import quote
 
 # ----- job statuses and the SSE events that carry them
@@ -191,7 +191,9 @@ def _integer(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-# Each grant field and the check its value must pass.
+_MISSING = object()
+
+# Each grant field and the check its value must pass, in Grant's order.
 _GRANT_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "job_id": (lambda v: isinstance(v, str) and v != "", "a non-empty string"),
     "endpoint": (lambda v: isinstance(v, str) and v != "", "a non-empty string"),
@@ -203,9 +205,10 @@ _GRANT_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
 }
 
 
-@dataclass(frozen=True, slots=True)
-class Grant:
+class Grant(NamedTuple):
     """One job as a worker receives it (in `jobs` of a poll's or a results request's reply).
+    A NamedTuple: made once per job on both sides, several times cheaper than a frozen
+    dataclass.
 
     Attributes:
         job_id (str): the job's id.
@@ -236,27 +239,21 @@ class Grant:
         """
         if not isinstance(data, dict):
             raise ProtocolError(f"a grant must be a JSON object (got {type(data).__name__})")
+        values = []
         for name, (check, what) in _GRANT_CHECKS.items():
-            if name not in data:
+            if (value := data.get(name, _MISSING)) is _MISSING:
                 raise ProtocolError(f"grant of job {data.get('job_id')!r} lacks {name!r}")
-            if not check(data[name]):
+            if not check(value):
                 raise ProtocolError(
                     f"grant of job {data.get('job_id')!r}: {name!r} must be {what} "
-                    f"(got {data[name]!r:.60})"
+                    f"(got {value!r:.60})"
                 )
-        return cls(**{name: data[name] for name in GRANT_KEYS})
+            values.append(value)
+        return cls(*values)
 
     def to_json(self) -> dict[str, Any]:
         """The grant as the server sends it (its keys in GRANT_KEYS order)."""
-        return {
-            "job_id": self.job_id,
-            "endpoint": self.endpoint,
-            "lease_id": self.lease_id,
-            "lease_s": self.lease_s,
-            "lease_expires_at_ms": self.lease_expires_at_ms,
-            "attempt": self.attempt,
-            "inputs": self.inputs,
-        }
+        return self._asdict()
 
 
 GRANT_KEYS = tuple(_GRANT_CHECKS)

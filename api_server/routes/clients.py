@@ -99,10 +99,9 @@ async def submit_job(request: web.Request) -> web.Response:
         checked = validate_inputs(endpoint.inputs, inputs, require_any)
     if checked.errors:
         raise ApiError(400, f"invalid inputs for endpoint {endpoint.name!r}", checked.errors)
-    store = app[STORE]
     # A refusal of the store (StoreError: 409, 429, 503, 507) is answered by the app's edge.
-    job, created = await store.submit(endpoint, job_id, orjson.dumps(checked.values), owner)
-    if wait_s and not job.status.finished:
-        job = await store.wait_until_finished(job.id, wait_s) or job
+    job, created = await app[STORE].submit(
+        endpoint, job_id, orjson.dumps(checked.values), owner, wait_s
+    )
     status = 202 if created and not job.status.finished else 200
     return json_response(await shown(request, job, inline), status)

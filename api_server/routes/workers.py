@@ -9,7 +9,7 @@ report is taken only for jobs of endpoints that key serves.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,7 +18,6 @@ from aiohttp import web
 
 from api_server.auth import unauthorized
 from api_server.config import Endpoint
-from api_server.fields import MEDIA_TYPE_NAMES, FieldSpec
 from api_server.httputil import ApiError, json_response, read_json, read_object
 from api_server.state import CALLER, CONFIG, ENDPOINTS, FILES, OUTPUT_FILTER, STORE
 from api_server.store import ReportAnswer, WorkerReport
@@ -184,9 +183,9 @@ async def _authorized(
             allowed.append(report)
         else:
             keep = app[OUTPUT_FILTER].results if results else app[OUTPUT_FILTER].progress
-            declared = endpoint.outputs if results else endpoint.progress_outputs
+            media = endpoint.media_outputs if results else endpoint.media_progress_outputs
             outputs, bad = app[FILES].references(
-                report.job_id, keep(endpoint, report.outputs, worker), _media_keys(declared)
+                report.job_id, keep(endpoint, report.outputs, worker), media
             )
             if bad:  # a reference to a file this job does not have: the report is refused
                 error = "; ".join(f"{key}: {reason}" for key, reason in bad.items())
@@ -337,12 +336,3 @@ async def goodbye(request: web.Request) -> web.Response:
                        {"worker_id": "must be a string of 1 to 128 characters"})
     left = request.app[STORE].workers.goodbye(worker_id, request[CALLER].owner)
     return json_response({"ok": left})
-
-
-def _media_keys(declared: Mapping[str, FieldSpec]) -> frozenset[str] | None:
-    """The outputs that may hold file references: those declared image, image_list or audio
-    (a json output's {"file": ...} object is its own business); None (any) for an endpoint
-    that declares no outputs."""
-    if not declared:
-        return None
-    return frozenset(k for k, spec in declared.items() if spec.type_name in MEDIA_TYPE_NAMES)

@@ -148,7 +148,12 @@ class JobStore:
         return None if job is None else self._position(job)
 
     async def submit(
-        self, endpoint: Endpoint, job_id: str | None, inputs_json: bytes, owner: str
+        self,
+        endpoint: Endpoint,
+        job_id: str | None,
+        inputs_json: bytes,
+        owner: str,
+        wait_s: float = 0.0,
     ) -> tuple[JobView, bool]:
         """Queues a job once it is durable, and wakes a waiting worker.
 
@@ -158,25 +163,33 @@ class JobStore:
                 first job. None: a fresh random id.
             inputs_json (bytes): the validated inputs, serialised.
             owner (str): a hash of the client's key ("" when the endpoint is open).
+            wait_s (float): then wait up to this long for the job to finish (0: answer at once).
 
         Returns:
-            tuple[JobView, bool]: the job, and whether it was created by this call.
+            tuple[JobView, bool]: the job (finished, or as it is once wait_s ran out), and
+            whether it was created by this call.
 
         Raises:
             JobIdConflict: the id names another endpoint's, owner's or inputs' job.
             QueueFull: the endpoint's queue is at max_queue_length or max_queue_bytes.
             StoreUnavailable: the journal could not write it; nothing was queued.
         """
+        job: Job | None = None
         while job_id is not None:
             if (inserting := self._inserting.get(job_id)) is not None:
                 await asyncio.wait({inserting})  # the same id being written: answer after it
                 continue
-            existing = self._jobs.get(job_id)
-            if existing is None:
+            job = self._jobs.get(job_id)
+            if job is None:
                 break
-            await self._check_repeat(existing, endpoint, owner, inputs_json)
-            return await self._view(existing), False
-        return await self._insert(endpoint, job_id, inputs_json, owner), True
+            await self._check_repeat(job, endpoint, owner, inputs_json)
+            break
+        created = job is None
+        if job is None:
+            job = await self._insert(endpoint, job_id, inputs_json, owner)
+        if wait_s and not job.status.finished:
+            job = await self._until_finished(job.id, wait_s) or job
+        return await self._view(job), created
 
     async def _check_repeat(
         self, existing: Job, endpoint: Endpoint, owner: str, inputs_json: bytes
@@ -195,7 +208,7 @@ class JobStore:
         job_id: str | None,
         inputs_json: bytes,
         owner: str,
-    ) -> JobView:
+    ) -> Job:
         name, settings = endpoint.name, endpoint.endpoint
         queue, submitting = self._queues[name], self._submitting[name]
         if len(queue) + submitting[0] >= settings.max_queue_length:
@@ -246,7 +259,7 @@ class JobStore:
             queue.push(job)
             self._wake_worker(name)
             log.info("job %s queued endpoint=%s position=%d", job.id, name, len(queue) - 1)
-        return await self._view(job)
+        return job
 
     async def wait_for_change(
         self, job_id: str, since_version: int, timeout_s: float
@@ -258,7 +271,7 @@ class JobStore:
             await self._wait(job_id, timeout_s)
         return await self.get(job_id)
 
-    async def wait_until_finished(self, job_id: str, timeout_s: float) -> JobView | None:
+    async def _until_finished(self, job_id: str, timeout_s: float) -> Job | None:
         """The job once it finishes, or as it is after timeout_s; None if it is gone."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
@@ -269,7 +282,7 @@ class JobStore:
                 break
             await self._wait(job_id, remaining, self._finish_waiters)
             job = self._jobs.get(job_id)
-        return None if job is None else await self._view(job)
+        return job
 
     async def _wait(
         self,
@@ -390,12 +403,13 @@ class JobStore:
             inputs = await self._read_inputs(jobs)
             now = self._clock()
             lease_ms = round(self._lease_s(jobs[0]) * 1000)
+            worker_id = sys.intern(worker_id)  # one string per worker, not per job
             await self._write([
                 (job, {
                     "status": JobStatus.RUNNING,
                     "attempts": job.attempts + 1,
                     "lease_id": secrets.token_hex(8),
-                    "worker_id": sys.intern(worker_id),  # one string per worker, not per job
+                    "worker_id": worker_id,
                     "lease_expires_at_ms": now + lease_ms,
                     "started_at_ms": now,
                 }, None)  # (progress is 0 and progress_outputs None in a queued job)

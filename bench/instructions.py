@@ -1,0 +1,134 @@
+"""Server instructions per job, counted by valgrind's callgrind: a figure that does not drift.
+
+CPU seconds on this shared 2-core machine drift by 10-30% from run to run (bench/queue.py says
+so); an instruction count of the same work repeats to about 0.1%. This runs a `jobhive-server`
+under callgrind and drives it in lockstep rounds: each round, --batch clients submit an echo job
+with `?wait=`, then one worker poll takes the whole batch and one results post finishes it. Those
+are the requests of bench/queue.py's batch-8 scenario, without the timing that decides its batch
+sizes. Counters are zeroed after warm-up rounds and read after the measured ones.
+
+It counts the server's own instructions in user space (Python, aiohttp, uvloop, SQLite), not the
+kernel's work for its system calls, so it ranks versions of the server's code, while
+bench/queue.py gives the CPU seconds and jobs/s. Needs valgrind (`apt-get install valgrind`);
+a run takes about 30 s per version.
+
+    python bench/instructions.py                        # this version
+    python bench/instructions.py --against d8342ed      # and an earlier one, side by side
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import aiohttp
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[0] = str(REPO)
+
+from bench.common import source_tree, wait_for_line  # noqa: E402
+from jobhive.aio import run_loop  # noqa: E402
+
+WORKER_KEY = "echo-worker-key"
+JSON = {"Content-Type": "application/json"}
+
+
+async def rounds(url: str, count: int, batch: int, settle_s: float) -> None:
+    """`count` lockstep rounds of `batch` jobs: submits (held open by ?wait=), a pause for them
+    to be queued, one poll that must take them all, one results post that finishes them."""
+    worker = {**JSON, "Authorization": f"Bearer {WORKER_KEY}"}
+    poll = {"worker_id": "bench", "job_types": ["echo"], "max_batch": batch, "wait_s": 0}
+    body = b'{"inputs": {"text": "benchmark"}}'
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
+
+        async def submit() -> None:
+            url_ = f"{url}/api/v1/endpoints/echo/jobs?wait=60"
+            async with http.post(url_, data=body, headers=JSON) as reply:
+                await reply.read()
+                if reply.status != 200:
+                    raise RuntimeError(f"job not finished: {reply.status}")
+
+        for _ in range(count):
+            submits = [asyncio.ensure_future(submit()) for _ in range(batch)]
+            await asyncio.sleep(settle_s)  # (under callgrind the server is ~50x slower)
+            async with http.post(f"{url}/api/v1/worker/jobs", json=poll, headers=worker) as r:
+                jobs = (await r.json())["jobs"] if r.status == 200 else []
+            if len(jobs) != batch:
+                raise RuntimeError(f"the poll took {len(jobs)} jobs, not {batch}: raise "
+                                   "--settle-s (the submits were not all queued yet)")
+            reports = [{"job_id": j["job_id"], "lease_id": j["lease_id"],
+                        "outputs": {"text": "benchmark", "worker_id": "bench"}} for j in jobs]
+            async with http.post(f"{url}/api/v1/worker/results", json={"reports": reports},
+                                 headers=worker) as r:
+                await r.read()
+            await asyncio.gather(*submits)
+
+
+def measure(tree: Path, count: int, batch: int, settle_s: float) -> int:
+    """The instructions the server of `tree` executes over `count` rounds."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "callgrind.out"
+        server = subprocess.Popen(
+            ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
+             sys.executable, "-m", "api_server.cli", "-p", "0", "--store",
+             f"sqlite:{tmp}/bench.sqlite3", "-c", str(REPO / "endpoints"), "--log-level",
+             "WARNING"],
+            cwd=tree, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONHASHSEED": "0"},
+        )
+        try:
+            url = wait_for_line(server, r"listening on (http://\S+)").group(1)
+            run_loop(rounds(url, 3, batch, settle_s))  # warm: imports, connections, caches
+            pid = str(server.pid)
+            subprocess.run(["callgrind_control", "--zero", pid], check=True, capture_output=True)
+            run_loop(rounds(url, count, batch, settle_s))
+            subprocess.run(["callgrind_control", "--dump=measured", pid], check=True,
+                           capture_output=True)
+            return _dumped_total(out)
+        finally:
+            server.terminate()
+            server.wait(60)
+
+
+def _dumped_total(out: Path) -> int:
+    """The instruction total of the dump callgrind_control asked for (callgrind.out.N)."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        for dump in out.parent.glob(out.name + ".*"):
+            text = dump.read_text(errors="replace")
+            if found := re.search(r"^(?:summary|totals):\s+(\d+)", text, re.M):
+                return int(found.group(1))
+        time.sleep(0.2)
+    raise RuntimeError("callgrind wrote no dump")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=20, help="measured rounds")
+    parser.add_argument("--batch", type=int, default=8, help="jobs per round")
+    parser.add_argument("--settle-s", type=float, default=0.6,
+                        help="pause between a round's submits and its poll")
+    parser.add_argument("--against", metavar="REV", help="also measure this git revision")
+    args = parser.parse_args()
+    if shutil.which("valgrind") is None:
+        sys.exit("valgrind is not installed (apt-get install valgrind)")
+    jobs = args.rounds * args.batch
+    print(f"{'version':>9} {'instructions per job':>21}   ({args.rounds} rounds of {args.batch}"
+          " jobs: submits with ?wait=, one poll, one results post)", flush=True)
+    with source_tree(args.against) as previous:
+        versions = [(REPO, "this")] + ([(previous, args.against[:9])] if args.against else [])
+        for tree, version in versions:
+            total = measure(tree, args.rounds, args.batch, args.settle_s)
+            print(f"{version:>9} {total / jobs:>21,.0f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
