@@ -13,13 +13,13 @@ from pathlib import Path
 from aiohttp import web
 
 from api_server.auth import KeyBook
-from api_server.config import ConfigError, Endpoint, ServerConfig, sqlite_path
+from api_server.config import ConfigError, Endpoint, ServerConfig, is_redis_url, sqlite_path
 from api_server.connections import ConnectionGuard
 from api_server.httputil import ApiError, error_response
 from api_server.media_pool import MediaPool
 from api_server.openapi import OPENAPI_PATH, build_document, openapi_json
 from api_server.outputs import OutputFilter
-from api_server.ratelimit import RateLimiter, retry_after_header
+from api_server.ratelimit import RateLimiter, RedisRateLimiter, retry_after_header
 from api_server.routes import clients, files, jobs, pages, status, workers
 from api_server.state import (
     CALLER,
@@ -34,11 +34,14 @@ from api_server.state import (
     STORE,
 )
 from api_server.store import JobStore, Journal, SqliteJournal, StoreError, StoreUnavailable
+from api_server.store.base import Store
 from api_server.store.files import FileStore
+from api_server.store.redis_store import RedisStore, connect
 
 log = logging.getLogger("jobhive.server")
 
 CHECKPOINT_INTERVAL_S = 5.0  # how often the journal's WAL is checkpointed (and fsynced)
+DEFAULT_FILES_DIR = "jobhive-files"  # output files with a Redis store and no files_dir
 
 
 @web.middleware
@@ -86,21 +89,38 @@ async def known_host(request: web.Request, handler):
     return await handler(request)
 
 
-def journal_for(store_url: str) -> Journal:
-    """The journal a `--store` URL names (`sqlite:PATH`)."""
-    path = sqlite_path(store_url)
-    if path is not None:
-        return SqliteJournal(path)
-    raise ConfigError([f"store: {store_url!r} is not a store URL (use sqlite:PATH)"])
+def store_for(
+    config: ServerConfig, endpoints: Mapping[str, Endpoint], journal: Journal | None
+) -> tuple[Store, RateLimiter | RedisRateLimiter]:
+    """The job store `config.store` names (or one on the given journal), and the rate limiter
+    that goes with it: one per process with SQLite, one shared through Redis."""
+    if journal is None and is_redis_url(config.store):
+        redis = connect(config.store, config.redis_timeout_s)
+        store = RedisStore(endpoints, redis, config.redis_prefix, config.durability,
+                           worker_seen_ttl_s=config.worker_seen_ttl_s,
+                           sweep_interval_s=config.sweep_interval_s,
+                           replication_wait_ms=config.replication_wait_ms)
+        return store, RedisRateLimiter(redis, config.redis_prefix)
+    if journal is None:
+        path = sqlite_path(config.store)
+        if path is None:
+            raise ConfigError([f"store: {config.store!r} is not a store URL (use sqlite:PATH "
+                               "or redis://HOST:PORT/DB)"])
+        journal = SqliteJournal(path)
+    store = JobStore(endpoints, journal, worker_seen_ttl_s=config.worker_seen_ttl_s)
+    return store, RateLimiter()
 
 
 def files_for(config: ServerConfig, own_journal: bool) -> FileStore:
     """The output files' store: `[SERVER] files_dir`, else beside the SQLite file of
     `config.store` (`PATH.files`); a temporary folder when the app was given a journal of
-    its own (a test's) and no files_dir."""
+    its own (a test's) and no files_dir. With Redis and no files_dir: DEFAULT_FILES_DIR."""
     limits = (config.max_file_bytes, config.max_job_files_bytes)
+    shared = is_redis_url(config.store) and not own_journal  # other servers write there too
     if config.files_dir:
-        return FileStore(Path(config.files_dir), *limits)
+        return FileStore(Path(config.files_dir), *limits, shared=shared)
+    if shared:
+        return FileStore(Path(DEFAULT_FILES_DIR), *limits, shared=True)
     path = sqlite_path(config.store)
     if own_journal or path is None:
         return FileStore.temporary(*limits)
@@ -131,12 +151,11 @@ def create_app(
     app[CONNECTIONS] = guard
     app[CONFIG] = config
     app[ENDPOINTS] = dict(endpoints)
-    app[STORE] = JobStore(app[ENDPOINTS], journal or journal_for(config.store))
+    app[STORE], app[RATE_LIMITER] = store_for(config, app[ENDPOINTS], journal)
     app[FILES] = files_for(config, own_journal=journal is not None)
     app[STORE].on_forget(app[FILES].delete_jobs)
     app[KEYS] = KeyBook(app[ENDPOINTS], config)
     app[OUTPUT_FILTER] = OutputFilter()
-    app[RATE_LIMITER] = RateLimiter()
     app[MEDIA_POOL] = MediaPool(processes=min(4, os.cpu_count() or 1))
     app.cleanup_ctx.extend([_media_pool, _store, _files])
     app.on_startup.append(build_document)
@@ -178,7 +197,6 @@ async def _store(app: web.Application) -> AsyncIterator[None]:
             await asyncio.sleep(config.sweep_interval_s)
             sweeps += 1
             try:
-                store.workers.forget_unseen(config.worker_seen_ttl_s)
                 await store.sweep()
                 if sweeps * config.sweep_interval_s >= CHECKPOINT_INTERVAL_S:
                     sweeps = 0

@@ -18,6 +18,7 @@ from api_server.config import LOG_LEVELS, ConfigError, load_endpoints, load_serv
 from api_server.connections import GuardedSite
 from api_server.demo import demo_workers
 from api_server.state import CONFIG, CONNECTIONS, ENDPOINTS
+from api_server.store.redis_store import StoreConfigError
 from jobhive.aio import run_loop
 
 log = logging.getLogger("jobhive.server")
@@ -39,7 +40,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="folder of NAME/endpoint.toml (default ./endpoints)",
     )
     parser.add_argument("--config", type=Path, help="server.toml with a [SERVER] table")
-    parser.add_argument("--store", help="job store: sqlite:PATH (default sqlite:jobhive.sqlite3)")
+    parser.add_argument(
+        "--store",
+        help="job store: sqlite:PATH (default sqlite:jobhive.sqlite3), or a Redis that several "
+        "servers share: redis://HOST:PORT/DB, rediss://..., "
+        "redis+sentinel://HOST:PORT,HOST:PORT/MASTER/DB",
+    )
     parser.add_argument("--log-level", choices=LOG_LEVELS)
     parser.add_argument(
         "--demo",
@@ -79,6 +85,10 @@ def main(argv: list[str] | None = None) -> None:
     try:
         run_loop(serve(app, config.host, config.port, access_log=args.dev, demo=args.demo,
                        log_buffer=log_buffer), debug=args.dev)
+    except StoreConfigError as e:  # a Redis that is away, or would lose jobs
+        log_buffer.flush()
+        print(f"jobhive-server: {e}", file=sys.stderr)
+        raise SystemExit(2) from e
     finally:
         log_buffer.flush()
 

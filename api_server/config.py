@@ -44,7 +44,9 @@ class ServerConfig:
         host (str): the address to bind.
         port (int): the TCP port to bind.
         endpoints_dir (str): the folder with one `NAME/endpoint.toml` per endpoint.
-        store (str): `sqlite:PATH` (default) for the embedded durable store.
+        store (str): `sqlite:PATH` (default) for the embedded durable store; `redis://HOST:PORT/DB`,
+            `rediss://...` (TLS) or `redis+sentinel://HOST:PORT,HOST:PORT/MASTER/DB` for a Redis
+            that several servers share.
         max_body_bytes (int): the largest request body; an endpoint may set a smaller one.
         worker_poll_max_s (float): the longest a worker's job poll is held open.
         client_wait_max_s (float): the longest `?wait=` a client may ask for.
@@ -68,7 +70,18 @@ class ServerConfig:
         max_file_bytes (int): the largest output file a worker may upload (413 past it).
         max_job_files_bytes (int): the most bytes of files one job may hold (413 past it).
         files_dir (str): where output files are kept, one folder per job; "" (default): beside
-            the store's SQLite file, `PATH.files`.
+            the store's SQLite file, `PATH.files` (with Redis: `jobhive-files` in the working
+            folder). Servers sharing a Redis must share this folder too (a network file system).
+        durability (str): with Redis, when a change is acknowledged: "everysec" (default; the
+            append-only file is fsynced every second, so a power cut of the Redis host can lose
+            about the last 1-2 s), "always" (Redis fsyncs before it answers; needs `appendfsync
+            always`) or "replicated" (a replica holds the change first: WAIT 1; for Sentinel).
+        redis_prefix (str): the prefix of the store's Redis keys (deployments sharing a Redis
+            need one each).
+        redis_timeout_s (float): the longest a Redis command may take; past it the request is
+            answered 503 (Redis away).
+        replication_wait_ms (int): with durability "replicated", how long a change waits for a
+            replica before it is answered 503.
     """
 
     host: str = "127.0.0.1"
@@ -92,6 +105,10 @@ class ServerConfig:
     max_file_bytes: int = 64 * 1024 * 1024
     max_job_files_bytes: int = 256 * 1024 * 1024
     files_dir: str = ""
+    durability: str = "everysec"
+    redis_prefix: str = "jobhive"
+    redis_timeout_s: float = 5.0
+    replication_wait_ms: int = 1000
 
 
 @dataclass(frozen=True)
@@ -495,6 +512,14 @@ def load_server_config(path: Path | None, **overrides: Any) -> ServerConfig:
     return config
 
 
+DURABILITY = ("everysec", "always", "replicated")  # with a Redis store (ServerConfig.durability)
+
+
+def is_redis_url(store: str) -> bool:
+    """Whether a store URL names a Redis (redis://, rediss://, unix://, redis+sentinel://)."""
+    return store.startswith(("redis://", "rediss://", "unix://", "redis+sentinel://"))
+
+
 def sqlite_path(store: str) -> Path | None:
     """The file a `sqlite:PATH` store URL names; None for anything else."""
     scheme, _, rest = store.partition(":")
@@ -508,12 +533,18 @@ def _check_server(config: ServerConfig, where: str, problems: list[str]) -> None
         problems.append(
             f"{where}.log_level: must be one of {', '.join(LOG_LEVELS)} (got {config.log_level!r})"
         )
-    if sqlite_path(config.store) is None:  # a Redis store is planned, not built yet
-        problems.append(f"{where}.store: must be sqlite:PATH (got {config.store!r})")
+    if sqlite_path(config.store) is None and not is_redis_url(config.store):
+        problems.append(f"{where}.store: must be sqlite:PATH, redis://HOST:PORT/DB, rediss://... "
+                        f"or redis+sentinel://HOST:PORT,.../MASTER/DB (got {config.store!r})")
+    if config.durability not in DURABILITY:
+        problems.append(f"{where}.durability: must be one of {', '.join(DURABILITY)} "
+                        f"(got {config.durability!r})")
+    if not config.redis_prefix or not config.redis_prefix.isprintable():
+        problems.append(f"{where}.redis_prefix: must be printable text")
     for key in ("max_body_bytes", "worker_poll_max_s", "client_wait_max_s", "sweep_interval_s",
-                "worker_seen_ttl_s", "sse_keepalive_s", "keepalive_timeout_s", "header_timeout_s",
-                "body_timeout_s", "max_connections", "max_json_depth", "max_file_bytes",
-                "max_job_files_bytes"):
+                "redis_timeout_s", "replication_wait_ms", "worker_seen_ttl_s", "sse_keepalive_s",
+                "keepalive_timeout_s", "header_timeout_s", "body_timeout_s", "max_connections",
+                "max_json_depth", "max_file_bytes", "max_job_files_bytes"):
         if getattr(config, key) <= 0:
             problems.append(f"{where}.{key}: must be greater than 0 (got {getattr(config, key)})")
     if "" in config.admin_keys:

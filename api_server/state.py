@@ -12,17 +12,17 @@ from api_server.config import Endpoint, ServerConfig
 from api_server.connections import ConnectionGuard
 from api_server.media_pool import MediaPool
 from api_server.outputs import OutputFilter
-from api_server.ratelimit import RateLimiter
-from api_server.store import JobStore
+from api_server.ratelimit import RateLimiter, RedisRateLimiter
+from api_server.store.base import Store
 from api_server.store.files import FileStore
 
 CONFIG = web.AppKey("config", ServerConfig)
 ENDPOINTS = web.AppKey("endpoints", Mapping[str, Endpoint])
-STORE = web.AppKey("store", JobStore)
+STORE = web.AppKey("store", Store)  # JobStore (SQLite) or RedisStore
 FILES = web.AppKey("files", FileStore)  # the jobs' output files (uploaded by workers)
 KEYS = web.AppKey("keys", KeyBook)
 CONNECTIONS = web.AppKey("connections", ConnectionGuard)  # cap and timeouts of the sockets
-RATE_LIMITER = web.AppKey("rate_limiter", RateLimiter)
+RATE_LIMITER = web.AppKey("rate_limiter", RateLimiter | RedisRateLimiter)
 MEDIA_POOL = web.AppKey("media_pool", MediaPool)  # Pillow/ffmpeg checks run here
 OUTPUT_FILTER = web.AppKey("output_filter", OutputFilter)  # what workers may put in a job
 

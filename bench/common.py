@@ -64,11 +64,22 @@ def wait_for_line(process: subprocess.Popen[str], pattern: str) -> re.Match[str]
 
 
 def start_server(
-    store: Path, log_level: str = "WARNING", tree: Path = REPO, endpoints: Path | None = None
+    store: Path | str,
+    log_level: str = "WARNING",
+    tree: Path = REPO,
+    endpoints: Path | None = None,
+    files_dir: Path | None = None,
 ) -> tuple[subprocess.Popen[str], str]:
     """A `jobhive-server` of a source tree on a free loopback port with its endpoints (or
-    those given) and a fresh SQLite store at `store`; returns it and its URL."""
-    server = start(["-m", "api_server.cli", "-p", "0", "--store", f"sqlite:{store}",
+    those given) and a fresh SQLite store at `store` (a Path), or the store URL given (a
+    str: redis://...), its output files in files_dir when given; returns it and its URL."""
+    url = f"sqlite:{store}" if isinstance(store, Path) else store
+    extra = []
+    if files_dir is not None:
+        config = files_dir.with_name(files_dir.name + ".toml")
+        config.write_text(f'[SERVER]\nfiles_dir = "{files_dir}"\n')
+        extra = ["--config", str(config)]
+    server = start(["-m", "api_server.cli", "-p", "0", "--store", url, *extra,
                     "-c", str(endpoints or tree / "endpoints"), "--log-level", log_level], tree)
     return server, wait_for_line(server, r"listening on (http://\S+)").group(1)
 

@@ -1,4 +1,4 @@
-"""`python -m jobhive ENDPOINT field=value ... [--server URL] [--key KEY]`
+"""`python -m jobhive ENDPOINT field=value ... [--server URL[,URL...]] [--key KEY]`
 
 Submits one job, shows its progress as a bar on stderr while it runs, and prints its outputs as
 JSON on stdout. A failed or canceled job, or a refused request, exits 1 with the message on
@@ -6,7 +6,8 @@ stderr; Ctrl-C cancels the job and exits 130.
 
 A value is read as JSON when it parses (`steps=4`, `delay_s=0.5`, `tags='["a","b"]'`) and as a
 string otherwise (`text=hello`; quote a string that looks like JSON: `text='"42"'`);
-`image=@cat.png` sends the file as a data URL.
+`image=@cat.png` sends the file as a data URL. Given several servers (`--server URL,URL`),
+requests go to the next one when one stops answering.
 
 A file output (an image, audio) prints as its reference, with the URL to download it from;
 `--save DIR` downloads each into DIR and prints its path instead; `--inline` prints data URLs.
@@ -41,8 +42,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("fields", nargs="*", metavar="field=value", help="the job's inputs")
     parser.add_argument(
         "--server",
+        metavar="URL[,URL...]",
         default=os.environ.get("JOBHIVE_SERVER", DEFAULT_SERVER_URL),
-        help=f"the server URL (default $JOBHIVE_SERVER or {DEFAULT_SERVER_URL})",
+        help="the server URL, or several separated by commas (servers sharing one queue: the "
+        f"next is tried when one stops answering; default $JOBHIVE_SERVER or "
+        f"{DEFAULT_SERVER_URL})",
     )
     parser.add_argument(
         "--key", default=os.environ.get("JOBHIVE_KEY"), help="client key (default $JOBHIVE_KEY)"
@@ -127,11 +131,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         inputs = parse_inputs(args.fields)
+        client = Client(args.server, args.key)
     except (ValueError, OSError) as e:
         print(f"jobhive: {e}", file=sys.stderr)
         return 2
     job_id = new_job_id()  # known before submitting, so Ctrl-C can always cancel it
-    with Client(args.server, args.key) as client:
+    with client:
         try:
             job = client.submit(args.endpoint, inputs, job_id=job_id)
             outputs = client.result(follow(client, job), inline=args.inline)
@@ -152,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     def reference(file: object) -> Any:  # a File prints as its reference, URL made whole
         if not isinstance(file, File):
             raise TypeError(f"{type(file).__name__} is not JSON")
-        return {**file.to_json(), "url": args.server.rstrip("/") + file.url}
+        return {**file.to_json(), "url": client.server_url + file.url}
 
     print(json.dumps(outputs, indent=2, ensure_ascii=False, default=reference))
     return 0

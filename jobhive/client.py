@@ -11,7 +11,9 @@
         outputs["image"].save("out.png")  # a file output: a `File` (`AsyncFile` above)
 
 Every request is safe to repeat (submit sends a job_id of its own making, so a repeat finds the
-job the first try made), so connection errors and 502/503/504 are retried with backoff.
+job the first try made), so connection errors and 502/503/504 are retried with backoff. Given
+several servers (API servers sharing one queue: any of them answers any request), a client moves
+on to the next one at such a failure, and backs off only once a whole round of them failed.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import itertools
 import logging
 import random
 import threading
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
@@ -210,6 +212,26 @@ def backoff_delay_s(attempt: int, base_s: float, max_s: float) -> float:
     return min(max_s, base_s * 2**attempt) * random.uniform(0.5, 1.0)
 
 
+def server_urls(urls: str | Sequence[str]) -> tuple[str, ...]:
+    """The server URLs of a client's or worker's argument, in order, without a trailing slash.
+
+    Args:
+        urls (str | Sequence[str]): one URL, several separated by commas
+            ("http://a:7777,http://b:7777"), or a list or tuple of them.
+
+    Returns:
+        tuple[str, ...]: the URLs (empty items left out).
+
+    Raises:
+        ValueError: no URL in it.
+    """
+    items = urls.split(",") if isinstance(urls, str) else urls
+    found = tuple(url.strip().rstrip("/") for url in items if url.strip().rstrip("/"))
+    if not found:
+        raise ValueError(f"no server URL in {urls!r}")
+    return found
+
+
 def _job_id(job: str | Job) -> str:
     return job.job_id if isinstance(job, Job) else job
 
@@ -258,36 +280,55 @@ async def _sse_messages(content: aiohttp.StreamReader) -> AsyncIterator[tuple[st
 
 
 class AsyncClient:
-    """A client of one jobhive server, on one aiohttp session (opened at the first request).
+    """A client of a jobhive server, on one aiohttp session (opened at the first request).
+
+    Given several servers (API servers sharing one queue), requests go to the current one; a
+    connection error or a 502/503/504 moves the client on to the next, at once, and it backs off
+    only after a whole round of servers failed.
 
     Args:
-        server_url (str): the server, e.g. "http://127.0.0.1:7777".
+        server_url (str | Sequence[str]): the server, e.g. "http://127.0.0.1:7777"; or several,
+            as a list or tuple or separated by commas, tried in turn.
         key (str | None): the client key, sent as `Authorization: Bearer KEY`; default None.
         timeout_s (float): the limit of one request, in seconds, on top of any `wait_s` it asks
             the server to hold it; default 30.
-        max_retries (int): retries of a request after a connection error or 502/503/504;
+        max_retries (int): retries of a request after a connection error or 502/503/504
+            (with several servers: rounds of tries, one per server, each after a backoff);
             default 5.
         backoff_s (float): the wait before the first retry, doubled for each next one; default
             0.25.
         max_backoff_s (float): the cap on that wait; default 10.
+
+    Attributes:
+        server_urls (tuple[str, ...]): the servers, in the order they are tried.
+        server_url (str): the server requests go to now.
+
+    Raises:
+        ValueError: server_url holds no URL.
     """
 
     def __init__(
         self,
-        server_url: str = DEFAULT_SERVER_URL,
+        server_url: str | Sequence[str] = DEFAULT_SERVER_URL,
         key: str | None = None,
         timeout_s: float = 30.0,
         max_retries: int = 5,
         backoff_s: float = 0.25,
         max_backoff_s: float = 10.0,
     ) -> None:
-        self.server_url = server_url.rstrip("/")
+        self.server_urls = server_urls(server_url)
+        self._current = 0  # the index of the server requests go to
         self.key = key
         self.timeout_s = timeout_s
         self.max_retries = max_retries
         self.backoff_s = backoff_s
         self.max_backoff_s = max_backoff_s
         self._session: aiohttp.ClientSession | None = None
+
+    @property
+    def server_url(self) -> str:
+        """The server requests go to now: the first of server_urls until one fails."""
+        return self.server_urls[self._current]
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -308,11 +349,33 @@ class AsyncClient:
             self._session = aiohttp.ClientSession(headers=headers)
         return self._session
 
-    async def _retry_later(self, attempt: int, what: str, problem: str) -> None:
+    def _tries(self, servers: int) -> int:
+        """How many tries a request gets over `servers` servers: a round per retry."""
+        return servers * (self.max_retries + 1)
+
+    async def _next_try(
+        self, failed: int, servers: int, index: int | None, what: str, problem: str
+    ) -> None:
+        """After the `failed`-th failed try of a request (on server `index`; None: a URL of
+        no server of ours): moves on to the next server, and waits only once every one of
+        `servers` failed in this round."""
+        if index == self._current:  # (unless another request moved on already)
+            self._current = (index + 1) % len(self.server_urls)
+        if failed % servers:
+            log.info("%s: %s; trying %s", what, problem, self.server_url)
+            return
+        attempt = failed // servers - 1
         delay_s = backoff_delay_s(attempt, self.backoff_s, self.max_backoff_s)
         log.info("%s: %s; retry %d of %d in %.2f s", what, problem, attempt + 1,
                  self.max_retries, delay_s)
         await asyncio.sleep(delay_s)
+
+    def _relative(self, path: str) -> str:
+        """A URL on one of the servers as its path (so that it fails over); others as given."""
+        for url in self.server_urls:
+            if path.startswith(url + "/"):
+                return path[len(url):]
+        return path
 
     async def _request(
         self,
@@ -324,16 +387,21 @@ class AsyncClient:
         wait_s: float = 0.0,
         raw: bool = False,
     ) -> Any:
-        """Sends a request, retrying connection errors and 502/503/504; returns the JSON reply
-        (with `raw`, the body's bytes). `path` may also be a whole URL.
+        """Sends a request, retrying connection errors and 502/503/504 (on the next server);
+        returns the JSON reply (with `raw`, the body's bytes). `path` may also be a whole URL.
 
         Raises ConnectionFailed when the retries run out, an ApiError for an error status.
         """
-        url = path if path.startswith(("http://", "https://")) else self.server_url + path
+        path = self._relative(path)
+        elsewhere = path.startswith(("http://", "https://"))  # not on our servers: no failover
+        servers = 1 if elsewhere else len(self.server_urls)
         data = orjson.dumps(body) if body is not None else None
         headers = {"Content-Type": "application/json"} if data is not None else None
         timeout = aiohttp.ClientTimeout(total=self.timeout_s + wait_s)
-        for attempt in itertools.count():
+        for failed in itertools.count():  # tries failed so far
+            index = None if elsewhere else self._current
+            url = path if index is None else self.server_urls[index] + path
+            last = failed + 1 >= self._tries(servers)
             try:
                 # A fresh BytesIO each try: aiohttp writes it in chunks (raw bytes past 1 MiB,
                 # base64 images, draw a warning that they may block the loop).
@@ -346,16 +414,16 @@ class AsyncClient:
                     reply = await _decode(response)
                     if response.status < 400:
                         return reply
-                    if response.status not in RETRY_STATUSES or attempt >= self.max_retries:
+                    if response.status not in RETRY_STATUSES or last:
                         raise error_for(response.status, reply, response.headers)
                     problem = f"HTTP {response.status}"
             except _CONNECTION_ERRORS as e:
-                if attempt >= self.max_retries:
+                if last:
                     raise ConnectionFailed(
-                        f"{method} {url}: {_describe(e)} (tried {attempt + 1} times)"
+                        f"{method} {url}: {_describe(e)} (tried {failed + 1} times)"
                     ) from e
                 problem = _describe(e)
-            await self._retry_later(attempt, f"{method} {url}", problem)
+            await self._next_try(failed + 1, servers, index, f"{method} {url}", problem)
 
     async def endpoints(self) -> list[dict[str, Any]]:
         """The server's endpoints: name, title, description, version, client_auth, queue stats.
@@ -527,9 +595,10 @@ class AsyncClient:
     ) -> AsyncIterator[Event]:
         """The job's events as they happen, ending after `result` or `error`.
 
-        Uses Server-Sent Events, reconnecting with Last-Event-ID when the connection drops; if
-        the server does not answer with an event stream, or drops it max_retries times running,
-        it goes on by long-polling (`GET ?wait=&since=`).
+        Uses Server-Sent Events, reconnecting with Last-Event-ID when the connection drops (to
+        the next server, given several); if the server does not answer with an event stream,
+        or the retries of one connection run out, it goes on by long-polling
+        (`GET ?wait=&since=`).
 
         Args:
             job (str | Job): the job or its id.
@@ -558,7 +627,7 @@ class AsyncClient:
 
     async def _sse_events(self, job_id: str, inline: bool) -> AsyncIterator[Event]:
         """Events from the SSE route until the final one; stops early when SSE does not work."""
-        url = self.server_url + events_path(job_id) + (f"?{INLINE_PARAM}=1" if inline else "")
+        path = events_path(job_id) + (f"?{INLINE_PARAM}=1" if inline else "")
         # No total limit: a stream lasts as long as the job; the server's keepalive comments
         # (every 15 s by default) keep a healthy connection under the read limit.
         timeout = aiohttp.ClientTimeout(
@@ -566,6 +635,8 @@ class AsyncClient:
         )
         last_id, failures = "", 0
         while True:
+            index = self._current
+            url = self.server_urls[index] + path
             headers = {"Accept": "text/event-stream"}
             if last_id:
                 headers["Last-Event-ID"] = last_id
@@ -589,9 +660,10 @@ class AsyncClient:
             except _CONNECTION_ERRORS as e:
                 problem = _describe(e)
             failures = 1 if delivered else failures + 1  # counts failures in a row
-            if failures > self.max_retries:
+            servers = len(self.server_urls)
+            if failures >= self._tries(servers):
                 return
-            await self._retry_later(failures - 1, f"GET {url}", problem)
+            await self._next_try(failures, servers, index, f"GET {url}", problem)
 
     async def _polled_events(self, job_id: str, since: int, inline: bool) -> AsyncIterator[Event]:
         """Events made by long-polling: one per new version of the job, and the final state."""
@@ -617,17 +689,22 @@ class Client:
     stops it.
 
     Args:
-        server_url (str): the server, e.g. "http://127.0.0.1:7777".
+        server_url (str | Sequence[str]): the server, e.g. "http://127.0.0.1:7777"; or several,
+            as a list or tuple or separated by commas, tried in turn (see AsyncClient).
         key (str | None): the client key; default None.
         timeout_s (float): the limit of one request in seconds (plus any wait_s); default 30.
-        max_retries (int): retries after a connection error or 502/503/504; default 5.
+        max_retries (int): retries after a connection error or 502/503/504 (with several
+            servers, rounds of tries); default 5.
         backoff_s (float): the wait before the first retry, doubled each time; default 0.25.
         max_backoff_s (float): the cap on that wait; default 10.
+
+    Raises:
+        ValueError: server_url holds no URL.
     """
 
     def __init__(
         self,
-        server_url: str = DEFAULT_SERVER_URL,
+        server_url: str | Sequence[str] = DEFAULT_SERVER_URL,
         key: str | None = None,
         timeout_s: float = 30.0,
         max_retries: int = 5,
@@ -642,6 +719,16 @@ class Client:
             target=self._loop.run_forever, name="jobhive-client", daemon=True
         )
         self._thread.start()
+
+    @property
+    def server_url(self) -> str:
+        """The server requests go to now (see AsyncClient)."""
+        return self._client.server_url
+
+    @property
+    def server_urls(self) -> tuple[str, ...]:
+        """The servers, in the order they are tried."""
+        return self._client.server_urls
 
     def __enter__(self) -> Client:
         return self

@@ -5,10 +5,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # 1. Debian packages: ffmpeg (audio and odd image formats), chromium (the browser tests drive
-#    it with Playwright; no browser is ever downloaded) and firefox-esr (the pages are checked
-#    in Firefox too, over WebDriver BiDi).
+#    it with Playwright; no browser is ever downloaded), firefox-esr (the pages are checked
+#    in Firefox too, over WebDriver BiDi), redis-server and redis-sentinel (the shared store of
+#    several servers; the tests start their own, never the system service) and nginx (the
+#    load balancer example, tested in front of three servers).
 packages=()
 command -v ffmpeg >/dev/null 2>&1 || packages+=(ffmpeg)
+command -v redis-server >/dev/null 2>&1 || packages+=(redis-server)
+command -v redis-sentinel >/dev/null 2>&1 || packages+=(redis-sentinel)
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || packages+=(nginx)
 [ -x /usr/bin/chromium ] || packages+=(chromium)
 command -v firefox-esr >/dev/null 2>&1 || packages+=(firefox-esr)
 if [ ${#packages[@]} -gt 0 ]; then

@@ -99,8 +99,12 @@ class Process:
 
 
 def _spawn(args: list[str], env: dict[str, str] | None = None) -> Process:
+    return _start([sys.executable, *args], env)
+
+
+def _start(command: list[str], env: dict[str, str] | None = None) -> Process:
     proc = subprocess.Popen(
-        [sys.executable, *args],
+        command,
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -291,6 +295,45 @@ def start_worker() -> Iterator[Callable[..., Process]]:
     yield start
     for process in started:
         process.stop()
+
+
+def start_redis(folder: Path, port: int, *extra: str) -> Process:
+    """Debian's `redis-server` on 127.0.0.1:PORT with its files in `folder` (an append-only
+    file, no snapshots), as the Redis store expects it; returns once it accepts connections.
+    Its url is redis://127.0.0.1:PORT/0. Stopped by PID (SIGTERM) like the other processes."""
+    folder.mkdir(parents=True, exist_ok=True)
+    process = _start(["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--dir",
+                      str(folder), "--save", "", "--appendonly", "yes", "--daemonize", "no",
+                      *extra])
+    try:
+        process.wait_for_output(r"Ready to accept connections", timeout_s=15)
+    except AssertionError:
+        process.stop()
+        raise
+    process.url = f"redis://127.0.0.1:{port}/0"
+    return process
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Process]:
+    """One Redis per test process (on a held port: it can be restarted on the same one)."""
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed (scripts/setup.sh installs it)")
+    with hold_port() as port:
+        server = start_redis(tmp_path_factory.mktemp("redis"), port)
+        yield server
+        server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: Process) -> str:
+    """The session's Redis, emptied for this test (a test process runs one test at a time)."""
+    import redis
+
+    with redis.Redis.from_url(redis_server.url) as client:
+        client.flushall()
+        client.config_set("maxmemory", 0)
+    return redis_server.url
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO
+from conftest import REPO, hold_port
 from e2e_http import echo_variant
 from PIL import Image
 
@@ -371,6 +371,86 @@ async def test_connection_failed_when_the_retries_run_out(caplog, refused_url):
     assert len(retry_lines(caplog)) == 2
 
 
+# ----- several servers sharing one queue
+
+
+def trying_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "jobhive.client" and
+            "; trying " in r.getMessage()]
+
+
+def red_png() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8), (200, 10, 10)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_client_moves_past_a_refused_server(echo_url, refused_url, caplog):
+    caplog.set_level(logging.INFO, logger="jobhive.client")
+    png = red_png()
+    image = "data:image/png;base64," + base64.b64encode(png).decode()
+    with Client([refused_url, echo_url]) as client:
+        assert client.server_urls == (refused_url, echo_url)
+        assert client.server_url == refused_url  # until it fails
+        job = client.submit("echo", {"text": "second server", "image": image})
+        outputs = client.result(job, timeout_s=20)
+        assert client.server_url == echo_url
+        assert outputs["text"] == "second server"
+        assert outputs["image"].read() == png  # a file's URL is a path: on the current server
+    assert retry_lines(caplog) == []  # no backoff: on to the next server at once
+    assert len(trying_lines(caplog)) == 1, trying_lines(caplog)
+    assert re.fullmatch(rf"POST {refused_url}/\S+: ClientConnectorError: .*; trying {echo_url}",
+                        trying_lines(caplog)[0])
+
+
+async def test_async_client_takes_servers_separated_by_commas(echo_url, refused_url):
+    async with AsyncClient(f"{refused_url}, {echo_url}/") as client:
+        assert client.server_urls == (refused_url, echo_url)
+        job = await client.submit("echo", {"text": "streamed", "delay_s": 1.2, "steps": 4})
+        events = [event async for event in client.stream(job)]
+        assert client.server_url == echo_url
+    check_progress_then_result(events, "streamed")
+
+
+def test_client_survives_one_server_dying(start_server, start_worker, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="jobhive.client")
+    # Two SQLite servers share no jobs, so each job is followed where it was submitted.
+    first = start_server(store=tmp_path / "first.sqlite3")
+    second = start_server(store=tmp_path / "second.sqlite3")
+    for server in (first, second):
+        start_worker(server.url)
+    with Client([first.url, second.url]) as client:
+        assert client.result(client.submit("echo", {"text": "one"}), timeout_s=20)["text"] == "one"
+        assert client.server_url == first.url
+
+        first.kill()
+        job = client.submit("echo", {"text": "two"})
+        assert client.server_url == second.url
+        assert client.result(job, timeout_s=20)["text"] == "two"
+    assert retry_lines(caplog) == []
+    assert [line.split(": ")[0] for line in trying_lines(caplog)] == [
+        f"POST {first.url}/api/v1/endpoints/echo/jobs"]
+
+
+async def test_connection_failed_after_every_server_failed_each_round(caplog, refused_url):
+    caplog.set_level(logging.INFO, logger="jobhive.client")
+    with hold_port() as other_port:
+        urls = [refused_url, f"http://127.0.0.1:{other_port}"]
+        async with AsyncClient(urls, max_retries=2, backoff_s=0.01) as client:
+            with pytest.raises(ConnectionFailed, match="tried 6 times"):
+                await client.submit("echo", {})
+    assert len(retry_lines(caplog)) == 2  # a backoff after each round but the last
+    assert len(trying_lines(caplog)) == 3  # and the next server at once within a round
+
+
+def test_a_client_needs_a_server_url():
+    for nothing in ("", " , ", []):
+        with pytest.raises(ValueError, match="no server URL"):
+            AsyncClient(nothing)
+        with pytest.raises(ValueError, match="no server URL"):
+            Client(nothing)
+
+
 # ----- the command line
 
 
@@ -404,6 +484,18 @@ def test_cli_sends_a_file_as_a_data_url_and_saves_the_result_file(echo_url, tmp_
     assert path.read_bytes() == (tmp_path / "red.png").read_bytes()
     inline = json.loads(run_cli(*args, "--inline").stdout)
     assert inline["image"].startswith("data:image/png;base64,")
+
+
+def test_cli_takes_servers_separated_by_commas(echo_url, refused_url, tmp_path: Path):
+    (tmp_path / "red.png").write_bytes(red_png())
+    done = run_cli("echo", "text=hi", f"image=@{tmp_path / 'red.png'}",
+                   "--server", f"{refused_url},{echo_url}")
+    assert done.returncode == 0, done.stderr
+    outputs = json.loads(done.stdout)
+    assert outputs["text"] == "hi"
+    assert outputs["image"]["url"].startswith(f"{echo_url}/")  # whole, on the server that served
+    nowhere = run_cli("echo", "text=hi", "--server", ",")
+    assert nowhere.returncode == 2 and "no server URL" in nowhere.stderr
 
 
 def test_cli_exits_non_zero_with_the_error(echo_url):

@@ -641,7 +641,12 @@ log_level = "DEBUG"
         ("[SERVER]\nport = 70000\n", "SERVER.port: must be 0 to 65535 (got 70000)"),
         (
             "[SERVER]\nstore = 'jobs.db'\n",
-            "SERVER.store: must be sqlite:PATH (got 'jobs.db')",
+            "SERVER.store: must be sqlite:PATH, redis://HOST:PORT/DB, rediss://... or "
+            "redis+sentinel://HOST:PORT,.../MASTER/DB (got 'jobs.db')",
+        ),
+        (
+            "[SERVER]\ndurability = 'eventually'\n",
+            "SERVER.durability: must be one of everysec, always, replicated (got 'eventually')",
         ),
         ("[SERVER]\nmax_body_bytes = 0\n", "SERVER.max_body_bytes: must be greater than 0 (got 0)"),
         ("[SERVER]\nsweep_interval_s = -1\n", "SERVER.sweep_interval_s: must be greater than 0"),
@@ -660,7 +665,8 @@ def test_a_bad_override_is_named_too():
     with pytest.raises(ConfigError) as caught:
         load_server_config(None, store="postgres://db")
     assert caught.value.problems == [
-        "command line: SERVER.store: must be sqlite:PATH (got 'postgres://db')"
+        "command line: SERVER.store: must be sqlite:PATH, redis://HOST:PORT/DB, rediss://... or "
+        "redis+sentinel://HOST:PORT,.../MASTER/DB (got 'postgres://db')"
     ]
 
 

@@ -1,5 +1,7 @@
-"""The job store in process: a fake clock, an in-memory journal (which can be made to fail, as a
-full disk does), and the real SQLite journal for restarts and large values."""
+"""The job stores in process, with a fake clock: each test runs against both backends, the
+SQLite store's JobStore (on an in-memory journal, which can be made to fail as a full disk
+does) and the RedisStore (on the session's real Redis, made to refuse writes by a maxmemory it
+is over). The SQLite journal's own tests (restarts, large values, group commits) follow."""
 
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from api_server.store import (
     WorkerReport,
 )
 from api_server.store.model import INLINE_VALUE_MAX_BYTES
+from api_server.store.redis_store import RedisStore, connect
 from jobhive.protocol import JobStatus
 
 REPO = Path(__file__).resolve().parents[1]
@@ -59,12 +62,47 @@ def journal() -> MemoryJournal:
     return MemoryJournal()
 
 
+class Backend:
+    """Makes stores of one backend over the same durable state, and makes it refuse writes."""
+
+    def __init__(self, name: str, journal: MemoryJournal, clock: FakeClock, redis_url: str):
+        self.name, self.journal, self.clock, self.redis_url = name, journal, clock, redis_url
+        self.opened: list = []
+
+    async def store(self, endpoints):
+        if self.name == "memory":
+            store = JobStore(endpoints, self.journal, self.clock)
+        else:
+            store = RedisStore(endpoints, connect(self.redis_url), clock=self.clock)
+        await store.open()
+        self.opened.append(store)
+        return store
+
+    async def refuse_writes(self, refuse: bool = True) -> None:
+        """A full disk (memory), a Redis over its maxmemory (noeviction: writes refused)."""
+        if self.name == "memory":
+            self.journal.failure = DISK_FULL if refuse else None
+        else:
+            import redis.asyncio
+
+            async with redis.asyncio.Redis.from_url(self.redis_url) as client:
+                await client.config_set("maxmemory", 1 if refuse else 0)
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def backend(request, journal, clock):
+    redis_url = request.getfixturevalue("redis_url") if request.param == "redis" else ""
+    backend = Backend(request.param, journal, clock, redis_url)
+    yield backend
+    if request.param == "redis":
+        await backend.refuse_writes(False)
+    for store in backend.opened:
+        await store.close()
+
+
 @pytest.fixture
-async def store(echo, journal, clock):
-    store = JobStore({"echo": echo}, journal, clock)
-    await store.open()
-    yield store
-    await store.close()
+async def store(backend, echo):
+    return await backend.store({"echo": echo})
 
 
 def inputs(text: str = "hi") -> bytes:
@@ -85,7 +123,7 @@ def result(grant, outputs=None, error=None, release=False):
                         release=release)
 
 
-async def test_submit_claim_result(store, echo, journal):
+async def test_submit_claim_result(store, echo, backend):
     job = await submit(store, echo)
     assert (job.status, job.queue_position) == (JobStatus.QUEUED, 0)
     (grant,) = await claim(store, echo)
@@ -97,7 +135,8 @@ async def test_submit_claim_result(store, echo, journal):
     done = await store.get(job.id)
     assert (done.status, done.progress, orjson.loads(done.outputs_json)) == (
         JobStatus.DONE, 100.0, {"text": "hi"})
-    assert journal.rows[job.id].status is JobStatus.DONE
+    again = await backend.store({"echo": echo})  # what another server (or a restart) reads
+    assert (await again.get(job.id)).status is JobStatus.DONE
 
 
 async def test_a_repeated_result_is_accepted_and_another_refused(store, echo):
@@ -204,7 +243,7 @@ async def test_cancel_queued_and_running(store, echo):
         "queued": 0, "queued_bytes": 0, "running": 0, "workers": 0}
 
 
-async def test_results_expire_after_their_ttl(store, echo, clock, journal):
+async def test_results_expire_after_their_ttl(store, echo, clock, backend):
     job = await submit(store, echo)
     (grant,) = await claim(store, echo)
     await store.report_results([result(grant, outputs=b"{}")])
@@ -214,7 +253,7 @@ async def test_results_expire_after_their_ttl(store, echo, clock, journal):
     clock.advance(2)
     await store.sweep()
     assert await store.get(job.id) is None
-    assert job.id not in journal.rows
+    assert await (await backend.store({"echo": echo})).get(job.id) is None
 
 
 async def test_queue_length_limit(store, echo):
@@ -224,21 +263,20 @@ async def test_queue_length_limit(store, echo):
         await submit(store, echo, text="one too many")
 
 
-async def test_queue_bytes_limit(echo, journal, clock):
+async def test_queue_bytes_limit(echo, backend):
     small = dataclasses.replace(echo, endpoint=dataclasses.replace(echo.endpoint,
                                                                    max_queue_bytes=50))
-    store = JobStore({"echo": small}, journal, clock)
-    await store.open()
+    store = await backend.store({"echo": small})
     await store.submit(small, None, inputs("x" * 20), "")
     with pytest.raises(QueueFull, match="50 bytes"):
         await store.submit(small, None, inputs("x" * 20), "")
 
 
-async def test_a_failing_journal_changes_nothing(store, echo, journal):
-    """Disk full: the submit is refused and leaves no trace; a claim leaves the job queued; a
-    result is not taken (the worker tries again); reads go on."""
+async def test_a_store_that_refuses_writes_changes_nothing(store, echo, backend):
+    """Disk full (or Redis out of memory): the submit is refused and leaves no trace; a claim
+    leaves the job queued; a result is not taken (the worker tries again); reads go on."""
     kept = await submit(store, echo, text="kept")
-    journal.failure = DISK_FULL
+    await backend.refuse_writes()
     with pytest.raises(StoreUnavailable) as refused:
         await store.submit(echo, "refused", inputs(), "")
     assert refused.value.status == 507
@@ -246,31 +284,39 @@ async def test_a_failing_journal_changes_nothing(store, echo, journal):
     with pytest.raises(StoreUnavailable):
         await claim(store, echo)
     assert (await store.get(kept.id)).queue_position == 0
-    journal.failure = None
+    await backend.refuse_writes(False)
     (grant,) = await claim(store, echo)
-    journal.failure = OSError(5, "Input/output error")
-    with pytest.raises(StoreUnavailable) as failed:
+    await backend.refuse_writes()
+    with pytest.raises(StoreUnavailable):
         await store.report_results([result(grant, outputs=b'{"text":"kept"}')])
-    assert failed.value.status == 503
     assert (await store.get(kept.id)).status is JobStatus.RUNNING
     with pytest.raises(StoreUnavailable):
         await store.cancel(kept.id)
-    journal.failure = None
+    await backend.refuse_writes(False)
     assert (await store.report_results([result(grant, outputs=b'{"text":"kept"}')]))[0].ok
     assert (await store.get(kept.id)).status is JobStatus.DONE
     # The refused id is free: a retry of that submit makes the job.
     assert (await store.submit(echo, "refused", inputs(), ""))[1] is True
 
 
-async def test_a_failing_journal_during_sweep_is_tried_again(store, echo, journal, clock):
+async def test_a_journal_io_error_is_a_503(echo, journal, clock):
+    store = JobStore({"echo": echo}, journal, clock)
+    await store.open()
+    journal.failure = OSError(5, "Input/output error")
+    with pytest.raises(StoreUnavailable) as failed:
+        await submit(store, echo)
+    assert failed.value.status == 503
+
+
+async def test_a_refused_write_during_sweep_is_tried_again(store, echo, backend, clock):
     job = await submit(store, echo)
     await claim(store, echo)
     clock.advance(11)
-    journal.failure = DISK_FULL
+    await backend.refuse_writes()
     with pytest.raises(StoreUnavailable):
         await store.sweep()
     assert (await store.get(job.id)).status is JobStatus.RUNNING
-    journal.failure = None
+    await backend.refuse_writes(False)
     await store.sweep()
     assert (await store.get(job.id)).status is JobStatus.QUEUED
 
@@ -285,6 +331,43 @@ async def test_wait_for_change_hands_back_a_snapshot(store, echo):
     await store.report_results([result(grant, outputs=b"{}")])
     assert changed.status is JobStatus.RUNNING  # a snapshot: it does not change under us
     assert job.status is JobStatus.QUEUED
+
+
+async def test_a_new_store_on_the_same_state_serves_on(store, echo, backend):
+    """What a restarted server (SQLite) or another server of the deployment (Redis) sees:
+    results, running jobs still leased to their workers, queued jobs in their order."""
+    done = await submit(store, echo, text="done")
+    running = await submit(store, echo, text="running")
+    queued = await submit(store, echo, text="queued")
+    (g1,) = await claim(store, echo)
+    await store.report_results([result(g1, outputs=b'{"text":"done"}')])
+    (g2,) = await claim(store, echo)
+    other = await backend.store({"echo": echo})
+    assert orjson.loads((await other.get(done.id)).outputs_json) == {"text": "done"}
+    assert (await other.get(running.id)).status is JobStatus.RUNNING
+    assert (await other.get(queued.id)).queue_position == 0
+    (answer,) = await other.report_results([result(g2, outputs=b'{"text":"ok"}')])
+    assert answer.ok
+    (g3,) = await claim(other, echo)
+    assert g3.job_id == queued.id
+    _repeat, created = await other.submit(echo, running.id, inputs("running"), "")
+    assert not created
+
+
+async def test_workers_seen_and_goodbye(store, echo):
+    await store.worker_seen("w1", "key-hash", ["echo"], "10.0.0.1", {"model": "tiny"})
+    (job,) = [await submit(store, echo)]
+    await claim(store, echo, "w1")
+    stats = await store.stats(with_addresses=True)
+    (worker,) = stats["workers"]
+    assert (worker["worker_id"], worker["address"], worker["info"], worker["running"]) == (
+        "w1", "10.0.0.1", {"model": "tiny"}, 1)
+    assert stats["endpoints"]["echo"]["workers"] == 1
+    assert "address" not in (await store.stats())["workers"][0]
+    assert not await store.worker_goodbye("w1", "another key")
+    assert await store.worker_goodbye("w1", "key-hash")
+    assert (await store.stats())["workers"] == []
+    assert (await store.get(job.id)).status is JobStatus.RUNNING  # (its lease runs out)
 
 
 async def test_restart_replays_the_journal(tmp_path, echo, clock):

@@ -23,7 +23,7 @@ from typing import Any
 import aiohttp
 import httpx
 from aiohttp import web
-from conftest import Process, wait_until
+from conftest import Process, hold_port, wait_until
 from e2e_http import echo_variant, get_job, serve_app
 from PIL import Image
 
@@ -350,3 +350,159 @@ def test_a_worker_stopped_with_its_server_after_its_last_job_exits_promptly(
     assert exited(worker, 20) == 0, worker.text
     assert re.search(rf"the results of job {job_id} not confirmed", worker.text), worker.text
     assert "gave up delivering" not in worker.text
+
+
+# ----- D: several servers sharing one queue (--server URL,URL)
+
+
+def test_a_worker_given_a_refused_server_first_serves_the_next(
+    start_server, start_worker, http, refused_url
+):
+    server = start_server()
+    worker = start_worker(f"{refused_url},{server.url}", "--worker-id", "second-choice")
+
+    job = wait_finished(http, server.url, submit(http, server.url, text="via the second"))
+
+    assert (job["status"], job["outputs"]["worker_id"]) == ("done", "second-choice"), job
+    worker.wait_for_output(rf"serving echo at {refused_url}, {server.url} as second-choice")
+    worker.wait_for_output(rf"WARNING .*server {refused_url} unavailable \(.+\); "
+                           rf"trying {server.url}$")
+    assert "retrying in" not in worker.text  # on to the next at once, no backoff
+
+
+def test_a_worker_moves_on_when_its_server_dies(start_server, start_worker, http, tmp_path):
+    # Two SQLite servers share no jobs: each job is submitted to the server the worker serves.
+    first = start_server(store=tmp_path / "first.sqlite3")
+    second = start_server(store=tmp_path / "second.sqlite3")
+    worker = start_worker(f"{first.url},{second.url}", "--worker-id", "mover")
+    job = wait_finished(http, first.url, submit(http, first.url, text="on the first"))
+    assert (job["status"], job["outputs"]["worker_id"]) == ("done", "mover"), job
+
+    first.kill()  # while the worker waits on it for the next batch
+    job = wait_finished(http, second.url, submit(http, second.url, text="on the second"))
+
+    assert (job["status"], job["outputs"]["worker_id"], job["attempts"]) == ("done", "mover", 1)
+    worker.wait_for_output(rf"server {first.url} unavailable \(.+\); trying {second.url}$")
+    assert "retrying in" not in worker.text and "Traceback" not in worker.text
+
+
+def test_a_worker_backs_off_only_once_every_server_failed(
+    start_server, start_worker, http, held_port, refused_url
+):
+    with hold_port() as other_port:  # refused throughout
+        other_url = f"http://127.0.0.1:{other_port}"
+        worker = start_worker(f"{refused_url},{other_url}", "--worker-id", "patient")
+        worker.wait_for_output(rf"server {refused_url} unavailable \(.+\); trying {other_url}$")
+        worker.wait_for_output(rf"server {other_url} unavailable \(.+\); all 2 servers failed, "
+                               rf"retrying in [\d.]+ s with {refused_url}$")
+
+        server = start_server(port=held_port)  # the first comes up: the rotation finds it
+        job = wait_finished(http, server.url, submit(http, server.url, text="found"))
+
+    assert (job["status"], job["outputs"]["worker_id"]) == ("done", "patient"), job
+    worker.wait_for_output(rf"server {refused_url} reachable again")
+
+
+def test_a_worker_refuses_a_server_option_without_a_url(start_worker):
+    worker = start_worker(" , ", wait_ready=False)
+
+    assert exited(worker, 30) == 2, worker.text
+    assert "--server: no server URL in ' , '" in worker.text
+
+
+async def test_servers_answering_503_are_tried_in_turn_with_a_backoff_per_round(caplog):
+    # Each fake server answers two polls with the 503 of a store that is away, then 204 (the
+    # burst worker exits at once). An answer, even a 503, does not end the streak of failures: after
+    # both servers failed the worker waits, it does not go round and round without a pause.
+    polls: list[str] = []
+
+    def fake_server(name: str) -> web.RouteTableDef:
+        routes = web.RouteTableDef()
+
+        @routes.post(WORKER_POLL_PATH)
+        async def poll(request: web.Request) -> web.Response:
+            polls.append(name)
+            if polls.count(name) > 2:
+                return web.Response(status=204)
+            return web.json_response({"error": f"{name}'s store away"}, status=503)
+
+        @routes.post(WORKER_GOODBYE_PATH)
+        async def goodbye(request: web.Request) -> web.Response:
+            return web.json_response({"ok": True})
+
+        return routes
+
+    (first, first_url), (second, second_url) = [
+        await serve_app(fake_server(name)) for name in ("first", "second")]
+    settings = RunnerSettings(f"{first_url},{second_url}", "worker-key", "w-1", burst=True,
+                              max_backoff_s=0.05)
+    try:
+        with caplog.at_level(logging.INFO, "jobhive.worker"):
+            await asyncio.wait_for(Runner(Quiet(), settings).serve(), 10)
+    finally:
+        await first.cleanup()
+        await second.cleanup()
+    away = [r.getMessage() for r in caplog.records if "unavailable" in r.getMessage()]
+    assert away == [
+        f"server {first_url} unavailable (HTTP 503: first's store away); trying {second_url}",
+        f"server {second_url} unavailable (HTTP 503: second's store away); all 2 servers "
+        f"failed, retrying in 0.1 s with {first_url}",
+        f"server {first_url} unavailable (HTTP 503: first's store away); trying {second_url}",
+        f"server {second_url} unavailable (HTTP 503: second's store away); all 2 servers "
+        f"failed, retrying in 0.1 s with {first_url}",
+    ]
+    assert polls == ["first", "second", "first", "second", "first"]  # then 204: queue empty
+
+
+async def test_a_failed_progress_report_moves_the_worker_on(caplog):
+    # The first server grants a job, then answers its progress with a proxy's 502 page (it
+    # died behind the proxy): the next report, and the result, go to the second server, so
+    # the lease is renewed there while the batch runs.
+    hits: list[tuple[str, str]] = []
+    reported = {"first": threading.Event(), "second": threading.Event()}
+    grant = {"job_id": "j-1", "endpoint": "echo", "lease_id": "l-1", "lease_s": 30.0,
+             "lease_expires_at_ms": 0, "attempt": 1, "inputs": {}}
+
+    def fake_server(name: str) -> web.RouteTableDef:
+        routes = web.RouteTableDef()
+
+        @routes.post("/{tail:.*}")
+        async def any_post(request: web.Request) -> web.Response:
+            hits.append((name, request.path))
+            if request.path == WORKER_POLL_PATH:
+                granted = name == "first" and len(hits) == 1
+                return web.json_response({"jobs": [grant]}) if granted else web.Response(
+                    status=204)
+            if request.path == WORKER_PROGRESS_PATH:
+                reported[name].set()
+                if name == "first":
+                    return web.Response(status=502, text=Proxy.PAGE, content_type="text/html")
+            answers = [{"job_id": "j-1", "ok": True}]
+            return web.json_response({"answers": answers, "jobs": []})
+
+        return routes
+
+    class Reporting(ModelWorker):
+        job_type = "echo"
+
+        def run(self, batch, progress):
+            progress(batch[0], 25)
+            assert reported["first"].wait(5)
+            progress(batch[0], 50)
+            assert reported["second"].wait(5)
+            return [{} for _ in batch]
+
+    (first, first_url), (second, second_url) = [
+        await serve_app(fake_server(name)) for name in ("first", "second")]
+    settings = RunnerSettings(f"{first_url},{second_url}", "worker-key", "w-1", burst=True)
+    try:
+        with caplog.at_level(logging.INFO, "jobhive.worker"):
+            await asyncio.wait_for(Runner(Reporting(), settings).serve(), 10)
+    finally:
+        await first.cleanup()
+        await second.cleanup()
+    assert hits[:3] == [("first", WORKER_POLL_PATH), ("first", WORKER_PROGRESS_PATH),
+                        ("second", WORKER_PROGRESS_PATH)], hits
+    assert ("second", WORKER_RESULTS_PATH) in hits and ("first", WORKER_RESULTS_PATH) not in hits
+    assert (f"server {first_url} unavailable (HTTP 502 text/html, not JSON); trying "
+            f"{second_url}") in [r.getMessage() for r in caplog.records]

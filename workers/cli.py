@@ -1,5 +1,6 @@
-"""`jobhive-worker TYPE --server URL --key KEY`: runs one model worker against a server; with
-`--gpus all|LIST` or `--processes N`, one per GPU or N of them (workers/runtime/supervisor.py)."""
+"""`jobhive-worker TYPE --server URL[,URL...] --key KEY`: runs one model worker against a server
+(or several sharing one queue, tried in turn); with `--gpus all|LIST` or `--processes N`, one
+per GPU or N of them (workers/runtime/supervisor.py)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from jobhive.aio import run_loop
+from jobhive.client import server_urls
 from workers.runtime import ModelStalled, ModelWorker, Runner, RunnerSettings, WorkerRefused
 from workers.runtime.supervisor import (
     EXIT_REFUSED,
@@ -68,8 +70,11 @@ def parse_args(argv: list[str] | None) -> tuple[type[ModelWorker], Any, argparse
         p = sub.add_parser(name, help=help_text)
         p.add_argument(
             "--server",
+            metavar="URL[,URL...]",
             default=os.environ.get("JOBHIVE_SERVER", "http://127.0.0.1:7777"),
-            help="API server URL (default $JOBHIVE_SERVER or http://127.0.0.1:7777)",
+            help="API server URL, or several separated by commas (servers sharing one queue: "
+            "the worker moves on to the next when one stops answering; default "
+            "$JOBHIVE_SERVER or http://127.0.0.1:7777)",
         )
         p.add_argument(
             "--key",
@@ -135,6 +140,10 @@ def parse_args(argv: list[str] | None) -> tuple[type[ModelWorker], Any, argparse
         parser.error("--key (or $JOBHIVE_WORKER_KEY) is required")
     if args.max_batch < 1:
         parser.error("--max-batch must be at least 1")
+    try:
+        args.server = ",".join(server_urls(args.server))
+    except ValueError as e:
+        parser.error(f"--server: {e}")
     args._children = None  # with --gpus or --processes: the processes a supervisor runs
     if args.gpus is not None or args.processes is not None:
         try:
@@ -165,7 +174,7 @@ def main(argv: list[str] | None = None) -> None:
         level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     settings = RunnerSettings(
-        server_url=args.server.rstrip("/"),
+        server_url=args.server,
         key=args.key,
         worker_id=args.worker_id,
         max_batch=args.max_batch,

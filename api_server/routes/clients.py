@@ -66,7 +66,7 @@ async def submit_job(request: web.Request) -> web.Response:
     wait_s = query_seconds(request, "wait", app[CONFIG].client_wait_max_s)
     inline = wants_inline(request)
     clients = endpoint.clients
-    wait_for_token_s = app[RATE_LIMITER].take(
+    wait_for_token_s = await app[RATE_LIMITER].take(
         endpoint.name, owner or request.remote or "", clients.rate_limit_per_s, clients.rate_burst
     )
     if wait_for_token_s:

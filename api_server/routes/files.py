@@ -75,7 +75,7 @@ async def upload_file(request: web.Request) -> web.Response:
         raise ApiError(404, f"no job with id {job_id[:200]!r}")
     if endpoint not in request[CALLER].role.worker_of:
         raise ApiError(403, f"worker key not accepted by {endpoint!r}")
-    if (refused := _refusal(store.lease_answer(job_id, lease_id))) is not None:
+    if (refused := _refusal(await store.lease_answer(job_id, lease_id))) is not None:
         raise refused
     # A refusal past this point (413 past a limit, 507/503 when the disk cannot take it) is a
     # StoreError, answered by the app's edge; what was written goes with the upload.
@@ -85,7 +85,7 @@ async def upload_file(request: web.Request) -> web.Response:
                 await upload.write(chunk)
         except ConnectionResetError as e:  # the worker went, or stalled past body_timeout_s
             raise ApiError(400, f"the upload of {name!r} was cut off: nothing kept") from e
-        if (refused := _refusal(store.lease_answer(job_id, lease_id))) is not None:
+        if (refused := _refusal(await store.lease_answer(job_id, lease_id))) is not None:
             raise refused  # the lease was lost (or the job canceled) while it came
         stored = await upload.commit()
     return json_response(stored.ref().to_json())
@@ -115,7 +115,8 @@ async def download_file(request: web.Request) -> web.StreamResponse:
     and If-None-Match are answered (206, 416, 304)."""
     job = await job_of(request)
     name = request.match_info["name"]
-    stored = request.app[FILES].get(job.id, name) if protocol.valid_file_name(name) else None
+    valid = protocol.valid_file_name(name)
+    stored = await request.app[FILES].find(job.id, name) if valid else None
     if stored is None:
         raise ApiError(404, f"job {job.id[:200]!r} has no file {name[:100]!r}")
     etag = f'"{stored.sha256}"'

@@ -184,7 +184,7 @@ async def _authorized(
         else:
             keep = app[OUTPUT_FILTER].results if results else app[OUTPUT_FILTER].progress
             media = endpoint.media_outputs if results else endpoint.media_progress_outputs
-            outputs, bad = app[FILES].references(
+            outputs, bad = await app[FILES].references(
                 report.job_id, keep(endpoint, report.outputs, worker), media
             )
             if bad:  # a reference to a file this job does not have: the report is refused
@@ -263,8 +263,8 @@ def _parse_poll(data: Any, max_wait_s: float, prefix: str = "") -> Poll:
 async def _grant(request: web.Request, poll: Poll, endpoints: list[Endpoint]) -> list[Any]:
     """Claims up to poll.max_batch jobs (waiting up to poll.wait_s); returns their grants."""
     store = request.app[STORE]
-    store.workers.seen(poll.worker_id, request[CALLER].owner, [e.job_type for e in endpoints],
-                       request.remote or "", poll.info)
+    await store.worker_seen(poll.worker_id, request[CALLER].owner,
+                            [e.job_type for e in endpoints], request.remote or "", poll.info)
     grants = await store.claim(endpoints, poll.max_batch, poll.worker_id, poll.wait_s)
     return [grant.to_json() for grant in grants]
 
@@ -334,5 +334,5 @@ async def goodbye(request: web.Request) -> web.Response:
     if not (isinstance(worker_id, str) and 0 < len(worker_id) <= 128):
         raise ApiError(400, "invalid goodbye",
                        {"worker_id": "must be a string of 1 to 128 characters"})
-    left = request.app[STORE].workers.goodbye(worker_id, request[CALLER].owner)
+    left = await request.app[STORE].worker_goodbye(worker_id, request[CALLER].owner)
     return json_response({"ok": left})

@@ -17,6 +17,12 @@ read), bytes that no record names are removed (uploads cut off by a crash), and 
 jobs the job store no longer knows are removed. A job's folder goes when its job is forgotten
 (its result's TTL): the job store calls `delete_jobs`.
 
+Shared (several servers on one Redis, the folder on a file system they all mount): the disk is
+the truth, not one server's memory. A job's records are read again before its files are looked
+up (a worker may have uploaded through another server), bytes without a record are left alone
+at start-up unless they are an hour old (another server may be receiving them), and a
+forgotten job's folder is removed whoever wrote it.
+
 All file I/O runs in threads; the in-memory index is changed only on the event loop.
 """
 
@@ -26,10 +32,12 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import math
 import os
 import secrets
 import shutil
 import tempfile
+import time
 from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +62,7 @@ _JOB_PREFIX = "job-"  # a job's folder: a prefix keeps ids such as ".." from nam
 _DATA_PREFIX = ".data-"
 _RECORD_PREFIX = ".record-"
 _WRITE_CHUNK_BYTES = 1024 * 1024  # bytes received are written (and hashed) in a thread per MiB
+ORPHAN_AGE_S = 3600.0  # in a shared folder, bytes without a record are removed this old
 
 
 class FileRefused(StoreError):
@@ -90,15 +99,22 @@ class FileStore:
         max_job_bytes (int): the most bytes of files one job may hold.
         temporary (bool): remove the whole root when closed (a store of tests with an
             in-memory journal); default False.
+        shared (bool): other servers write in the folder too (see the module's notes).
     """
 
     def __init__(
-        self, root: Path, max_file_bytes: int, max_job_bytes: int, temporary: bool = False
+        self,
+        root: Path,
+        max_file_bytes: int,
+        max_job_bytes: int,
+        temporary: bool = False,
+        shared: bool = False,
     ) -> None:
         self.root = root
         self.max_file_bytes = max_file_bytes
         self.max_job_bytes = max_job_bytes
         self._temporary = temporary
+        self._shared = shared
         self._files: dict[str, dict[str, StoredFile]] = {}  # job id -> name -> file
         self._commit = asyncio.Lock()  # commits and deletions, one at a time: exact totals
 
@@ -114,7 +130,7 @@ class FileStore:
         """Reads the records back; removes folders of jobs that `known` (the job store's
         `endpoints_of`: the known ids among those given) does not return."""
         async with self._commit:  # (a job forgotten meanwhile waits for its files' index)
-            found = await asyncio.to_thread(_scan, self.root)
+            found = await asyncio.to_thread(_scan, self.root, self._shared)
             kept = await known(list(found))
             orphans = [job_id for job_id in found if job_id not in kept]
             if orphans:
@@ -131,7 +147,25 @@ class FileStore:
     # ----- reading
 
     def get(self, job_id: str, name: str) -> StoredFile | None:
+        """The file as this server's index has it (see `find` for a shared folder)."""
         return self._files.get(job_id, {}).get(name)
+
+    async def find(self, job_id: str, name: str) -> StoredFile | None:
+        """The job's file `name`, as the folder has it now."""
+        await self.refresh(job_id)
+        return self.get(job_id, name)
+
+    async def refresh(self, job_id: str) -> None:
+        """In a shared folder: reads the job's records again (another server may have
+        written them); nothing to do otherwise."""
+        if not self._shared:
+            return
+        files = await asyncio.to_thread(_scan_job, self.root / (_JOB_PREFIX + job_id), job_id,
+                                        False)
+        if files is None:
+            self._files.pop(job_id, None)
+        else:
+            self._files[job_id] = files
 
     def job_bytes(self, job_id: str, but: str = "") -> int:
         """The bytes of the job's files (leaving out the one named `but`)."""
@@ -140,7 +174,7 @@ class FileStore:
     async def read(self, stored: StoredFile) -> bytes:
         return await asyncio.to_thread(stored.path.read_bytes)
 
-    def references(
+    async def references(
         self,
         job_id: str,
         outputs: dict[str, Any],
@@ -164,6 +198,7 @@ class FileStore:
         if not any(is_file_ref(v) or (isinstance(v, list) and any(map(is_file_ref, v)))
                    for v in outputs_with_refs.values()):
             return outputs, {}  # (most outputs: nothing to look up)
+        await self.refresh(job_id)
         errors: dict[str, str] = {}
 
         def one(value: Any, path: str) -> Any:
@@ -202,6 +237,7 @@ class FileStore:
         """
         if not isinstance(outputs, dict):
             return outputs
+        await self.refresh(job_id)
         wanted: dict[str, StoredFile] = {}
         for value in outputs.values():
             for item in value if isinstance(value, list) else (value,):
@@ -255,7 +291,7 @@ class FileStore:
     async def delete_jobs(self, job_ids: Iterable[str]) -> None:
         """Removes these jobs' files (their jobs were forgotten)."""
         async with self._commit:
-            ids = [i for i in job_ids if self._files.pop(i, None) is not None]
+            ids = [i for i in job_ids if self._files.pop(i, None) is not None or self._shared]
             if ids:
                 await asyncio.to_thread(_remove_folders, self.root, ids)
 
@@ -280,6 +316,7 @@ class Upload:
         return self._hash.hexdigest()
 
     async def __aenter__(self) -> Upload:
+        await self._store.refresh(self.job_id)  # (files uploaded through another server count)
         self._file = await _in_thread(_create, self._store.root, self.path)
         self._store._files.setdefault(self.job_id, {})  # its folder goes with the job
         return self
@@ -381,8 +418,9 @@ def _remove_folders(root: Path, job_ids: Iterable[str]) -> None:
         shutil.rmtree(root / (_JOB_PREFIX + job_id), ignore_errors=True)
 
 
-def _scan(root: Path) -> dict[str, dict[str, StoredFile]]:
-    """Every job folder's files, from their records; bytes no record names are removed."""
+def _scan(root: Path, shared: bool = False) -> dict[str, dict[str, StoredFile]]:
+    """Every job folder's files, from their records; bytes no record names are removed (in a
+    shared folder: only once they are an hour old)."""
     found: dict[str, dict[str, StoredFile]] = {}
     if not root.is_dir():
         return found
@@ -390,19 +428,37 @@ def _scan(root: Path) -> dict[str, dict[str, StoredFile]]:
         if not folder.name.startswith(_JOB_PREFIX) or not folder.is_dir():
             continue
         job_id = folder.name.removeprefix(_JOB_PREFIX)
-        files: dict[str, StoredFile] = {}
-        for record in folder.iterdir():
-            if valid_file_name(record.name) and (stored := _read_record(job_id, record)):
-                files[stored.name] = stored
-        named = {stored.path.name for stored in files.values()}
-        for other in folder.iterdir():
-            if other.name.startswith(".") and other.name not in named:
-                other.unlink(missing_ok=True)  # an upload or a record cut off by a crash
-        found[job_id] = files
+        files = _scan_job(folder, job_id, clean=True, shared=shared)
+        if files is not None:
+            found[job_id] = files
     return found
 
 
-def _read_record(job_id: str, record: Path) -> StoredFile | None:
+def _scan_job(
+    folder: Path, job_id: str, clean: bool, shared: bool = True
+) -> dict[str, StoredFile] | None:
+    """One job folder's files (None: no folder); with `clean`, removes bytes no record names
+    (an upload or a record cut off by a crash; in a shared folder, only an hour old ones)."""
+    try:
+        entries = list(folder.iterdir())
+    except FileNotFoundError:
+        return None
+    files: dict[str, StoredFile] = {}
+    for record in entries:
+        if valid_file_name(record.name) and (stored := _read_record(job_id, record, clean)):
+            files[stored.name] = stored
+    if clean:
+        named = {stored.path.name for stored in files.values()}
+        cutoff = time.time() - ORPHAN_AGE_S if shared else math.inf
+        for other in entries:
+            if other.name.startswith(".") and other.name not in named:
+                with contextlib.suppress(FileNotFoundError):
+                    if other.stat().st_mtime < cutoff:
+                        other.unlink()
+    return files
+
+
+def _read_record(job_id: str, record: Path, drop_bad: bool = True) -> StoredFile | None:
     try:
         data = orjson.loads(record.read_bytes())
         path = record.parent / data["data"]
@@ -411,7 +467,8 @@ def _read_record(job_id: str, record: Path) -> StoredFile | None:
         if not str(data["data"]).startswith(_DATA_PREFIX) or path.stat().st_size != stored.size:
             raise ValueError("its bytes are missing or of another size")
     except (OSError, ValueError, KeyError, TypeError) as e:
-        log.warning("file %s of job %s is unreadable, dropped: %s", record.name, job_id, e)
-        record.unlink(missing_ok=True)
+        if drop_bad:
+            log.warning("file %s of job %s is unreadable, dropped: %s", record.name, job_id, e)
+            record.unlink(missing_ok=True)
         return None
     return stored

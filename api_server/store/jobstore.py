@@ -56,15 +56,21 @@ class JobStore:
         endpoints (Mapping[str, Endpoint]): the endpoints by name.
         journal (Journal): where every change is made durable.
         clock (Clock, default now_ms): wall-clock milliseconds (tests pass a fake one).
+        worker_seen_ttl_s (float, default 120): a worker unseen this long leaves the status.
     """
 
     def __init__(
-        self, endpoints: Mapping[str, Endpoint], journal: Journal, clock: Clock = now_ms
+        self,
+        endpoints: Mapping[str, Endpoint],
+        journal: Journal,
+        clock: Clock = now_ms,
+        worker_seen_ttl_s: float = 120.0,
     ) -> None:
         self._endpoints = endpoints
         self._journal = journal
         self._clock = clock
         self.workers = WorkerRegistry(clock)
+        self._worker_seen_ttl_s = worker_seen_ttl_s
         self._jobs: dict[str, Job] = {}
         self._queues: dict[str, JobQueue] = {name: JobQueue() for name in endpoints}
         self._submitting: dict[str, list[int]] = {name: [0, 0] for name in endpoints}  # jobs, bytes
@@ -557,8 +563,10 @@ class JobStore:
 
     async def sweep(self) -> None:
         """Requeues or fails jobs whose lease expired or that ran too long; forgets results
-        past their TTL. Jobs with a write in flight wait for the next sweep. A failed write
-        changes nothing and is tried again at the next sweep."""
+        past their TTL and workers unseen for worker_seen_ttl_s. Jobs with a write in flight
+        wait for the next sweep. A failed write changes nothing and is tried again at the next
+        sweep."""
+        self.workers.forget_unseen(self._worker_seen_ttl_s)
         now = self._clock()
         updates: list[_Update] = []
         requeued: dict[Job, str] = {}
@@ -628,7 +636,20 @@ class JobStore:
         """Calls `await hook(job_ids)` after jobs are forgotten at the end of their TTL."""
         self._forget_hooks.append(hook)
 
-    def lease_answer(self, job_id: str, lease_id: str) -> ReportAnswer:
+    async def worker_seen(
+        self,
+        worker_id: str,
+        key_owner: str,
+        job_types: Sequence[str],
+        address: str,
+        info: dict[str, Any],
+    ) -> None:
+        self.workers.seen(worker_id, key_owner, job_types, address, info)
+
+    async def worker_goodbye(self, worker_id: str, key_owner: str) -> bool:
+        return self.workers.goodbye(worker_id, key_owner)
+
+    async def lease_answer(self, job_id: str, lease_id: str) -> ReportAnswer:
         """Whether the worker holding `lease_id` may still add to the job (upload a file): ok,
         or what its progress report would get (404 unknown; 409 lease lost or job finished;
         canceled)."""

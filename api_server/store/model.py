@@ -149,12 +149,13 @@ class JobIdConflict(StoreError):
 
 
 class StoreUnavailable(StoreError):
-    """The journal refused a write: nothing was changed. 507 when its disk is full, 503 for
-    any other failure (an I/O error, the database locked or gone)."""
+    """The store refused a write: nothing was changed. 507 when its disk (or Redis's memory) is
+    full, 503 for any other failure (an I/O error, the database locked or gone, Redis away)."""
 
     retry_after_s = 5
 
-    def __init__(self, cause: BaseException, disk_full: bool) -> None:
+    def __init__(self, cause: BaseException, disk_full: bool, what: str | None = None) -> None:
         self.status = 507 if disk_full else 503
-        what = "the job store's disk is full" if disk_full else "the job store cannot write"
+        if what is None:
+            what = "the job store's disk is full" if disk_full else "the job store cannot write"
         super().__init__(f"{what} ({cause}); nothing was changed, try again later")

@@ -3,6 +3,10 @@
 Every reply the runner reads goes through `ServerLink.post`: a reply that is not JSON (a
 reverse proxy's HTML 502 while the server restarts, an empty body, another content type) raises
 ServerUnavailable, which is retried like a refused connection, with the same log line.
+
+Given several servers (API servers sharing one queue, so any of them serves any request), the
+link talks to one at a time; a request the runner retries moves it on to the next at once, and
+only after every server failed in a row does it back off (and goes on rotating).
 """
 
 from __future__ import annotations
@@ -10,11 +14,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from collections.abc import Sequence
 from typing import Any
 
 import aiohttp
 import orjson
 
+from jobhive.client import server_urls
 from jobhive.files import upload_file
 from jobhive.protocol import WORKER_GOODBYE_PATH, FileRef
 
@@ -45,28 +51,49 @@ def maybe_taken(error: BaseException) -> bool:
 
 
 class ServerLink:
-    """One worker's HTTP session with its server (an async context manager).
+    """One worker's HTTP sessions with its servers, one per server (an async context manager).
 
     Args:
-        url (str): the server's base URL.
+        urls (str | Sequence[str]): the servers' base URLs (a str: separated by commas); the
+            link starts with the first.
         key (str): the worker key, sent as a bearer token.
-        max_backoff_s (float): the longest wait between two tries when the server is away.
+        max_backoff_s (float): the longest wait between two tries when the servers are away.
+
+    Attributes:
+        urls (tuple[str, ...]): the servers, in the order they are tried.
     """
 
-    def __init__(self, url: str, key: str, max_backoff_s: float) -> None:
-        self.url = url
+    def __init__(self, urls: str | Sequence[str], key: str, max_backoff_s: float) -> None:
+        self.urls = server_urls(urls)
         self._headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
         self._max_backoff_s = max_backoff_s
         self._backoff_s = 0.0
-        self._http: aiohttp.ClientSession | None = None
+        self._current = 0  # the index of the server requests go to
+        self._failed = 0  # requests failed in a row (retried), whichever server they went to
+        # reached() since the last failure: the streak ends with the next request (not at
+        # once: the runner retries some answers, a 503 or a reply without jobs, after reached).
+        self._answered = False
+        self._sessions: list[aiohttp.ClientSession] = []
+
+    @property
+    def url(self) -> str:
+        """The server requests go to now."""
+        return self.urls[self._current]
 
     async def __aenter__(self) -> ServerLink:
-        self._http = aiohttp.ClientSession(self.url, headers=self._headers)
+        self._sessions = [aiohttp.ClientSession(url, headers=self._headers) for url in self.urls]
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
-        assert self._http is not None
-        await self._http.close()
+        for session in self._sessions:
+            await session.close()
+
+    def _http(self) -> aiohttp.ClientSession:
+        """The current server's session, for a request about to go."""
+        assert self._sessions, "use the link as `async with`"
+        if self._answered:
+            self._answered, self._failed = False, 0
+        return self._sessions[self._current]
 
     async def post(
         self, path: str, body: dict[str, Any] | bytes, timeout_s: float
@@ -78,11 +105,10 @@ class ServerLink:
             ServerUnavailable: any other reply that is not JSON.
             aiohttp.ClientError, asyncio.TimeoutError, OSError: the request failed.
         """
-        assert self._http is not None, "use the link as `async with`"
         data = body if isinstance(body, bytes) else orjson.dumps(
             body, option=orjson.OPT_SERIALIZE_NUMPY)
         timeout = aiohttp.ClientTimeout(total=timeout_s)
-        async with self._http.post(path, data=data, timeout=timeout) as response:
+        async with self._http().post(path, data=data, timeout=timeout) as response:
             raw = await response.read()
             status, content_type = response.status, response.content_type
         try:
@@ -103,10 +129,9 @@ class ServerLink:
             jobhive.files.FileUploadError: the server (or a proxy) answered other than 200.
             aiohttp.ClientError, asyncio.TimeoutError, OSError: the request failed.
         """
-        assert self._http is not None, "use the link as `async with`"
         # Long enough for a slow link (1 MB/s), not forever: a hung upload is retried.
         timeout_s = UPLOAD_TIMEOUT_S + len(data) / 1e6
-        return await upload_file(self._http, job_id, lease_id, name, media_type, data,
+        return await upload_file(self._http(), job_id, lease_id, name, media_type, data,
                                  timeout_s=timeout_s)
 
     async def post_unless(
@@ -122,27 +147,67 @@ class ServerLink:
         return post.result()
 
     async def retry_later(
-        self, problem: object, *wake: asyncio.Future[Any], at_most_s: float | None = None
+        self,
+        problem: object,
+        *wake: asyncio.Future[Any],
+        at_most_s: float | None = None,
+        server: str | None = None,
     ) -> None:
-        """Waits before the next try, longer each time (with jitter), up to max_backoff_s (and
-        at_most_s, when given), or until one of `wake` resolves."""
+        """Notes a failed request, to be tried again: moves on to the next server at once;
+        after every server failed in a row, first waits, longer each time (with jitter), up to
+        max_backoff_s (and at_most_s, when given), or until one of `wake` resolves.
+
+        Args:
+            problem (object): what went wrong (an exception, or a str), for the log line.
+            *wake (asyncio.Future): futures that cut a wait short.
+            at_most_s (float | None): the longest wait; None: max_backoff_s.
+            server (str | None): the server the request went to, when the link may have moved
+                on since it left (a request made beside others); None: the current one.
+        """
+        why = str(problem) or type(problem).__name__
+        if server is not None and server != self.url:
+            return  # moved on already, from that server: try the current one
+        self._answered = False
+        self._failed += 1
+        failed_url = self.url
+        self._current = (self._current + 1) % len(self.urls)
+        if self._failed % len(self.urls):
+            log.warning("server %s unavailable (%s); trying %s", failed_url, why, self.url)
+            return
         self._backoff_s = min(self._max_backoff_s, max(0.25, self._backoff_s * 2))
         wait_s = self._backoff_s
         if at_most_s is not None:
             wait_s = max(0.0, min(wait_s, at_most_s))
-        log.warning(
-            "server %s unavailable (%s); retrying in %.1f s",
-            self.url,
-            str(problem) or type(problem).__name__,
-            wait_s,
-        )
+        if len(self.urls) == 1:
+            log.warning("server %s unavailable (%s); retrying in %.1f s", failed_url, why, wait_s)
+        else:
+            log.warning("server %s unavailable (%s); all %d servers failed, retrying in %.1f s "
+                        "with %s", failed_url, why, len(self.urls), wait_s, self.url)
         jittered_s = wait_s * random.uniform(0.8, 1.2)
         if at_most_s is not None:
             jittered_s = max(0.0, min(jittered_s, at_most_s))
         await asyncio.wait(set(wake), timeout=jittered_s)
 
+    def move_on(self, server: str, problem: object) -> None:
+        """Notes a failed request that is not retried (a progress report): the next request
+        goes to the next server (unless the link moved on from `server` already). No wait.
+
+        Args:
+            server (str): the server the request went to.
+            problem (object): what went wrong, for the log line.
+        """
+        if len(self.urls) == 1 or server != self.url:
+            return
+        self._answered = False
+        self._failed += 1
+        self._current = (self._current + 1) % len(self.urls)
+        log.warning("server %s unavailable (%s); trying %s", server,
+                    str(problem) or type(problem).__name__, self.url)
+
     def reached(self) -> None:
-        """Notes an answer from the server: the next backoff starts short again."""
+        """Notes an answer from the server: the streak of failures ends (with the next
+        request) and the next backoff starts short again."""
+        self._answered = True
         if self._backoff_s:
             log.info("server %s reachable again", self.url)
             self._backoff_s = 0.0

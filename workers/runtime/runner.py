@@ -4,7 +4,9 @@
 it in the model thread, relay its progress (coalesced, one request per batch; it also renews the
 leases while the model shows life), post the results in requests that fit the server's limits
 (workers/runtime/delivery.py). The server being away is retried with backoff; so is a reply
-that is not the server's JSON (a proxy's HTML error page while the server restarts).
+that is not the server's JSON (a proxy's HTML error page while the server restarts). Given
+several servers sharing one queue, such a failure moves the worker on to the next server at
+once, and it backs off only after all of them failed in a row (workers/runtime/link.py).
 
 A model silent for `stall_s` (no progress report, no `progress.alive()`) is taken for hung: the
 leases are no longer renewed, the batch's jobs fail with "model stalled for N s", and `serve`
@@ -30,6 +32,7 @@ from typing import Any
 
 import orjson
 
+from jobhive.client import server_urls
 from jobhive.files import FileUploadError
 from jobhive.protocol import (
     WORKER_POLL_PATH,
@@ -66,7 +69,8 @@ class RunnerSettings:
     """How a runner talks to its server.
 
     Args:
-        server_url (str): the API server's base URL, e.g. http://gpu-gateway:7777.
+        server_url (str): the API server's base URL, e.g. http://gpu-gateway:7777; or several
+            servers sharing one queue, separated by commas, tried in turn.
         key (str): this worker's key, one of the endpoint's [WORKER] auth_keys.
         worker_id (str): how the server names this worker in logs and /api/v1/status.
         max_batch (int): the most jobs to take per poll.
@@ -155,7 +159,7 @@ class Runner:
             "loaded in %.1f s; serving %s at %s as %s (max batch %d)",
             time.monotonic() - started,
             self.model.serves,
-            settings.server_url,
+            ", ".join(server_urls(settings.server_url)),
             settings.worker_id,
             settings.max_batch,
         )
@@ -182,12 +186,16 @@ class Runner:
 
     # ----- talking to the server
 
-    async def _retry_later(self, problem: object, deadline: float | None = None) -> None:
-        """Backs off before the next try (not past deadline, a time.monotonic()); a first stop,
-        or a hand-back, cuts the wait short."""
+    async def _retry_later(
+        self, problem: object, deadline: float | None = None, server: str | None = None
+    ) -> None:
+        """Moves on to the next server, or backs off before the next try (not past deadline, a
+        time.monotonic()); a first stop, or a hand-back, cuts the wait short. `server`: the
+        one the failed request went to, if the link may have moved on since (see
+        ServerLink.retry_later)."""
         wake = [self._hand_back] if self._stopping.done() else [self._hand_back, self._stopping]
         at_most_s = None if deadline is None else deadline - time.monotonic()
-        await self._link.retry_later(problem, *wake, at_most_s=at_most_s)
+        await self._link.retry_later(problem, *wake, at_most_s=at_most_s, server=server)
 
     def _poll_body(self) -> dict[str, Any]:
         settings = self.settings
@@ -380,6 +388,7 @@ class Runner:
             await asyncio.sleep(self.settings.progress_interval_s)
 
     async def _send_progress(self, jobs: list[Job], reports: list[dict[str, Any]]) -> None:
+        server = self._link.url
         try:
             try:
                 status, data = await self._link.post(WORKER_PROGRESS_PATH, {"reports": reports},
@@ -397,9 +406,13 @@ class Runner:
         except RETRYABLE as e:
             log.warning("progress not delivered (%s); the lease renews with the next one",
                         str(e) or type(e).__name__)
+            self._link.move_on(server, e)  # the next one goes to the next server, if any
             return
         if status != 200:
-            log.warning("progress refused (%d): %s", status, delivery.reason(status, data))
+            why = delivery.reason(status, data)
+            log.warning("progress refused (%d): %s", status, why)
+            if status >= 500:
+                self._link.move_on(server, f"HTTP {status}: {why}")
             return
         by_id = {job.id: job for job in jobs}
         for answer in _answers(data):
@@ -442,6 +455,7 @@ class Runner:
         None when it is stored, else why it is not (the job's error)."""
         deadline = None
         while True:
+            server = self._link.url  # (a failed progress report may move the link on meanwhile)
             try:
                 await self._link.upload(job.id, job.lease_id, name, media.media_type, media.data)
                 self._link.reached()
@@ -456,7 +470,7 @@ class Runner:
                 deadline = time.monotonic() + self.settings.grace_s
             if self._hand_back.done() or (deadline is not None and time.monotonic() > deadline):
                 return f"result file {name} not delivered: {problem}"
-            await self._retry_later(problem, deadline)
+            await self._retry_later(problem, deadline, server)
 
     async def _send_results(
         self, jobs: list[Job], entries: list[dict[str, Any]], give_up_s: float | None = None

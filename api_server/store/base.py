@@ -1,0 +1,104 @@
+"""`Store`: what the routes need of a job store, whichever backend keeps the jobs.
+
+Two backends implement it: `JobStore` (one server: state in memory, every change journaled to
+SQLite first) and `RedisStore` (any number of servers sharing one Redis). Both hand routes
+frozen snapshots (`JobView`), never a live record, and raise `StoreError`s that the app's edge
+turns into statuses (409, 429, 503, 507).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Any, Protocol
+
+from api_server.config import Endpoint
+from api_server.store.model import JobView, ReportAnswer, WorkerReport
+from jobhive.protocol import Grant
+
+
+class Store(Protocol):
+    @property
+    def closing(self) -> bool:
+        """Shutting down: long-polls answer at once, claims grant nothing."""
+        ...
+
+    async def open(self) -> None: ...
+
+    def stop_waiting(self) -> None:
+        """Answers every long-poll now and later ones at once (the server is shutting down)."""
+        ...
+
+    async def close(self) -> None: ...
+
+    # ----- clients
+
+    async def get(self, job_id: str) -> JobView | None: ...
+
+    async def endpoints_of(self, job_ids: Iterable[str]) -> dict[str, str]:
+        """The endpoint of each known job among these."""
+        ...
+
+    async def queue_position(self, job_id: str) -> int | None: ...
+
+    async def submit(
+        self,
+        endpoint: Endpoint,
+        job_id: str | None,
+        inputs_json: bytes,
+        owner: str,
+        wait_s: float = 0.0,
+    ) -> tuple[JobView, bool]:
+        """Queues a job once it is durable (and, with wait_s, waits that long for it to
+        finish); returns it and whether this call created it."""
+        ...
+
+    async def wait_for_change(
+        self, job_id: str, since_version: int, timeout_s: float
+    ) -> JobView | None: ...
+
+    async def cancel(self, job_id: str) -> JobView | None: ...
+
+    # ----- workers
+
+    async def claim(
+        self, endpoints: Sequence[Endpoint], max_batch: int, worker_id: str, timeout_s: float
+    ) -> list[Grant]: ...
+
+    async def report_progress(self, reports: Iterable[WorkerReport]) -> list[ReportAnswer]: ...
+
+    async def report_results(self, reports: Sequence[WorkerReport]) -> list[ReportAnswer]: ...
+
+    async def lease_answer(self, job_id: str, lease_id: str) -> ReportAnswer:
+        """Whether the worker holding lease_id may still add to the job (upload a file)."""
+        ...
+
+    async def worker_seen(
+        self,
+        worker_id: str,
+        key_owner: str,
+        job_types: Sequence[str],
+        address: str,
+        info: dict[str, Any],
+    ) -> None:
+        """Records a worker's poll, for the status page."""
+        ...
+
+    async def worker_goodbye(self, worker_id: str, key_owner: str) -> bool:
+        """A worker stopping cleanly leaves the status at once; False when unknown or polled
+        with another key."""
+        ...
+
+    # ----- housekeeping
+
+    async def sweep(self) -> None:
+        """Requeues or fails expired leases, forgets results past their TTL and workers unseen
+        for worker_seen_ttl_s."""
+        ...
+
+    async def checkpoint(self) -> None: ...
+
+    async def stats(self, with_addresses: bool = False) -> dict[str, Any]: ...
+
+    def on_forget(self, hook: Callable[[list[str]], Awaitable[None]]) -> None:
+        """Calls `await hook(job_ids)` after jobs are forgotten at the end of their TTL."""
+        ...

@@ -1,0 +1,851 @@
+"""The Redis job store: any number of API servers share one queue, and any of them may die.
+
+Every change of a job is one Lua script (api_server/store/redis_scripts.py), atomic in Redis:
+a submit checks the queue's limits and an earlier job of the same id, a claim pops jobs and
+writes their leases, a result checks the lease and finishes the job. A server keeps no job in
+memory; it answers only after Redis has taken the change (and, by `durability`, fsynced or
+replicated it), so a server killed at any moment loses nothing it acknowledged.
+
+Each change is also published on its endpoint's channel (`P:{E}:ev`, "ID VERSION STATUS"), and
+each queued job on `P:{E}:wake`. Every server subscribes to both for all its endpoints and
+wakes its own waiters: a long-polled job, an event stream, a `?wait=` submit, a waiting
+worker. A lost message costs a waiter at most one re-check interval (a second for workers and
+queued jobs' positions): waits re-read Redis when they time out, and a reconnected
+subscription wakes every waiter.
+
+Versions live in Redis, so `?since=` and Last-Event-ID mean the same on every server.
+Progress previews are never stored in Redis, so they cost its append-only file nothing: a
+progress report's script renews the lease and bumps the version, and the server then publishes
+the change with the previews (a PUBLISH outside a script is not in the file). Every server keeps
+the latest previews of the jobs it hears about, a bounded cache: a server that started after a
+job's last report shows its previews from the next one.
+Redis being away (or refusing writes) is a StoreUnavailable: 503 with Retry-After, and the
+server recovers by itself once it is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import secrets
+import urllib.parse
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+import redis.asyncio.sentinel
+import redis.exceptions
+
+from api_server.config import DURABILITY, Endpoint
+from api_server.store import redis_scripts as lua
+from api_server.store.model import (
+    Clock,
+    JobIdConflict,
+    JobView,
+    QueueFull,
+    ReportAnswer,
+    StoreUnavailable,
+    WorkerReport,
+    now_ms,
+)
+from jobhive.protocol import Grant, JobStatus, new_job_id
+
+log = logging.getLogger("jobhive.jobs")
+
+PING_EVERY_S = 5.0  # a quiet event subscription is pinged this often; 3 pings unanswered: lost
+RECHECK_S = 1.0  # a waiting worker re-reads the queue this often (a lost wake costs no more)
+SETTLE_MAX_S = 0.002  # a woken worker waits this long at most for submits in flight
+GATHER_S = 0.001  # and first this long for the jobs sent together with the one that woke it
+SWEEP_LIMIT = 200  # jobs one sweep script handles per endpoint (the rest: next sweep)
+WORKER_WRITE_S = 1.0  # a worker's polls update its record at most this often
+ENDPOINT_CACHE = 100_000  # job ids whose endpoint a server remembers (an endpoint never changes)
+PREVIEW_CACHE = 10_000  # jobs whose latest previews a server keeps
+
+
+class RedisStore:
+    """Queues, leases and results of every endpoint's jobs, in a Redis shared by servers.
+
+    Args:
+        endpoints (Mapping[str, Endpoint]): the endpoints by name.
+        redis (redis.asyncio.Redis): the connection (pool) to the primary.
+        prefix (str): the prefix of every key (several deployments may share one Redis).
+        durability (str): "everysec" (AOF, fsynced every second: a power cut can lose up to
+            about 2 s of acknowledged changes), "always" (AOF fsynced before each reply) or
+            "replicated" (each change waits for a replica's copy: WAIT 1).
+        clock (Clock, default now_ms): wall-clock milliseconds (tests pass a fake one).
+        worker_seen_ttl_s (float): a worker unseen this long leaves the status.
+        sweep_interval_s (float): the servers sweep each endpoint at most this often, together.
+        replication_wait_ms (int): with "replicated", how long a change waits for a replica
+            before it is answered 503.
+    """
+
+    def __init__(
+        self,
+        endpoints: Mapping[str, Endpoint],
+        redis: aioredis.Redis,
+        prefix: str = "jobhive",
+        durability: str = "everysec",
+        clock: Clock = now_ms,
+        worker_seen_ttl_s: float = 120.0,
+        sweep_interval_s: float = 0.5,
+        replication_wait_ms: int = 1000,
+    ) -> None:
+        if durability not in DURABILITY:
+            raise ValueError(f"durability must be one of {', '.join(DURABILITY)}")
+        self._endpoints = endpoints
+        self._redis = redis
+        self._p = prefix + ":"
+        self._durability = durability
+        self._clock = clock
+        self._worker_seen_ttl_s = worker_seen_ttl_s
+        self._sweep_interval_ms = round(sweep_interval_s * 1000)
+        self._replication_wait_ms = replication_wait_ms
+        self._scripts = {
+            name: redis.register_script(getattr(lua, name))
+            for name in ("SUBMIT", "CLAIM", "PROGRESS", "RESULTS", "CANCEL", "SWEEP", "VIEW",
+                         "STATS", "GOODBYE", "FORGET_WORKERS")
+        }
+        self._closing = False
+        self._job_waiters: dict[str, list[asyncio.Future[bool]]] = {}
+        self._finish_waiters: dict[str, list[asyncio.Future[bool]]] = {}
+        self._worker_waiters: dict[str, list[asyncio.Future[bool]]] = {n: [] for n in endpoints}
+        self._endpoint_of: dict[str, str] = {}  # unfinished job id -> endpoint (bounded)
+        self._submitting: dict[str, int] = {}  # submits in flight per endpoint (see _settle)
+        self._previews: dict[str, bytes] = {}  # job id -> its latest progress outputs (JSON)
+        self._settled: dict[str, asyncio.Future[bool]] = {}
+        self._worker_written: dict[str, tuple[int, tuple[Any, ...]]] = {}
+        self._listener: asyncio.Task[None] | None = None
+        self._subscribed = asyncio.Event()
+        self._forget_hooks: list[Callable[[list[str]], Awaitable[None]]] = []
+
+    # ----- keys
+
+    def _base(self, endpoint: str) -> str:
+        return f"{self._p}{{{endpoint}}}:"
+
+    # ----- start-up and shut-down
+
+    async def open(self) -> None:
+        """Checks the Redis (reachable, `noeviction`, AOF for the durability asked), then
+        subscribes to the endpoints' channels.
+
+        Raises:
+            StoreConfigError: the Redis would lose jobs (the message says how to fix it).
+        """
+        try:
+            await self._redis.ping()
+        except redis.exceptions.RedisError as e:
+            raise StoreConfigError(f"cannot reach Redis: {e}") from e
+        await self._check_config()
+        self._listener = asyncio.create_task(self._listen(), name="jobhive-redis-events")
+        await self._subscribed.wait()
+        log.info("store opened: Redis, prefix %r, durability %s", self._p[:-1], self._durability)
+
+    async def _check_config(self) -> None:
+        try:
+            config = await self._redis.config_get("maxmemory-policy", "appendonly", "appendfsync")
+        except redis.exceptions.ResponseError as e:  # a managed Redis may forbid CONFIG
+            log.warning("cannot read the Redis config (%s): make sure maxmemory-policy is "
+                        "noeviction and AOF is on", e)
+            return
+        config = {_text(k): _text(v) for k, v in config.items()}
+        policy = config.get("maxmemory-policy", "noeviction")
+        if policy != "noeviction":
+            raise StoreConfigError(
+                f"Redis evicts keys under memory pressure (maxmemory-policy {policy}), which "
+                "would drop queued jobs: set `maxmemory-policy noeviction` in redis.conf (or "
+                "run CONFIG SET maxmemory-policy noeviction)")
+        if config.get("appendonly") != "yes":
+            raise StoreConfigError(
+                "Redis keeps no append-only file, so a Redis restart would lose every job: set "
+                "`appendonly yes` in redis.conf (or run CONFIG SET appendonly yes)")
+        if self._durability == "always" and config.get("appendfsync") != "always":
+            raise StoreConfigError(
+                f"durability 'always' needs `appendfsync always` in redis.conf (it is "
+                f"{config.get('appendfsync')!r}), or choose durability 'everysec'")
+
+    @property
+    def closing(self) -> bool:
+        return self._closing
+
+    def stop_waiting(self) -> None:
+        self._closing = True
+        self._wake_all()
+
+    async def close(self) -> None:
+        self._closing = True
+        self._wake_all()
+        if self._listener is not None:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._listener
+        await self._redis.aclose()
+
+    # ----- events
+
+    async def _listen(self) -> None:
+        """Follows the endpoints' channels for as long as the store is open, resubscribing
+        after a lost connection (and then waking every waiter: they re-read Redis)."""
+        channels = [self._base(e) + kind for e in self._endpoints for kind in ("ev", "wake")]
+        loop = asyncio.get_running_loop()
+        backoff_s = 0.1
+        while True:
+            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(*channels)
+                if self._subscribed.is_set():
+                    log.warning("Redis events followed again")
+                    self._wake_all()
+                self._subscribed.set()
+                backoff_s = 0.1
+                heard = loop.time()
+                while True:
+                    message = await pubsub.get_message(timeout=PING_EVERY_S)
+                    if message is not None:
+                        heard = loop.time()
+                        if message["type"] == "message":
+                            self._dispatch(message["channel"], message["data"])
+                    elif loop.time() - heard > 3 * PING_EVERY_S:  # (a Redis stopped, say)
+                        raise redis.exceptions.ConnectionError("no answer to pings")
+                    else:
+                        await pubsub.ping()  # a quiet channel: is the connection alive?
+            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as e:
+                log.warning("Redis events lost (%s): following again in %.1f s", e, backoff_s)
+                self._subscribed.set()  # (open() goes on: the waits re-check by themselves)
+                self._wake_all()
+                await asyncio.sleep(backoff_s)
+                backoff_s = min(5.0, backoff_s * 2)
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()
+
+    def _dispatch(self, channel: bytes, data: bytes) -> None:
+        if channel.endswith(b"}:wake"):
+            self._wake_worker(channel.decode()[len(self._p) + 1: -len("}:wake")])
+            return
+        for line in data.split(b"\n"):
+            job_id, version, status, *rest = line.split(b" ", 3)
+            self._changed(channel, job_id.decode(), int(version), status.decode(),
+                          rest[0] if rest else b"")
+
+    def _changed(
+        self, channel: bytes, job_id: str, version: int, status: str, rest: bytes
+    ) -> None:
+        """One change of a job heard: kept previews, waiters woken (with the finished job
+        itself when the event carries it)."""
+        if status == "running":
+            if rest:  # progress with previews: kept for the views, before anyone wakes
+                self._keep_previews(job_id, rest)
+        elif status == "queued" or status == "done":
+            self._previews.pop(job_id, None)
+        if status in ("done", "failed", "canceled"):
+            # Only unfinished jobs are remembered: a finished one is forgotten in time, and
+            # its id may then name a job of another endpoint.
+            self._endpoint_of.pop(job_id, None)
+        for waiter in self._job_waiters.pop(job_id, ()):
+            if not waiter.done():
+                waiter.set_result(True)
+        if status in ("done", "failed", "canceled") and job_id in self._finish_waiters:
+            view: JobView | bool = True  # (woken: read the job back)
+            if rest:  # a job done with small outputs comes whole
+                endpoint = channel.decode()[len(self._p) + 1: -len("}:ev")]
+                view = _done_view(job_id, endpoint, version, rest)
+            for waiter in self._finish_waiters.pop(job_id):
+                if not waiter.done():
+                    waiter.set_result(view)
+
+    def _keep_previews(self, job_id: str, previews: bytes) -> None:
+        self._previews.pop(job_id, None)  # (re-inserted last: the oldest go first)
+        if len(self._previews) >= PREVIEW_CACHE:
+            del self._previews[next(iter(self._previews))]
+        self._previews[job_id] = previews
+
+    def _wake_worker(self, endpoint: str) -> None:
+        waiters = self._worker_waiters.get(endpoint, [])
+        while waiters:
+            waiter = waiters.pop(0)
+            if not waiter.done():
+                waiter.set_result(True)
+                return
+
+    def _wake_all(self) -> None:
+        for waiters in (*self._job_waiters.values(), *self._finish_waiters.values(),
+                        *self._worker_waiters.values()):
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(True)
+
+    # ----- calling Redis
+
+    async def _run(self, script: str, args: Sequence[Any]) -> Any:
+        """Runs one of the scripts; Redis away or refusing is a StoreUnavailable."""
+        try:
+            return await self._scripts[script](args=args)
+        except redis.exceptions.RedisError as e:
+            raise unavailable(e) from e
+
+    async def _durable(self) -> None:
+        """With durability "replicated": waits for a replica to hold the changes so far."""
+        if self._durability != "replicated":
+            return
+        try:
+            copies = await self._redis.execute_command("WAIT", 1, self._replication_wait_ms)
+        except redis.exceptions.RedisError as e:
+            raise unavailable(e) from e
+        if copies < 1:
+            raise StoreUnavailable(
+                RuntimeError(f"no replica confirmed the change within "
+                             f"{self._replication_wait_ms} ms"), disk_full=False)
+
+    def _remember(self, job_id: str, endpoint: str) -> None:
+        if len(self._endpoint_of) >= ENDPOINT_CACHE:
+            del self._endpoint_of[next(iter(self._endpoint_of))]
+        self._endpoint_of[job_id] = endpoint
+
+    # ----- clients
+
+    async def get(self, job_id: str) -> JobView | None:
+        reply = await self._run("VIEW", [self._p, job_id])
+        if reply is None:
+            return None
+        endpoint, fields, rank = reply
+        own, st, v, pr, out, err, att, cat, sat, fat = fields
+        status = JobStatus(st.decode())
+        return JobView(
+            id=job_id,
+            endpoint=endpoint.decode(),
+            owner=own.decode(),
+            status=status,
+            version=int(v),
+            progress=float(pr or 0),
+            queue_position=rank,
+            progress_outputs=self._previews_of(job_id, status),
+            outputs_json=out,
+            error=err.decode() if err is not None else None,
+            attempts=int(att),
+            created_at_ms=int(cat),
+            started_at_ms=int(sat) if sat is not None else None,
+            finished_at_ms=int(fat) if fat is not None else None,
+        )
+
+    def _previews_of(self, job_id: str, status: JobStatus) -> dict[str, Any] | None:
+        """The job's latest progress outputs heard (none once it is done or queued again)."""
+        if status is JobStatus.DONE or status is JobStatus.QUEUED:
+            return None
+        previews = self._previews.get(job_id)
+        return None if previews is None else orjson.loads(previews)
+
+    async def endpoints_of(self, job_ids: Iterable[str]) -> dict[str, str]:
+        ids = list(job_ids)
+        found = {i: e for i in ids if (e := self._endpoint_of.get(i)) is not None}
+        missing = [i for i in ids if i not in found]
+        if missing:
+            try:
+                values = await self._redis.mget([self._p + "id:" + i for i in missing])
+            except redis.exceptions.RedisError as e:
+                raise unavailable(e) from e
+            for job_id, value in zip(missing, values, strict=True):
+                if value is not None:
+                    found[job_id] = value.decode()
+                    self._remember(job_id, found[job_id])
+        return found
+
+    async def queue_position(self, job_id: str) -> int | None:
+        job = await self.get(job_id)
+        return None if job is None else job.queue_position
+
+    async def submit(
+        self,
+        endpoint: Endpoint,
+        job_id: str | None,
+        inputs_json: bytes,
+        owner: str,
+        wait_s: float = 0.0,
+    ) -> tuple[JobView, bool]:
+        name, settings = endpoint.name, endpoint.endpoint
+        now = self._clock()
+        job_id = job_id or new_job_id(now)
+        waiter = None
+        if wait_s:  # before the submit: a quick job may finish before its reply comes back
+            waiter = self._waiter(self._finish_waiters, job_id)
+        try:
+            self._submitting[name] = self._submitting.get(name, 0) + 1
+            try:
+                outcome, *detail = await self._run("SUBMIT", [
+                    self._base(name), f"{self._p}id:{job_id}", job_id, name, owner,
+                    inputs_json, now, settings.max_queue_length, settings.max_queue_bytes,
+                ])
+            finally:
+                self._submitted(name)
+            outcome = outcome.decode()
+            if outcome == "conflict":
+                what = {b"endpoint": "another endpoint's", b"owner": "another client's"}
+                if detail[0] in what:
+                    raise JobIdConflict(f"job_id {job_id!r} is already used by "
+                                        f"{what[detail[0]]} job")
+                raise JobIdConflict(f"job_id {job_id!r} was already submitted with other inputs")
+            if outcome == "full":
+                limit = (f"{settings.max_queue_length} jobs" if detail[0] == b"length"
+                         else f"{settings.max_queue_bytes} bytes of inputs")
+                raise QueueFull(f"the queue of endpoint {name!r} is full ({limit}); retry "
+                                "later", await self._retry_after_s(name))
+            created = outcome == "created"
+            if created:
+                await self._durable()
+                self._remember(job_id, name)
+                log.info("job %s queued endpoint=%s position=%d", job_id, name, detail[0])
+                if waiter is None:
+                    return JobView(job_id, name, owner, JobStatus.QUEUED, 1, 0.0, detail[0],
+                                   None, None, None, 0, now, None, None), True
+                woken = await _wait_on(waiter, wait_s)  # (registered before it: no end missed)
+                if isinstance(woken, JobView):
+                    return woken, True
+            elif waiter is not None:
+                job = await self.get(job_id)  # a repeat: it may have ended long ago
+                if job is not None and not job.status.finished:
+                    await _wait_on(waiter, wait_s)
+        finally:
+            if waiter is not None:
+                self._unwait(self._finish_waiters, job_id, waiter)
+        job = await self.get(job_id)
+        if job is None:  # forgotten in between (a TTL shorter than the wait)
+            raise JobIdConflict(f"job {job_id!r} ended and was forgotten; submit it again")
+        return job, created
+
+    def _submitted(self, endpoint: str) -> None:
+        self._submitting[endpoint] -= 1
+        settled = None if self._submitting[endpoint] else self._settled.pop(endpoint, None)
+        if settled is not None and not settled.done():
+            settled.set_result(True)
+
+    async def _settle(self, endpoints: Sequence[Endpoint]) -> None:
+        """Waits (SETTLE_MAX_S at most) for the submits this server is making to these
+        endpoints: a worker woken by the first of several jobs sent together then takes them
+        in one batch, as the SQLite store's same-commit hand-over does."""
+        await asyncio.sleep(GATHER_S)
+        for endpoint in endpoints:
+            if self._submitting.get(endpoint.name):
+                settled = self._settled.get(endpoint.name)
+                if settled is None:
+                    settled = self._settled[endpoint.name] = (
+                        asyncio.get_running_loop().create_future())
+                await _wait_on(settled, SETTLE_MAX_S)
+
+    async def wait_for_change(
+        self, job_id: str, since_version: int, timeout_s: float
+    ) -> JobView | None:
+        waiter = self._waiter(self._job_waiters, job_id)
+        try:
+            job = await self.get(job_id)
+            if job is None or job.version > since_version or timeout_s <= 0 or self._closing:
+                return job
+            await _wait_on(waiter, timeout_s)
+        finally:
+            self._unwait(self._job_waiters, job_id, waiter)
+        return await self.get(job_id)
+
+    async def cancel(self, job_id: str) -> JobView | None:
+        endpoint = (await self.endpoints_of([job_id])).get(job_id)
+        if endpoint is None:
+            return None
+        outcome = await self._run("CANCEL", [
+            self._base(endpoint), self._p + "id:", self._p + "w:", self._clock(),
+            self._ttl_ms(endpoint), job_id,
+        ])
+        if outcome == b"canceled":
+            await self._durable()
+            log.info("job %s canceled endpoint=%s", job_id, endpoint)
+        return await self.get(job_id)
+
+    # ----- workers
+
+    async def claim(
+        self, endpoints: Sequence[Endpoint], max_batch: int, worker_id: str, timeout_s: float
+    ) -> list[Grant]:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        woken = False
+        while not self._closing:
+            waiter = loop.create_future()  # registered before trying: no wake falls between
+            for endpoint in endpoints:
+                self._worker_waiters[endpoint.name].append(waiter)
+            try:
+                if woken:
+                    await self._settle(endpoints)
+                grants = await self._take(endpoints, max_batch, worker_id)
+                if grants:
+                    if waiter.done() and len(grants) == max_batch:  # (more may be queued)
+                        self._wake_worker(grants[0].endpoint)  # a wake meant for another
+                    return grants
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    return []
+                woken = await _wait_on(waiter, min(remaining, RECHECK_S))
+            finally:
+                for endpoint in endpoints:
+                    waiters = self._worker_waiters[endpoint.name]
+                    if waiter in waiters:
+                        waiters.remove(waiter)
+        return []
+
+    async def _take(
+        self, endpoints: Sequence[Endpoint], max_batch: int, worker_id: str
+    ) -> list[Grant]:
+        """Leases up to max_batch jobs of the endpoint whose first job has waited longest."""
+        endpoint = endpoints[0]
+        if len(endpoints) > 1:
+            try:
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    for e in endpoints:
+                        pipe.zrange(self._base(e.name) + "q", 0, 0, withscores=True)
+                    heads = await pipe.execute()
+            except redis.exceptions.RedisError as e:
+                raise unavailable(e) from e
+            firsts = [(head[0][1], i) for i, head in enumerate(heads) if head]
+            if not firsts:
+                return []
+            endpoint = endpoints[min(firsts)[1]]
+        settings = endpoint.endpoint
+        count = min(max_batch, endpoint.worker.max_batch)
+        lease_ms = round(settings.lease_s * 1000)
+        taken = await self._run("CLAIM", [
+            self._base(endpoint.name), self._p + "w:", self._clock(), lease_ms,
+            round(settings.job_timeout_s * 1000), worker_id, count, secrets.token_hex(8),
+        ])
+        if not taken:
+            return []
+        await self._durable()
+        grants = []
+        for job_id, lease_id, attempt, expires_ms, inputs in taken:
+            job_id = job_id.decode()
+            self._remember(job_id, endpoint.name)
+            grants.append(Grant(job_id, endpoint.name, lease_id.decode(), settings.lease_s,
+                                expires_ms, attempt, orjson.Fragment(inputs)))
+            log.info("job %s running endpoint=%s worker=%s attempt=%d", job_id, endpoint.name,
+                     worker_id, attempt)
+        return grants
+
+    async def report_progress(self, reports: Iterable[WorkerReport]) -> list[ReportAnswer]:
+        """Renews the leases and records the progress; then publishes each change with its
+        previews (not stored: see the module's notes). A lapsed lease nobody took yet is the
+        worker's again."""
+        reports = list(reports)
+        answers: dict[str, ReportAnswer] = {}
+        for endpoint, group in (await self._by_endpoint(reports, answers)).items():
+            settings = self._endpoints[endpoint].endpoint if endpoint in self._endpoints else None
+            lease_ms = round((settings.lease_s if settings else 30.0) * 1000)
+            timeout_ms = round((settings.job_timeout_s if settings else 3600.0) * 1000)
+            args: list[Any] = [self._base(endpoint), self._clock(), lease_ms, timeout_ms]
+            for r in group:
+                args += [r.job_id, r.lease_id, "" if r.progress is None else r.progress]
+            outcomes = await self._run("PROGRESS", args)
+            events = []
+            for report, outcome in zip(group, outcomes, strict=True):
+                outcome, _, version = outcome.decode().partition(" ")
+                answers[report.job_id] = _answer(report.job_id, outcome)
+                if outcome == "ok":
+                    event = f"{report.job_id} {version} running".encode()
+                    if report.outputs is not None:
+                        previews = orjson.dumps(report.outputs)
+                        self._keep_previews(report.job_id, previews)  # (here first: no race)
+                        event += b" " + previews
+                    events.append(event)
+            if events:
+                await self._publish(self._base(endpoint) + "ev", b"\n".join(events))
+        return [answers[r.job_id] for r in reports]
+
+    async def _publish(self, channel: str, message: bytes) -> None:
+        try:
+            await self._redis.publish(channel, message)
+        except redis.exceptions.RedisError as e:  # the lease is renewed: only watchers miss it
+            log.warning("progress not published: %s", e)
+
+    async def report_results(self, reports: Sequence[WorkerReport]) -> list[ReportAnswer]:
+        answers: dict[str, ReportAnswer] = {}
+        for endpoint, group in (await self._by_endpoint(reports, answers)).items():
+            args: list[Any] = [self._base(endpoint), self._p + "id:", self._p + "w:",
+                               self._clock(), self._ttl_ms(endpoint)]
+            for r in group:
+                if r.release:
+                    args += [r.job_id, r.lease_id, "release", ""]
+                elif r.error is not None:
+                    args += [r.job_id, r.lease_id, "failed", r.error]
+                else:
+                    args += [r.job_id, r.lease_id, "done", r.outputs_json or b"{}"]
+            outcomes = await self._run("RESULTS", args)
+            await self._durable()
+            for report, (outcome, *detail) in zip(group, outcomes, strict=True):
+                outcome = outcome.decode()
+                if outcome == "finished":
+                    status, error = detail[0].decode(), detail[1].decode()
+                    why = f"job already {status}" + (f": {error}" if error else "")
+                    answers[report.job_id] = ReportAnswer(report.job_id, False, error=why,
+                                                          status=409)
+                else:
+                    answers[report.job_id] = _answer(report.job_id, outcome)
+                if outcome == "ok":
+                    log.info("job %s %s endpoint=%s", report.job_id,
+                             "handed back" if report.release else
+                             "failed" if report.error is not None else "done", endpoint)
+        return [answers[r.job_id] for r in reports]
+
+    async def _by_endpoint(
+        self, reports: Sequence[WorkerReport], answers: dict[str, ReportAnswer]
+    ) -> dict[str, list[WorkerReport]]:
+        """The reports grouped by their jobs' endpoints; unknown jobs answered 404."""
+        endpoints = await self.endpoints_of(r.job_id for r in reports)
+        groups: dict[str, list[WorkerReport]] = {}
+        for report in reports:
+            endpoint = endpoints.get(report.job_id)
+            if endpoint is None:
+                answers[report.job_id] = _answer(report.job_id, "unknown")
+            else:
+                groups.setdefault(endpoint, []).append(report)
+        return groups
+
+    async def lease_answer(self, job_id: str, lease_id: str) -> ReportAnswer:
+        endpoint = (await self.endpoints_of([job_id])).get(job_id)
+        if endpoint is None:
+            return _answer(job_id, "unknown")
+        try:
+            st, lid = await self._redis.hmget(self._base(endpoint) + "job:" + job_id, "st", "lid")
+        except redis.exceptions.RedisError as e:
+            raise unavailable(e) from e
+        if st is None:
+            return _answer(job_id, "unknown")
+        if lid is None or lid.decode() != lease_id:
+            return _answer(job_id, "lost")
+        if st in (b"queued", b"running"):
+            return _answer(job_id, "ok")
+        return _answer(job_id, "canceled" if st == b"canceled" else f"finished {st.decode()}")
+
+    async def worker_seen(
+        self,
+        worker_id: str,
+        key_owner: str,
+        job_types: Sequence[str],
+        address: str,
+        info: dict[str, Any],
+    ) -> None:
+        """Records a poll: at most once a second per worker unless what it says changed."""
+        now = self._clock()
+        said = (key_owner, tuple(job_types), address, orjson.dumps(info))
+        written = self._worker_written.get(worker_id)
+        if written is not None and written[1] == said and now - written[0] < WORKER_WRITE_S * 1000:
+            return
+        key = self._p + "w:" + worker_id
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.exists(key)
+                pipe.hset(key, mapping={"own": key_owner, "types": orjson.dumps(list(job_types)),
+                                        "addr": address, "info": said[3], "seen": now})
+                pipe.pexpire(key, round(self._worker_seen_ttl_s * 2000))
+                pipe.zadd(self._p + "workers", {worker_id: now})
+                existed, *_ = await pipe.execute()
+        except redis.exceptions.RedisError as e:
+            raise unavailable(e) from e
+        self._worker_written[worker_id] = (now, said)
+        if not existed:
+            log.info("worker %s connected from %s for %s", worker_id, address,
+                     ",".join(job_types))
+
+    async def worker_goodbye(self, worker_id: str, key_owner: str) -> bool:
+        left = await self._run("GOODBYE", [self._p, worker_id, key_owner])
+        self._worker_written.pop(worker_id, None)
+        if left:
+            log.info("worker %s said goodbye", worker_id)
+        return bool(left)
+
+    # ----- housekeeping
+
+    async def sweep(self) -> None:
+        """Sweeps each endpoint (unless another server just did): expired leases requeued or
+        failed, results past their TTL forgotten (and the forget hooks called); then forgets
+        workers unseen for worker_seen_ttl_s."""
+        now = self._clock()
+        for name, endpoint in self._endpoints.items():
+            settings = endpoint.endpoint
+            swept = await self._run("SWEEP", [
+                self._base(name), self._p + "id:", self._p + "w:", now,
+                round(settings.result_ttl_s * 1000), round(settings.job_timeout_s * 1000),
+                settings.max_attempts, self._sweep_interval_ms, SWEEP_LIMIT,
+                f"ran longer than job_timeout_s ({settings.job_timeout_s:g} s)",
+            ])
+            if swept is None:
+                continue
+            changed, forgotten = swept
+            for what, job_id, *detail in changed:
+                if what == b"requeued":
+                    log.warning("job %s requeued endpoint=%s attempt=%s: lease expired: worker "
+                                "%s stopped reporting", job_id.decode(), name,
+                                detail[1].decode(), detail[0].decode())
+                else:
+                    log.info("job %s failed endpoint=%s error=%r", job_id.decode(), name,
+                             detail[0].decode())
+            if forgotten:
+                await self._forgotten([job_id.decode() for job_id in forgotten])
+        cutoff = now - round(self._worker_seen_ttl_s * 1000)
+        for worker_id in await self._run("FORGET_WORKERS", [self._p, cutoff]):
+            log.info("worker %s gone (unseen for %g s)", worker_id.decode(),
+                     self._worker_seen_ttl_s)
+        for worker_id in [w for w, (t, _) in self._worker_written.items() if t < cutoff]:
+            del self._worker_written[worker_id]
+
+    async def _forgotten(self, job_ids: list[str]) -> None:
+        for job_id in job_ids:
+            self._endpoint_of.pop(job_id, None)
+        for hook in self._forget_hooks:
+            try:
+                await hook(job_ids)
+            except Exception:  # the sweeper goes on; an orphan is removed at the next start
+                log.exception("a hook on forgotten jobs failed")
+
+    def on_forget(self, hook: Callable[[list[str]], Awaitable[None]]) -> None:
+        self._forget_hooks.append(hook)
+
+    async def checkpoint(self) -> None:
+        """Nothing to do: Redis fsyncs its append-only file by itself."""
+
+    async def stats(self, with_addresses: bool = False) -> dict[str, Any]:
+        now = self._clock()
+        cutoff = now - round(self._worker_seen_ttl_s * 1000)
+        queues, workers = await self._run("STATS", [self._p, now, cutoff, *self._endpoints])
+        listed = []
+        for worker_id, types, address, info, seen, done, failed, running in workers:
+            listed.append({
+                "worker_id": worker_id.decode(),
+                "job_types": orjson.loads(types),
+                **({"address": address.decode()} if with_addresses else {}),
+                "info": orjson.loads(info) if info else {},
+                "last_seen_ms": int(seen),
+                "last_seen_s_ago": round((now - int(seen)) / 1000, 3),
+                "jobs_done": int(done),
+                "jobs_failed": int(failed),
+                "running": max(0, int(running)),
+            })
+        return {
+            "endpoints": {
+                name: {
+                    "queued": queued,
+                    "queued_bytes": int(queued_bytes),
+                    "running": running,
+                    "workers": sum(e.job_type in w["job_types"] for w in listed),
+                }
+                for (name, e), (queued, queued_bytes, running) in zip(
+                    self._endpoints.items(), queues, strict=True)
+            },
+            "workers": listed,
+        }
+
+    # ----- helpers
+
+    def _waiter(
+        self, waiting: dict[str, list[asyncio.Future[bool]]], job_id: str
+    ) -> asyncio.Future[bool]:
+        waiter = asyncio.get_running_loop().create_future()
+        if self._closing:
+            waiter.set_result(True)
+        waiting.setdefault(job_id, []).append(waiter)
+        return waiter
+
+    @staticmethod
+    def _unwait(
+        waiting: dict[str, list[asyncio.Future[bool]]], job_id: str,
+        waiter: asyncio.Future[bool],
+    ) -> None:
+        waiters = waiting.get(job_id)
+        if waiters is not None and waiter in waiters:
+            waiters.remove(waiter)
+            if not waiters:
+                del waiting[job_id]
+
+    def _ttl_ms(self, endpoint: str) -> int:
+        settings = self._endpoints.get(endpoint)
+        return round((settings.endpoint.result_ttl_s if settings else 600.0) * 1000)
+
+    async def _retry_after_s(self, endpoint: str) -> int:
+        """A guess at when a queue slot frees: one job's run time over the jobs running."""
+        base = self._base(endpoint)
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.hget(base + "stats", "run_s")
+                pipe.zcard(base + "leases")
+                run_s, running = await pipe.execute()
+        except redis.exceptions.RedisError:
+            return 5
+        return max(1, math.ceil(float(run_s or 1.0) / max(1, running)))
+
+
+class StoreConfigError(Exception):
+    """The store cannot start: its Redis is unreachable or would lose jobs."""
+
+
+def connect(url: str, timeout_s: float = 5.0) -> aioredis.Redis:
+    """A Redis client for a store URL: `redis://[:PASSWORD@]HOST:PORT/DB`, `rediss://` (TLS),
+    or `redis+sentinel://[:PASSWORD@]HOST:PORT,HOST:PORT/MASTER_NAME/DB` (the primary that the
+    Sentinels name, found again after a failover). No command waits longer than timeout_s:
+    a Redis that is away is answered 503, never a hang."""
+    options = {"socket_timeout": timeout_s, "socket_connect_timeout": timeout_s,
+               "health_check_interval": 30}
+    if not url.startswith("redis+sentinel://"):
+        return aioredis.Redis.from_url(url, **options)
+    parsed = urllib.parse.urlsplit(url)
+    hosts = []
+    for part in parsed.netloc.rpartition("@")[2].split(","):
+        host, _, port = part.rpartition(":")
+        hosts.append((host or part, int(port or 26379)))
+    master, _, db = parsed.path.strip("/").partition("/")
+    sentinel = aioredis.sentinel.Sentinel(hosts, **options)
+    return sentinel.master_for(master, db=int(db or 0), password=parsed.password, **options)
+
+
+def unavailable(error: redis.exceptions.RedisError) -> StoreUnavailable:
+    """A Redis error as the store's refusal: 507 when Redis refuses writes for lack of memory
+    or disk (OOM, MISCONF), 503 for anything else (away, read-only, loading)."""
+    full = isinstance(error, redis.exceptions.OutOfMemoryError) or (
+        isinstance(error, redis.exceptions.ResponseError) and str(error).startswith("MISCONF"))
+    return StoreUnavailable(error, disk_full=full, what="Redis refuses writes" if full else
+                            "the job store (Redis) is unavailable")
+
+
+def _answer(job_id: str, outcome: str) -> ReportAnswer:
+    if outcome == "ok":
+        return ReportAnswer(job_id, True)
+    if outcome == "unknown":
+        return ReportAnswer(job_id, False, error="unknown job", status=404)
+    if outcome == "lost":
+        return ReportAnswer(job_id, False,
+                            error="lease lost: the job was given to another worker", status=409)
+    if outcome == "canceled":
+        return ReportAnswer(job_id, False, canceled=True, error="canceled")
+    return ReportAnswer(job_id, False, error=f"job already {outcome.split()[-1]}", status=409)
+
+
+def _done_view(job_id: str, endpoint: str, version: int, rest: bytes) -> JobView:
+    """The JobView of a done event that carries the job ("ATTEMPTS CREATED STARTED FINISHED
+    OWNER OUTPUTS", see redis_scripts)."""
+    attempts, created, started, finished, owner, outputs = rest.split(b" ", 5)
+    return JobView(job_id, endpoint, owner.decode(), JobStatus.DONE, version, 100.0, None, None,
+                   outputs, None, int(attempts), int(created),
+                   None if started == b"-" else int(started), int(finished))
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+async def _wait_on(waiter: asyncio.Future[Any], timeout_s: float) -> Any:
+    """Waits for a waiter (its result: True, or what woke it) or timeout_s (False)."""
+    timer = asyncio.get_running_loop().call_later(timeout_s, _time_out, waiter)
+    try:
+        return await waiter
+    finally:
+        timer.cancel()
+
+
+def _time_out(waiter: asyncio.Future[bool]) -> None:
+    if not waiter.done():
+        waiter.set_result(False)

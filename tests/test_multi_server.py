@@ -1,0 +1,215 @@
+"""Several servers on one Redis act as one: real `jobhive-server` processes on a real Redis.
+
+A job submitted on A is claimed by a worker polling B and followed on C; killing any one server
+(SIGKILL) loses nothing acknowledged; a Redis that goes away is a 503, and the servers recover
+by themselves when it is back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+from conftest import Process, hold_port, start_redis, wait_until
+from e2e_http import echo_variant, get_job, read_events
+
+FINISHED = ("done", "failed", "canceled")
+PNG_1PX = ("data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8"
+           "z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg==")
+
+
+@pytest.fixture
+def servers(
+    start_server: Callable[..., Process], redis_url: str, tmp_path: Path
+) -> list[Process]:
+    """Three servers (A, B, C) on one Redis, sharing one files folder."""
+    config = tmp_path / "server.toml"
+    config.write_text(f'[SERVER]\nfiles_dir = "{tmp_path / "files"}"\n')
+    return [start_server("--store", redis_url, "--config", str(config)) for _ in range(3)]
+
+
+def submit(http: httpx.Client, url: str, endpoint: str = "echo", **inputs) -> dict:
+    reply = http.post(f"{url}/api/v1/endpoints/{endpoint}/jobs", json={"inputs": inputs})
+    assert reply.status_code == 202, reply.text
+    return reply.json()
+
+
+def test_submit_on_a_worker_on_b_events_on_c_and_b_killed_mid_job(
+    servers, start_worker, http
+):
+    a, b, c = servers
+    worker = start_worker(f"{b.url},{a.url}", "--worker-id", "w-b")
+    job = submit(http, a.url, text="hello", delay_s=2.0, steps=8, image=PNG_1PX)
+    on_c: list = []
+    follow_c = threading.Thread(target=read_events, args=(f"{c.url}/api/v1/jobs/{job['job_id']}"
+                                                          "/events",), kwargs={"collected": on_c})
+    on_b: list = []
+    follow_b = threading.Thread(target=_read_until_cut, args=(
+        f"{b.url}/api/v1/jobs/{job['job_id']}/events", on_b))
+    follow_c.start()
+    follow_b.start()
+    wait_until(lambda: any(e.event == "progress" for e in on_c) and
+               any(e.event == "progress" for e in on_b), timeout_s=20)
+    # Every server shows the worker that polls B.
+    (seen,) = http.get(f"{c.url}/api/v1/status").json()["workers"]
+    assert seen["worker_id"] == "w-b"
+
+    b.kill()  # mid-job: the worker moves on to A; the stream on B is cut
+    follow_b.join(20)
+    last_on_b = on_b[-1].id
+    resumed = read_events(f"{a.url}/api/v1/jobs/{job['job_id']}/events",
+                          headers={"Last-Event-ID": str(last_on_b)})
+    follow_c.join(30)
+    assert on_c[-1].event == "result" and resumed[-1].event == "result"
+    assert all(e.id > last_on_b for e in resumed)  # nothing twice
+    done = on_c[-1].data
+    assert (done["status"], done["outputs"]["text"], done["attempts"]) == ("done", "hello", 1)
+    # Its image went up as a file through B (or A); every server serves it.
+    image = done["outputs"]["image"]
+    for server in (a, c):
+        reply = http.get(server.url + image["url"])
+        assert reply.status_code == 200 and len(reply.content) == image["bytes"]
+    worker.wait_for_output(r"trying " + a.url)
+
+
+def _read_until_cut(url: str, collected: list) -> None:
+    with contextlib.suppress(httpx.HTTPError, OSError):  # the server was killed: it ends here
+        read_events(url, collected=collected)
+
+
+def test_cancel_positions_and_versions_are_the_same_on_every_server(servers, http):
+    a, b, c = servers
+    first = submit(http, a.url, text="first")
+    second = submit(http, b.url, text="second")
+    assert (first["queue_position"], second["queue_position"]) == (0, 1)
+    seen_on_c = get_job(http, c.url, second["job_id"])
+    assert (seen_on_c["queue_position"], seen_on_c["version"]) == (1, second["version"])
+    canceled = http.delete(f"{a.url}/api/v1/jobs/{first['job_id']}").json()
+    assert canceled["status"] == "canceled"
+    # B's long-poll since the version it knows wakes with the change made on A.
+    moved = http.get(f"{b.url}/api/v1/jobs/{second['job_id']}",
+                     params={"wait": 5, "since": seen_on_c["version"]}).json()
+    assert moved["queue_position"] == 0 or moved["version"] >= seen_on_c["version"]
+    assert get_job(http, c.url, second["job_id"])["queue_position"] == 0
+
+
+def test_the_rate_limit_holds_across_servers(
+    start_server, redis_url, endpoints_dir, http
+):
+    echo_variant(endpoints_dir, "echo", CLIENTS={"rate_limit_per_s": 0.5, "rate_burst": 2})
+    a, b = (start_server("--store", redis_url) for _ in range(2))
+    assert http.post(f"{a.url}/api/v1/endpoints/echo/jobs", json={"inputs": {}}).status_code == 202
+    assert http.post(f"{b.url}/api/v1/endpoints/echo/jobs", json={"inputs": {}}).status_code == 202
+    refused = http.post(f"{a.url}/api/v1/endpoints/echo/jobs", json={"inputs": {}})
+    assert refused.status_code == 429 and int(refused.headers["Retry-After"]) >= 1
+
+
+def test_a_server_killed_under_load_loses_no_acknowledged_job(servers, start_worker):
+    """Clients submit (with their own job ids) round robin to A, B and C while two workers run
+    the jobs; B is SIGKILLed mid-load. A submit that fails is retried on the next server with
+    the same id. Every job any server acknowledged ends done, once."""
+    a, b, c = servers
+    for i, server in enumerate((a, c)):
+        start_worker(f"{server.url},{b.url}", "--max-batch", "4", "--worker-id", f"w{i}")
+    acknowledged: set[str] = set()
+    lock = threading.Lock()
+    killed = threading.Event()
+
+    def client(n: int) -> None:
+        urls = [a.url, b.url, c.url]
+        with httpx.Client(timeout=10) as http:
+            for i in range(40):
+                job_id = f"load-{n}-{i}"
+                for attempt in range(6):
+                    url = urls[(i + attempt) % 3]
+                    try:
+                        reply = http.post(f"{url}/api/v1/endpoints/echo/jobs",
+                                          json={"job_id": job_id, "inputs": {"text": job_id}})
+                    except httpx.HTTPError:
+                        continue
+                    if reply.status_code in (200, 202):
+                        with lock:
+                            acknowledged.add(job_id)
+                        break
+                if n == 0 and i == 10:
+                    b.kill()
+                    killed.set()
+
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(client, range(4)))
+    assert killed.is_set() and len(acknowledged) == 160
+    with httpx.Client(timeout=30) as http:
+        for job_id in sorted(acknowledged):
+            deadline = time.monotonic() + 60
+            job = get_job(http, a.url, job_id)
+            while job["status"] not in FINISHED:
+                assert time.monotonic() < deadline, job
+                job = get_job(http, a.url, job_id, wait_s=5)
+            assert (job["status"], job["outputs"]["text"]) == ("done", job_id), job
+
+
+def test_redis_away_is_a_503_and_the_servers_recover(start_server, tmp_path, http):
+    """Redis stopped: requests answer 503 with Retry-After within the timeout, never a hang or
+    a 500; Redis back (its append-only file kept the queue): the server serves again."""
+    config = tmp_path / "server.toml"
+    config.write_text('[SERVER]\nredis_timeout_s = 1.0\n')
+    with hold_port() as port:
+        redis_dir = tmp_path / "redis"
+        store = start_redis(redis_dir, port)
+        try:
+            server = start_server("--store", store.url, "--config", str(config))
+            job = submit(http, server.url, text="kept")
+            store.stop()
+            started = time.monotonic()
+            refused = http.post(f"{server.url}/api/v1/endpoints/echo/jobs",
+                                json={"inputs": {"text": "refused"}})
+            assert refused.status_code == 503, refused.text
+            assert "Retry-After" in refused.headers and time.monotonic() - started < 5
+            assert http.get(f"{server.url}/api/v1/jobs/{job['job_id']}").status_code == 503
+            store = start_redis(redis_dir, port)
+            job_again = wait_until(lambda: _ok(http, f"{server.url}/api/v1/jobs/"
+                                                     f"{job['job_id']}"), timeout_s=15)
+            assert job_again["status"] == "queued"
+            server.wait_for_output(r"Redis events followed again", timeout_s=20)
+        finally:
+            store.stop()
+
+
+def _ok(http: httpx.Client, url: str) -> dict | None:
+    reply = http.get(url)
+    return reply.json() if reply.status_code == 200 else None
+
+
+def test_start_up_refuses_a_redis_that_evicts(start_server, tmp_path):
+    with hold_port() as port:
+        store = start_redis(tmp_path / "redis", port, "--maxmemory-policy", "allkeys-lru")
+        try:
+            server = start_server("--store", store.url, expect_failure=True)
+            assert server.proc.returncode == 2
+            assert "maxmemory-policy noeviction" in server.text
+        finally:
+            store.stop()
+
+
+def test_redis_store_reads_keep_working_when_redis_refuses_writes(
+    start_server, redis_url, http
+):
+    server = start_server("--store", redis_url)
+    job = submit(http, server.url, text="kept")
+    with redis.Redis.from_url(redis_url) as client:
+        client.config_set("maxmemory", 1)
+        try:
+            refused = http.post(f"{server.url}/api/v1/endpoints/echo/jobs",
+                                json={"inputs": {"text": "refused"}})
+            assert refused.status_code == 507 and "Retry-After" in refused.headers
+            assert http.get(f"{server.url}/api/v1/jobs/{job['job_id']}").status_code == 200
+            assert http.get(f"{server.url}/api/v1/status").status_code == 200
+        finally:
+            client.config_set("maxmemory", 0)
