@@ -21,7 +21,8 @@ endpoint's keys share a slot):
                             FINISHED OWNER OUTPUTS", so that waiters need not read it back;
                             progress adds " PREVIEWS" (published by the server, never stored
                             in Redis). JSON from orjson holds no line breaks.
-    P:{E}:wake      channel a job was queued: one waiting worker should claim
+    P:{E}:wake      channel jobs were queued (their ids, a line each): one waiting worker
+                            per job should claim
     P:id:ID         STRING  the job's endpoint (a job is found by its id alone)
     P:workers       ZSET    worker ids by the time they were last seen
     P:w:WORKER      HASH    own (key hash), types, addr, info, seen, done, failed, running
@@ -110,33 +111,42 @@ local function requeue(base, wp, id, attempts)
 end
 """
 
-# ARGV: base, id key, id, endpoint, owner, inputs, now, max_queue_length, max_queue_bytes.
-# -> {'created', position} | {'exists'} | {'conflict', what} | {'full', what}
+# The submits a server makes in one turn of its event loop, to one endpoint. ARGV: base, id key
+# prefix, endpoint, max_queue_length, max_queue_bytes, then per job: id, owner, inputs, now.
+# -> one answer per job: {'created', position} | {'exists'} | {'conflict', what} |
+# {'full', what}. The ids queued are published together, a line each, on the wake channel.
 SUBMIT = """#!lua
-local base, idkey, id, ep, own, inputs = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
-local now = tonumber(ARGV[7])
-local ih = redis.sha1hex(inputs)
-local known = redis.call('GET', idkey)
-if known then
-  if known ~= ep then return {'conflict', 'endpoint'} end
-  local f = redis.call('HMGET', base .. 'job:' .. id, 'own', 'ih')
-  if f[1] ~= own then return {'conflict', 'owner'} end
-  if f[2] ~= ih then return {'conflict', 'inputs'} end
-  return {'exists'}
-end
+local base, idp, ep = ARGV[1], ARGV[2], ARGV[3]
+local max_len, max_bytes = tonumber(ARGV[4]), tonumber(ARGV[5])
 local q = base .. 'q'
-if redis.call('ZCARD', q) >= tonumber(ARGV[8]) then return {'full', 'length'} end
-if tonumber(redis.call('GET', base .. 'qb') or '0') + #inputs > tonumber(ARGV[9]) then
-  return {'full', 'bytes'}
+local out, queued = {}, {}
+for i = 6, #ARGV, 4 do
+  local id, own, inputs, now = ARGV[i], ARGV[i + 1], ARGV[i + 2], tonumber(ARGV[i + 3])
+  local key = base .. 'job:' .. id
+  local ih = redis.sha1hex(inputs)
+  local known = redis.call('GET', idp .. id)
+  if known then  -- a repeat: the same job, or a conflict
+    local f = redis.call('HMGET', key, 'own', 'ih')
+    if known ~= ep then out[#out + 1] = {'conflict', 'endpoint'}
+    elseif f[1] ~= own then out[#out + 1] = {'conflict', 'owner'}
+    elseif f[2] ~= ih then out[#out + 1] = {'conflict', 'inputs'}
+    else out[#out + 1] = {'exists'} end
+  elseif redis.call('ZCARD', q) >= max_len then out[#out + 1] = {'full', 'length'}
+  elseif tonumber(redis.call('GET', base .. 'qb') or '0') + #inputs > max_bytes then
+    out[#out + 1] = {'full', 'bytes'}
+  else
+    local score = now * 1000 + redis.call('INCR', base .. 'seq') % 1000
+    redis.call('HSET', key, 'ep', ep, 'own', own, 'in', inputs, 'ih', ih, 'ib', #inputs,
+               'st', 'queued', 'v', 1, 'att', 0, 'cat', now, 'sc', score, 'pr', 0)
+    redis.call('SET', idp .. id, ep)
+    redis.call('ZADD', q, score, id)
+    redis.call('INCRBY', base .. 'qb', #inputs)
+    queued[#queued + 1] = id
+    out[#out + 1] = {'created', redis.call('ZRANK', q, id)}
+  end
 end
-local score = now * 1000 + redis.call('INCR', base .. 'seq') % 1000
-redis.call('HSET', base .. 'job:' .. id, 'ep', ep, 'own', own, 'in', inputs, 'ih', ih,
-           'ib', #inputs, 'st', 'queued', 'v', 1, 'att', 0, 'cat', now, 'sc', score, 'pr', 0)
-redis.call('SET', idkey, ep)
-redis.call('ZADD', q, score, id)
-redis.call('INCRBY', base .. 'qb', #inputs)
-redis.call('PUBLISH', base .. 'wake', id)
-return {'created', redis.call('ZRANK', q, id)}
+if #queued > 0 then redis.call('PUBLISH', base .. 'wake', table.concat(queued, '\\n')) end
+return out
 """
 
 # ARGV: base, worker key prefix, now, lease_ms, job_timeout_ms, worker id, how many jobs,

@@ -6,19 +6,16 @@ writes their leases, a result checks the lease and finishes the job. A server ke
 memory; it answers only after Redis has taken the change (and, by `durability`, fsynced or
 replicated it), so a server killed at any moment loses nothing it acknowledged.
 
-Each change is also published on its endpoint's channel (`P:{E}:ev`, "ID VERSION STATUS"), and
-each queued job on `P:{E}:wake`. Every server subscribes to both for all its endpoints and
-wakes its own waiters: a long-polled job, an event stream, a `?wait=` submit, a waiting
-worker. A lost message costs a waiter at most one re-check interval (a second for workers and
-queued jobs' positions): waits re-read Redis when they time out, and a reconnected
-subscription wakes every waiter.
+Each change is also published on its endpoint's channel, and every server follows the channels
+of its endpoints (api_server/store/redis_events.py) to wake its own waiters: a long-polled
+job, an event stream, a `?wait=` submit, a waiting worker. A lost message costs a waiter at
+most one re-check (a second for workers and queued jobs' positions): waits re-read Redis when
+they time out.
 
 Versions live in Redis, so `?since=` and Last-Event-ID mean the same on every server.
 Progress previews are never stored in Redis, so they cost its append-only file nothing: a
 progress report's script renews the lease and bumps the version, and the server then publishes
-the change with the previews (a PUBLISH outside a script is not in the file). Every server keeps
-the latest previews of the jobs it hears about, a bounded cache: a server that started after a
-job's last report shows its previews from the next one.
+the change with the previews (a PUBLISH outside a script is not in the file).
 Redis being away (or refusing writes) is a StoreUnavailable: 503 with Retry-After, and the
 server recovers by itself once it is back.
 """
@@ -26,7 +23,6 @@ server recovers by itself once it is back.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import secrets
@@ -51,18 +47,15 @@ from api_server.store.model import (
     WorkerReport,
     now_ms,
 )
+from api_server.store.redis_events import RedisEvents
 from jobhive.protocol import Grant, JobStatus, new_job_id
 
 log = logging.getLogger("jobhive.jobs")
 
-PING_EVERY_S = 5.0  # a quiet event subscription is pinged this often; 3 pings unanswered: lost
 RECHECK_S = 1.0  # a waiting worker re-reads the queue this often (a lost wake costs no more)
 SETTLE_MAX_S = 0.002  # a woken worker waits this long at most for submits in flight
-GATHER_S = 0.001  # and first this long for the jobs sent together with the one that woke it
 SWEEP_LIMIT = 200  # jobs one sweep script handles per endpoint (the rest: next sweep)
 WORKER_WRITE_S = 1.0  # a worker's polls update its record at most this often
-ENDPOINT_CACHE = 100_000  # job ids whose endpoint a server remembers (an endpoint never changes)
-PREVIEW_CACHE = 10_000  # jobs whose latest previews a server keeps
 
 
 class RedisStore:
@@ -108,17 +101,12 @@ class RedisStore:
             for name in ("SUBMIT", "CLAIM", "PROGRESS", "RESULTS", "CANCEL", "SWEEP", "VIEW",
                          "STATS", "GOODBYE", "FORGET_WORKERS")
         }
-        self._closing = False
-        self._job_waiters: dict[str, list[asyncio.Future[bool]]] = {}
-        self._finish_waiters: dict[str, list[asyncio.Future[bool]]] = {}
-        self._worker_waiters: dict[str, list[asyncio.Future[bool]]] = {n: [] for n in endpoints}
-        self._endpoint_of: dict[str, str] = {}  # unfinished job id -> endpoint (bounded)
+        self._events = RedisEvents(redis, self._p, endpoints)
         self._submitting: dict[str, int] = {}  # submits in flight per endpoint (see _settle)
-        self._previews: dict[str, bytes] = {}  # job id -> its latest progress outputs (JSON)
+        self._batches: dict[str, list[tuple[list[Any], asyncio.Future[Any]]]] = {}
+        self._sending: set[asyncio.Task[None]] = set()
         self._settled: dict[str, asyncio.Future[bool]] = {}
         self._worker_written: dict[str, tuple[int, tuple[Any, ...]]] = {}
-        self._listener: asyncio.Task[None] | None = None
-        self._subscribed = asyncio.Event()
         self._forget_hooks: list[Callable[[list[str]], Awaitable[None]]] = []
 
     # ----- keys
@@ -140,8 +128,7 @@ class RedisStore:
         except redis.exceptions.RedisError as e:
             raise StoreConfigError(f"cannot reach Redis: {e}") from e
         await self._check_config()
-        self._listener = asyncio.create_task(self._listen(), name="jobhive-redis-events")
-        await self._subscribed.wait()
+        await self._events.start()
         log.info("store opened: Redis, prefix %r, durability %s", self._p[:-1], self._durability)
 
     async def _check_config(self) -> None:
@@ -169,114 +156,15 @@ class RedisStore:
 
     @property
     def closing(self) -> bool:
-        return self._closing
+        return self._events.closing
 
     def stop_waiting(self) -> None:
-        self._closing = True
-        self._wake_all()
+        self._events.stop_waiting()
 
     async def close(self) -> None:
-        self._closing = True
-        self._wake_all()
-        if self._listener is not None:
-            self._listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._listener
+        await self._events.stop()
+        await asyncio.gather(*self._sending, return_exceptions=True)  # (submits on their way)
         await self._redis.aclose()
-
-    # ----- events
-
-    async def _listen(self) -> None:
-        """Follows the endpoints' channels for as long as the store is open, resubscribing
-        after a lost connection (and then waking every waiter: they re-read Redis)."""
-        channels = [self._base(e) + kind for e in self._endpoints for kind in ("ev", "wake")]
-        loop = asyncio.get_running_loop()
-        backoff_s = 0.1
-        while True:
-            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
-            try:
-                await pubsub.subscribe(*channels)
-                if self._subscribed.is_set():
-                    log.warning("Redis events followed again")
-                    self._wake_all()
-                self._subscribed.set()
-                backoff_s = 0.1
-                heard = loop.time()
-                while True:
-                    message = await pubsub.get_message(timeout=PING_EVERY_S)
-                    if message is not None:
-                        heard = loop.time()
-                        if message["type"] == "message":
-                            self._dispatch(message["channel"], message["data"])
-                    elif loop.time() - heard > 3 * PING_EVERY_S:  # (a Redis stopped, say)
-                        raise redis.exceptions.ConnectionError("no answer to pings")
-                    else:
-                        await pubsub.ping()  # a quiet channel: is the connection alive?
-            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as e:
-                log.warning("Redis events lost (%s): following again in %.1f s", e, backoff_s)
-                self._subscribed.set()  # (open() goes on: the waits re-check by themselves)
-                self._wake_all()
-                await asyncio.sleep(backoff_s)
-                backoff_s = min(5.0, backoff_s * 2)
-            finally:
-                with contextlib.suppress(Exception):
-                    await pubsub.aclose()
-
-    def _dispatch(self, channel: bytes, data: bytes) -> None:
-        if channel.endswith(b"}:wake"):
-            self._wake_worker(channel.decode()[len(self._p) + 1: -len("}:wake")])
-            return
-        for line in data.split(b"\n"):
-            job_id, version, status, *rest = line.split(b" ", 3)
-            self._changed(channel, job_id.decode(), int(version), status.decode(),
-                          rest[0] if rest else b"")
-
-    def _changed(
-        self, channel: bytes, job_id: str, version: int, status: str, rest: bytes
-    ) -> None:
-        """One change of a job heard: kept previews, waiters woken (with the finished job
-        itself when the event carries it)."""
-        if status == "running":
-            if rest:  # progress with previews: kept for the views, before anyone wakes
-                self._keep_previews(job_id, rest)
-        elif status == "queued" or status == "done":
-            self._previews.pop(job_id, None)
-        if status in ("done", "failed", "canceled"):
-            # Only unfinished jobs are remembered: a finished one is forgotten in time, and
-            # its id may then name a job of another endpoint.
-            self._endpoint_of.pop(job_id, None)
-        for waiter in self._job_waiters.pop(job_id, ()):
-            if not waiter.done():
-                waiter.set_result(True)
-        if status in ("done", "failed", "canceled") and job_id in self._finish_waiters:
-            view: JobView | bool = True  # (woken: read the job back)
-            if rest:  # a job done with small outputs comes whole
-                endpoint = channel.decode()[len(self._p) + 1: -len("}:ev")]
-                view = _done_view(job_id, endpoint, version, rest)
-            for waiter in self._finish_waiters.pop(job_id):
-                if not waiter.done():
-                    waiter.set_result(view)
-
-    def _keep_previews(self, job_id: str, previews: bytes) -> None:
-        self._previews.pop(job_id, None)  # (re-inserted last: the oldest go first)
-        if len(self._previews) >= PREVIEW_CACHE:
-            del self._previews[next(iter(self._previews))]
-        self._previews[job_id] = previews
-
-    def _wake_worker(self, endpoint: str) -> None:
-        waiters = self._worker_waiters.get(endpoint, [])
-        while waiters:
-            waiter = waiters.pop(0)
-            if not waiter.done():
-                waiter.set_result(True)
-                return
-
-    def _wake_all(self) -> None:
-        for waiters in (*self._job_waiters.values(), *self._finish_waiters.values(),
-                        *self._worker_waiters.values()):
-            for waiter in waiters:
-                if not waiter.done():
-                    waiter.set_result(True)
 
     # ----- calling Redis
 
@@ -300,11 +188,6 @@ class RedisStore:
                 RuntimeError(f"no replica confirmed the change within "
                              f"{self._replication_wait_ms} ms"), disk_full=False)
 
-    def _remember(self, job_id: str, endpoint: str) -> None:
-        if len(self._endpoint_of) >= ENDPOINT_CACHE:
-            del self._endpoint_of[next(iter(self._endpoint_of))]
-        self._endpoint_of[job_id] = endpoint
-
     # ----- clients
 
     async def get(self, job_id: str) -> JobView | None:
@@ -322,7 +205,7 @@ class RedisStore:
             version=int(v),
             progress=float(pr or 0),
             queue_position=rank,
-            progress_outputs=self._previews_of(job_id, status),
+            progress_outputs=self._events.previews(job_id, status),
             outputs_json=out,
             error=err.decode() if err is not None else None,
             attempts=int(att),
@@ -331,16 +214,9 @@ class RedisStore:
             finished_at_ms=int(fat) if fat is not None else None,
         )
 
-    def _previews_of(self, job_id: str, status: JobStatus) -> dict[str, Any] | None:
-        """The job's latest progress outputs heard (none once it is done or queued again)."""
-        if status is JobStatus.DONE or status is JobStatus.QUEUED:
-            return None
-        previews = self._previews.get(job_id)
-        return None if previews is None else orjson.loads(previews)
-
     async def endpoints_of(self, job_ids: Iterable[str]) -> dict[str, str]:
         ids = list(job_ids)
-        found = {i: e for i in ids if (e := self._endpoint_of.get(i)) is not None}
+        found = {i: e for i in ids if (e := self._events.endpoint_of(i)) is not None}
         missing = [i for i in ids if i not in found]
         if missing:
             try:
@@ -350,7 +226,7 @@ class RedisStore:
             for job_id, value in zip(missing, values, strict=True):
                 if value is not None:
                     found[job_id] = value.decode()
-                    self._remember(job_id, found[job_id])
+                    self._events.remember(job_id, found[job_id])
         return found
 
     async def queue_position(self, job_id: str) -> int | None:
@@ -370,14 +246,12 @@ class RedisStore:
         job_id = job_id or new_job_id(now)
         waiter = None
         if wait_s:  # before the submit: a quick job may finish before its reply comes back
-            waiter = self._waiter(self._finish_waiters, job_id)
+            waiter = self._events.job_waiter(job_id, finish=True)
         try:
             self._submitting[name] = self._submitting.get(name, 0) + 1
             try:
-                outcome, *detail = await self._run("SUBMIT", [
-                    self._base(name), f"{self._p}id:{job_id}", job_id, name, owner,
-                    inputs_json, now, settings.max_queue_length, settings.max_queue_bytes,
-                ])
+                outcome, *detail = await self._submit_together(endpoint, [
+                    job_id, owner, inputs_json, now])
             finally:
                 self._submitted(name)
             outcome = outcome.decode()
@@ -395,7 +269,7 @@ class RedisStore:
             created = outcome == "created"
             if created:
                 await self._durable()
-                self._remember(job_id, name)
+                self._events.remember(job_id, name)
                 log.info("job %s queued endpoint=%s position=%d", job_id, name, detail[0])
                 if waiter is None:
                     return JobView(job_id, name, owner, JobStatus.QUEUED, 1, 0.0, detail[0],
@@ -409,11 +283,51 @@ class RedisStore:
                     await _wait_on(waiter, wait_s)
         finally:
             if waiter is not None:
-                self._unwait(self._finish_waiters, job_id, waiter)
+                self._events.forget(job_id, waiter, finish=True)
         job = await self.get(job_id)
         if job is None:  # forgotten in between (a TTL shorter than the wait)
             raise JobIdConflict(f"job {job_id!r} ended and was forgotten; submit it again")
         return job, created
+
+    def _submit_together(self, endpoint: Endpoint, job: list[Any]) -> asyncio.Future[Any]:
+        """The SUBMIT script's answer for this job, sent with the other submits to the
+        endpoint made in this turn of the event loop: one script, one round trip for all
+        (a Redis error fails them all, and none was queued)."""
+        loop = asyncio.get_running_loop()
+        answer = loop.create_future()
+        batch = self._batches.get(endpoint.name)
+        if batch is None:
+            batch = self._batches[endpoint.name] = []
+            loop.call_soon(self._send_batch, endpoint)  # once this turn's submits are in
+        batch.append((job, answer))
+        return answer
+
+    def _send_batch(self, endpoint: Endpoint) -> None:
+        batch = self._batches.pop(endpoint.name)
+        task = asyncio.ensure_future(self._run_batch(endpoint, batch))
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
+
+    async def _run_batch(
+        self, endpoint: Endpoint, batch: list[tuple[list[Any], asyncio.Future[Any]]]
+    ) -> None:
+        settings = endpoint.endpoint
+        args = [self._base(endpoint.name), self._p + "id:", endpoint.name,
+                settings.max_queue_length, settings.max_queue_bytes]
+        for job, _ in batch:
+            args += job
+        try:
+            answers = await self._run("SUBMIT", args)
+        except BaseException as e:
+            for _, answer in batch:
+                if not answer.done():
+                    answer.set_exception(e)
+            if not isinstance(e, Exception):
+                raise
+            return
+        for (_, answer), reply in zip(batch, answers, strict=True):
+            if not answer.done():
+                answer.set_result(reply)
 
     def _submitted(self, endpoint: str) -> None:
         self._submitting[endpoint] -= 1
@@ -425,7 +339,6 @@ class RedisStore:
         """Waits (SETTLE_MAX_S at most) for the submits this server is making to these
         endpoints: a worker woken by the first of several jobs sent together then takes them
         in one batch, as the SQLite store's same-commit hand-over does."""
-        await asyncio.sleep(GATHER_S)
         for endpoint in endpoints:
             if self._submitting.get(endpoint.name):
                 settled = self._settled.get(endpoint.name)
@@ -437,14 +350,14 @@ class RedisStore:
     async def wait_for_change(
         self, job_id: str, since_version: int, timeout_s: float
     ) -> JobView | None:
-        waiter = self._waiter(self._job_waiters, job_id)
+        waiter = self._events.job_waiter(job_id)  # before the read: no change falls between
         try:
             job = await self.get(job_id)
-            if job is None or job.version > since_version or timeout_s <= 0 or self._closing:
+            if job is None or job.version > since_version or timeout_s <= 0 or self.closing:
                 return job
             await _wait_on(waiter, timeout_s)
         finally:
-            self._unwait(self._job_waiters, job_id, waiter)
+            self._events.forget(job_id, waiter)
         return await self.get(job_id)
 
     async def cancel(self, job_id: str) -> JobView | None:
@@ -467,34 +380,33 @@ class RedisStore:
     ) -> list[Grant]:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
-        woken = False
-        while not self._closing:
-            waiter = loop.create_future()  # registered before trying: no wake falls between
-            for endpoint in endpoints:
-                self._worker_waiters[endpoint.name].append(waiter)
+        names = [e.name for e in endpoints]
+        woken = recheck = False
+        while not self.closing:
+            waiter = self._events.worker_waiter(names)  # before trying: no wake falls between
             try:
-                if woken:
+                if woken and max_batch > 1:
                     await self._settle(endpoints)
-                grants = await self._take(endpoints, max_batch, worker_id)
-                if grants:
-                    if waiter.done() and len(grants) == max_batch:  # (more may be queued)
-                        self._wake_worker(grants[0].endpoint)  # a wake meant for another
-                    return grants
+                if recheck or not self._events.known_empty(names):
+                    grants = await self._take(endpoints, max_batch, worker_id)
+                    if grants:
+                        if waiter.done() and len(grants) == max_batch:  # (more may be queued)
+                            self._events.wake_worker(grants[0].endpoint)  # (meant for another)
+                        return grants
                 remaining = deadline - loop.time()
                 if remaining <= 0:
                     return []
                 woken = await _wait_on(waiter, min(remaining, RECHECK_S))
+                recheck = not woken  # (a lost wake costs at most RECHECK_S)
             finally:
-                for endpoint in endpoints:
-                    waiters = self._worker_waiters[endpoint.name]
-                    if waiter in waiters:
-                        waiters.remove(waiter)
+                self._events.forget_worker(names, waiter)
         return []
 
     async def _take(
         self, endpoints: Sequence[Endpoint], max_batch: int, worker_id: str
     ) -> list[Grant]:
         """Leases up to max_batch jobs of the endpoint whose first job has waited longest."""
+        mark = self._events.wakes_heard(e.name for e in endpoints)
         endpoint = endpoints[0]
         if len(endpoints) > 1:
             try:
@@ -506,6 +418,7 @@ class RedisStore:
                 raise unavailable(e) from e
             firsts = [(head[0][1], i) for i, head in enumerate(heads) if head]
             if not firsts:
+                self._events.drained((e.name for e in endpoints), mark)
                 return []
             endpoint = endpoints[min(firsts)[1]]
         settings = endpoint.endpoint
@@ -515,13 +428,15 @@ class RedisStore:
             self._base(endpoint.name), self._p + "w:", self._clock(), lease_ms,
             round(settings.job_timeout_s * 1000), worker_id, count, secrets.token_hex(8),
         ])
+        if len(taken) < count:  # the queue was emptied by this claim
+            self._events.drained([endpoint.name], mark)
         if not taken:
             return []
         await self._durable()
         grants = []
         for job_id, lease_id, attempt, expires_ms, inputs in taken:
             job_id = job_id.decode()
-            self._remember(job_id, endpoint.name)
+            self._events.remember(job_id, endpoint.name)
             grants.append(Grant(job_id, endpoint.name, lease_id.decode(), settings.lease_s,
                                 expires_ms, attempt, orjson.Fragment(inputs)))
             log.info("job %s running endpoint=%s worker=%s attempt=%d", job_id, endpoint.name,
@@ -550,7 +465,7 @@ class RedisStore:
                     event = f"{report.job_id} {version} running".encode()
                     if report.outputs is not None:
                         previews = orjson.dumps(report.outputs)
-                        self._keep_previews(report.job_id, previews)  # (here first: no race)
+                        self._events.keep_previews(report.job_id, previews)  # (here first)
                         event += b" " + previews
                     events.append(event)
             if events:
@@ -695,8 +610,6 @@ class RedisStore:
             del self._worker_written[worker_id]
 
     async def _forgotten(self, job_ids: list[str]) -> None:
-        for job_id in job_ids:
-            self._endpoint_of.pop(job_id, None)
         for hook in self._forget_hooks:
             try:
                 await hook(job_ids)
@@ -741,26 +654,6 @@ class RedisStore:
         }
 
     # ----- helpers
-
-    def _waiter(
-        self, waiting: dict[str, list[asyncio.Future[bool]]], job_id: str
-    ) -> asyncio.Future[bool]:
-        waiter = asyncio.get_running_loop().create_future()
-        if self._closing:
-            waiter.set_result(True)
-        waiting.setdefault(job_id, []).append(waiter)
-        return waiter
-
-    @staticmethod
-    def _unwait(
-        waiting: dict[str, list[asyncio.Future[bool]]], job_id: str,
-        waiter: asyncio.Future[bool],
-    ) -> None:
-        waiters = waiting.get(job_id)
-        if waiters is not None and waiter in waiters:
-            waiters.remove(waiter)
-            if not waiters:
-                del waiting[job_id]
 
     def _ttl_ms(self, endpoint: str) -> int:
         settings = self._endpoints.get(endpoint)
@@ -822,15 +715,6 @@ def _answer(job_id: str, outcome: str) -> ReportAnswer:
     if outcome == "canceled":
         return ReportAnswer(job_id, False, canceled=True, error="canceled")
     return ReportAnswer(job_id, False, error=f"job already {outcome.split()[-1]}", status=409)
-
-
-def _done_view(job_id: str, endpoint: str, version: int, rest: bytes) -> JobView:
-    """The JobView of a done event that carries the job ("ATTEMPTS CREATED STARTED FINISHED
-    OWNER OUTPUTS", see redis_scripts)."""
-    attempts, created, started, finished, owner, outputs = rest.split(b" ", 5)
-    return JobView(job_id, endpoint, owner.decode(), JobStatus.DONE, version, 100.0, None, None,
-                   outputs, None, int(attempts), int(created),
-                   None if started == b"-" else int(started), int(finished))
 
 
 def _text(value: bytes | str) -> str:

@@ -1,0 +1,272 @@
+"""What one server of a Redis deployment hears of every change, and who waits for it.
+
+The scripts publish each change of a job on its endpoint's channel (`P:{E}:ev`, a line
+"ID VERSION STATUS[ ...]" per change, see redis_scripts) and each queued job on `P:{E}:wake`.
+`RedisEvents` follows both channels of every endpoint for as long as the store is open and
+wakes this server's waiters: long-polls and event streams of a job, `?wait=` submits (handed
+the finished job itself when the event carries it), workers waiting for jobs. It also keeps
+what the events tell without asking Redis: the latest progress previews of running jobs (they
+are published, never stored), the endpoint of unfinished jobs, and whether a claim would find
+an endpoint's queue empty.
+
+A lost message costs a waiter at most one re-check (the store's waits time out and read Redis
+again); a lost subscription is followed again with backoff, and then every waiter is woken and
+what was known of the queues is forgotten.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+import redis.exceptions
+
+from api_server.store.model import JobView
+from jobhive.protocol import JobStatus
+
+log = logging.getLogger("jobhive.jobs")
+
+PING_EVERY_S = 5.0  # a quiet subscription is pinged this often; 3 pings unanswered: lost
+PREVIEW_CACHE = 10_000  # jobs whose latest previews a server keeps
+ENDPOINT_CACHE = 100_000  # unfinished jobs whose endpoint a server keeps
+UNCLAIMED_KEPT = 10_000  # queued jobs per endpoint a server follows (see known_empty)
+_ENDED = ("done", "failed", "canceled")
+
+Waiters = dict[str, list[asyncio.Future[Any]]]
+
+
+class RedisEvents:
+    """The endpoints' channels followed, and this server's waiters woken by them.
+
+    Args:
+        redis (redis.asyncio.Redis): the store's Redis.
+        prefix (str): the store's key prefix, with its colon ("jobhive:").
+        endpoints (Iterable[str]): the endpoints whose channels to follow.
+    """
+
+    def __init__(self, redis: aioredis.Redis, prefix: str, endpoints: Iterable[str]) -> None:
+        self._redis = redis
+        self._p = prefix
+        self._endpoints = list(endpoints)
+        self.closing = False  # set by stop_waiting: waits answer at once
+        self._jobs: Waiters = {}  # job id -> its long-polls and event streams
+        self._finishes: Waiters = {}  # job id -> its ?wait= submits (woken only at the end)
+        self._workers: dict[str, list[asyncio.Future[Any]]] = {e: [] for e in self._endpoints}
+        self._previews: dict[str, bytes] = {}  # job id -> its latest progress outputs (JSON)
+        self._endpoint_of: dict[str, str] = {}  # unfinished job id -> endpoint
+        # The queues as far as the events tell (see known_empty): endpoints a claim drained,
+        # jobs queued since (their wakes heard) not yet seen claimed, wakes heard.
+        self._drained: set[str] = set()
+        self._unclaimed: dict[str, set[str]] = {e: set() for e in self._endpoints}
+        self._wakes: dict[str, int] = dict.fromkeys(self._endpoints, 0)
+        self._listener: asyncio.Task[None] | None = None
+        self._subscribed = asyncio.Event()
+
+    async def start(self) -> None:
+        """Subscribes (in a task that follows the channels until stop)."""
+        self._listener = asyncio.create_task(self._listen(), name="jobhive-redis-events")
+        await self._subscribed.wait()
+
+    async def stop(self) -> None:
+        self.stop_waiting()
+        if self._listener is not None:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._listener
+
+    def stop_waiting(self) -> None:
+        """Wakes every waiter now, and makes later waits end at once (shutting down)."""
+        self.closing = True
+        self.wake_all()
+
+    # ----- following the channels
+
+    async def _listen(self) -> None:
+        channels = [f"{self._p}{{{e}}}:{kind}" for e in self._endpoints for kind in ("ev", "wake")]
+        loop = asyncio.get_running_loop()
+        backoff_s = 0.1
+        while True:
+            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(*channels)
+                if self._subscribed.is_set():
+                    log.warning("Redis events followed again")
+                    self._forget_what_was_heard()
+                self._subscribed.set()
+                backoff_s = 0.1
+                heard = loop.time()
+                while True:
+                    message = await pubsub.get_message(timeout=PING_EVERY_S)
+                    if message is not None:
+                        heard = loop.time()
+                        if message["type"] == "message":
+                            self._dispatch(message["channel"], message["data"])
+                    elif loop.time() - heard > 3 * PING_EVERY_S:  # (a Redis stopped, say)
+                        raise redis.exceptions.ConnectionError("no answer to pings")
+                    else:
+                        await pubsub.ping()  # a quiet channel: is the connection alive?
+            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as e:
+                log.warning("Redis events lost (%s): following again in %.1f s", e, backoff_s)
+                self._subscribed.set()  # (the store opens all the same: waits re-check)
+                self._forget_what_was_heard()
+                await asyncio.sleep(backoff_s)
+                backoff_s = min(5.0, backoff_s * 2)
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()
+
+    def _forget_what_was_heard(self) -> None:
+        """Messages may have been missed: what they told is unknown, every waiter re-reads."""
+        self._drained.clear()
+        self.wake_all()
+
+    def _dispatch(self, channel: bytes, data: bytes) -> None:
+        endpoint, _, kind = channel.decode()[len(self._p) + 1:].rpartition("}:")
+        if kind == "wake":
+            for job_id in data.decode().split("\n"):
+                self._queued(endpoint, job_id)
+            return
+        for line in data.split(b"\n"):
+            job_id, version, status, *rest = line.split(b" ", 3)
+            self._changed(endpoint, job_id.decode(), int(version), status.decode(),
+                          rest[0] if rest else b"")
+
+    def _queued(self, endpoint: str, job_id: str) -> None:
+        if endpoint in self._unclaimed:
+            self._wakes[endpoint] += 1
+            unclaimed = self._unclaimed[endpoint]
+            if len(unclaimed) < UNCLAIMED_KEPT:
+                unclaimed.add(job_id)
+            else:  # too many queued to follow: claims stop skipping
+                self._drained.discard(endpoint)
+        self.wake_worker(endpoint)
+
+    def _changed(self, endpoint: str, job_id: str, version: int, status: str, rest: bytes
+                 ) -> None:
+        """One change of a job heard: what it tells kept, then its waiters woken (a ?wait=
+        submit with the finished job itself when the event carries it)."""
+        if status != "queued" and endpoint in self._unclaimed:
+            self._unclaimed[endpoint].discard(job_id)  # claimed (or ended): no longer queued
+        if status == "running":
+            if rest:  # progress with previews: kept before anyone wakes to read them
+                self.keep_previews(job_id, rest)
+        elif status == "queued" or status == "done":
+            self._previews.pop(job_id, None)
+        if status in _ENDED:
+            # Only unfinished jobs are remembered: a finished one is forgotten in time, and
+            # its id may then name a job of another endpoint.
+            self._endpoint_of.pop(job_id, None)
+        _wake(self._jobs.pop(job_id, ()), True)
+        if status in _ENDED and job_id in self._finishes:
+            view: JobView | bool = True  # (woken: read the job back)
+            if rest:  # a job done with small outputs comes whole
+                view = _done_view(job_id, endpoint, version, rest)
+            _wake(self._finishes.pop(job_id), view)
+
+    # ----- waiting
+
+    def job_waiter(self, job_id: str, finish: bool = False) -> asyncio.Future[Any]:
+        """A future resolved at the job's next change (finish: at its end, with the finished
+        JobView when the event carried it, else True); end it with `forget`."""
+        waiter = asyncio.get_running_loop().create_future()
+        if self.closing:
+            waiter.set_result(True)
+        (self._finishes if finish else self._jobs).setdefault(job_id, []).append(waiter)
+        return waiter
+
+    def forget(self, job_id: str, waiter: asyncio.Future[Any], finish: bool = False) -> None:
+        waiting = self._finishes if finish else self._jobs
+        waiters = waiting.get(job_id)
+        if waiters is not None and waiter in waiters:
+            waiters.remove(waiter)
+            if not waiters:
+                del waiting[job_id]
+
+    def worker_waiter(self, endpoints: Sequence[str]) -> asyncio.Future[Any]:
+        """A future resolved when a job is queued at one of these endpoints (one waiter is
+        woken per job); end it with `forget_worker`."""
+        waiter = asyncio.get_running_loop().create_future()
+        for endpoint in endpoints:
+            self._workers[endpoint].append(waiter)
+        return waiter
+
+    def forget_worker(self, endpoints: Sequence[str], waiter: asyncio.Future[Any]) -> None:
+        for endpoint in endpoints:
+            waiters = self._workers[endpoint]
+            if waiter in waiters:
+                waiters.remove(waiter)
+
+    def wake_worker(self, endpoint: str) -> None:
+        waiters = self._workers.get(endpoint, [])
+        while waiters:
+            waiter = waiters.pop(0)
+            if not waiter.done():
+                waiter.set_result(True)
+                return
+
+    def wake_all(self) -> None:
+        for waiters in (*self._jobs.values(), *self._finishes.values(), *self._workers.values()):
+            _wake(waiters, True)
+
+    # ----- what the events tell
+
+    def previews(self, job_id: str, status: JobStatus) -> dict[str, Any] | None:
+        """The job's latest progress outputs heard (none once it is done or queued again)."""
+        if status is JobStatus.DONE or status is JobStatus.QUEUED:
+            return None
+        previews = self._previews.get(job_id)
+        return None if previews is None else orjson.loads(previews)
+
+    def keep_previews(self, job_id: str, previews: bytes) -> None:
+        self._previews.pop(job_id, None)  # (re-inserted last: the oldest go first)
+        if len(self._previews) >= PREVIEW_CACHE:
+            del self._previews[next(iter(self._previews))]
+        self._previews[job_id] = previews
+
+    def endpoint_of(self, job_id: str) -> str | None:
+        return self._endpoint_of.get(job_id)
+
+    def remember(self, job_id: str, endpoint: str) -> None:
+        """Notes an unfinished job's endpoint (it never changes; forgotten when it ends)."""
+        if len(self._endpoint_of) >= ENDPOINT_CACHE:
+            del self._endpoint_of[next(iter(self._endpoint_of))]
+        self._endpoint_of[job_id] = endpoint
+
+    def known_empty(self, endpoints: Iterable[str]) -> bool:
+        """Whether these endpoints' queues are known to be empty: drained by a claim of this
+        server, and every job queued since (its wake heard) already claimed or ended (its
+        event heard). A claim then would take nothing: the worker just waits."""
+        return all(e in self._drained and not self._unclaimed[e] for e in endpoints)
+
+    def wakes_heard(self, endpoints: Iterable[str]) -> Mapping[str, int]:
+        """A mark to give `drained` once a claim that began now found the queues empty."""
+        return {e: self._wakes[e] for e in endpoints}
+
+    def drained(self, endpoints: Iterable[str], mark: Mapping[str, int]) -> None:
+        """A claim found these queues empty: known empty, unless a wake came in while it ran
+        (its job may have been queued just before the claim). Every job queued until then
+        was claimed by someone."""
+        for endpoint in endpoints:
+            if self._wakes[endpoint] == mark[endpoint]:
+                self._drained.add(endpoint)
+                self._unclaimed[endpoint].clear()
+
+
+def _wake(waiters: Iterable[asyncio.Future[Any]], result: Any) -> None:
+    for waiter in waiters:
+        if not waiter.done():
+            waiter.set_result(result)
+
+
+def _done_view(job_id: str, endpoint: str, version: int, rest: bytes) -> JobView:
+    """The JobView of a done event that carries the job ("ATTEMPTS CREATED STARTED FINISHED
+    OWNER OUTPUTS", see redis_scripts)."""
+    attempts, created, started, finished, owner, outputs = rest.split(b" ", 5)
+    return JobView(job_id, endpoint, owner.decode(), JobStatus.DONE, version, 100.0, None, None,
+                   outputs, None, int(attempts), int(created),
+                   None if started == b"-" else int(started), int(finished))
