@@ -19,7 +19,7 @@ from api_server.httputil import ApiError, error_response
 from api_server.media_pool import MediaPool
 from api_server.openapi import OPENAPI_PATH, build_document, openapi_json
 from api_server.outputs import OutputFilter
-from api_server.ratelimit import RateLimiter, RedisRateLimiter, retry_after_header
+from api_server.ratelimit import Limiter, RateLimiter, retry_after_header
 from api_server.routes import clients, files, jobs, pages, status, workers
 from api_server.state import (
     CALLER,
@@ -36,7 +36,6 @@ from api_server.state import (
 from api_server.store import JobStore, Journal, SqliteJournal, StoreError, StoreUnavailable
 from api_server.store.base import Store
 from api_server.store.files import FileStore
-from api_server.store.redis_store import RedisStore, connect
 
 log = logging.getLogger("jobhive.server")
 
@@ -91,10 +90,13 @@ async def known_host(request: web.Request, handler):
 
 def store_for(
     config: ServerConfig, endpoints: Mapping[str, Endpoint], journal: Journal | None
-) -> tuple[Store, RateLimiter | RedisRateLimiter]:
+) -> tuple[Store, Limiter]:
     """The job store `config.store` names (or one on the given journal), and the rate limiter
     that goes with it: one per process with SQLite, one shared through Redis."""
     if journal is None and is_redis_url(config.store):
+        # (imported here: a SQLite server never loads the Redis client)
+        from api_server.store.redis_store import RedisRateLimiter, RedisStore, connect
+
         redis = connect(config.store, config.redis_timeout_s)
         store = RedisStore(endpoints, redis, config.redis_prefix, config.durability,
                            worker_seen_ttl_s=config.worker_seen_ttl_s,

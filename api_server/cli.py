@@ -18,7 +18,7 @@ from api_server.config import LOG_LEVELS, ConfigError, load_endpoints, load_serv
 from api_server.connections import GuardedSite
 from api_server.demo import demo_workers
 from api_server.state import CONFIG, CONNECTIONS, ENDPOINTS
-from api_server.store.redis_store import StoreConfigError
+from api_server.store.model import StoreConfigError
 from jobhive.aio import run_loop
 
 log = logging.getLogger("jobhive.server")

@@ -5,13 +5,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-
-import redis.asyncio as aioredis
-import redis.exceptions
-
-from api_server.store.model import now_ms
-from api_server.store.redis_scripts import RATE_LIMIT
-from api_server.store.redis_store import unavailable
+from typing import Protocol
 
 
 @dataclass(slots=True)
@@ -54,29 +48,12 @@ class RateLimiter:
             del self._buckets[key]
 
 
-class RedisRateLimiter:
-    """The same limits, held in Redis: exact across every server of a deployment (a GCRA, one
-    key per endpoint and client, expiring once its bucket would be full again).
-
-    Args:
-        redis (redis.asyncio.Redis): the store's Redis.
-        prefix (str): the store's key prefix.
-    """
-
-    def __init__(self, redis: aioredis.Redis, prefix: str) -> None:
-        self._script = redis.register_script(RATE_LIMIT)
-        self._prefix = prefix
+class Limiter(Protocol):
+    """What the submit route needs of a rate limiter: RateLimiter (one process), or
+    RedisRateLimiter (api_server/store/redis_store.py: every server of a deployment)."""
 
     async def take(self, endpoint: str, client: str, rate_per_s: float, burst: int) -> float:
-        """As RateLimiter.take; Redis away is a StoreUnavailable (503)."""
-        if rate_per_s <= 0:
-            return 0.0
-        key = f"{self._prefix}:rl:{{{endpoint}}}:{client}"
-        try:
-            wait_ms = await self._script(args=[key, now_ms(), 1000 / rate_per_s, max(1, burst)])
-        except redis.exceptions.RedisError as e:
-            raise unavailable(e) from e
-        return wait_ms / 1000
+        ...
 
 
 def retry_after_header(wait_s: float) -> dict[str, str]:

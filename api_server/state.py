@@ -12,7 +12,7 @@ from api_server.config import Endpoint, ServerConfig
 from api_server.connections import ConnectionGuard
 from api_server.media_pool import MediaPool
 from api_server.outputs import OutputFilter
-from api_server.ratelimit import RateLimiter, RedisRateLimiter
+from api_server.ratelimit import Limiter
 from api_server.store.base import Store
 from api_server.store.files import FileStore
 
@@ -22,7 +22,7 @@ STORE = web.AppKey("store", Store)  # JobStore (SQLite) or RedisStore
 FILES = web.AppKey("files", FileStore)  # the jobs' output files (uploaded by workers)
 KEYS = web.AppKey("keys", KeyBook)
 CONNECTIONS = web.AppKey("connections", ConnectionGuard)  # cap and timeouts of the sockets
-RATE_LIMITER = web.AppKey("rate_limiter", RateLimiter | RedisRateLimiter)
+RATE_LIMITER = web.AppKey("rate_limiter", Limiter)  # per process, or shared in Redis
 MEDIA_POOL = web.AppKey("media_pool", MediaPool)  # Pillow/ffmpeg checks run here
 OUTPUT_FILTER = web.AppKey("output_filter", OutputFilter)  # what workers may put in a job
 

@@ -123,12 +123,14 @@ def result(grant, outputs=None, error=None, release=False):
                         release=release)
 
 
-async def test_submit_claim_result(store, echo, backend):
+async def test_submit_claim_result(store, echo, backend, clock):
     job = await submit(store, echo)
     assert (job.status, job.queue_position) == (JobStatus.QUEUED, 0)
     (grant,) = await claim(store, echo)
     assert (grant.job_id, grant.attempt, orjson.loads(orjson.dumps(grant.inputs))) == (
         job.id, 1, {"text": "hi"})
+    assert orjson.loads(orjson.dumps(grant.to_json()))["lease_expires_at_ms"] == (
+        clock() + 10_000)  # (JSON as the worker gets it: a whole number of ms)
     assert (await store.get(job.id)).status is JobStatus.RUNNING
     (answer,) = await store.report_results([result(grant, outputs=b'{"text":"hi"}')])
     assert answer.ok
@@ -472,3 +474,84 @@ async def test_a_refused_commit_grants_nothing_that_it_held(sqlite_store, echo):
     kept = await submit(store, echo, job_id="kept")
     (grant,) = await store.claim([echo], 8, "w", timeout_s=0)
     assert grant.job_id == kept.id
+
+
+# ----- the Redis store's own cases (what its events and scripts must get right)
+
+
+@pytest.fixture
+async def redis_store(echo, clock, redis_url):
+    store = RedisStore({"echo": echo}, connect(redis_url), clock=clock)
+    await store.open()
+    yield store
+    await store.close()
+
+
+async def test_redis_one_sweep_forgets_every_result_due(redis_store, echo, clock):
+    """Past the scripts' batch size: one sweep goes on until none is due (a results TTL is
+    kept however many jobs a second finish)."""
+    store = redis_store
+    for n in range(240):  # (5 at a time: the queue's limit here)
+        await asyncio.gather(*(submit(store, echo, job_id=f"j{n}-{i}") for i in range(5)))
+        grants = await store.claim([echo], 5, "w", 0)
+        await store.report_results([result(g, outputs=b"{}") for g in grants])
+    forgotten: list[str] = []
+
+    async def hook(job_ids):
+        forgotten.extend(job_ids)
+
+    store.on_forget(hook)
+    clock.advance(61)
+    await store.sweep()
+    assert len(forgotten) == 1200 and await store.get("j0-0") is None
+
+
+async def test_redis_a_stale_expiry_leaves_a_new_job_of_that_id_alone(redis_store, echo, clock,
+                                                                     redis_url):
+    import redis
+
+    job = await submit(redis_store, echo, job_id="reused")
+    (grant,) = await claim(redis_store, echo)
+    await redis_store.report_results([result(grant, outputs=b"{}")])
+    with redis.Redis.from_url(redis_url) as client:  # the hash expired by the backstop
+        client.delete("jobhive:{echo}:job:reused", "jobhive:id:reused")
+    again, created = await redis_store.submit(echo, "reused", inputs("new"), "")
+    assert created and again.id == job.id
+    clock.advance(61)
+    await redis_store.sweep()
+    assert (await redis_store.get("reused")).status is JobStatus.QUEUED
+    (grant,) = await claim(redis_store, echo)
+    assert grant.job_id == "reused"
+
+
+async def test_redis_a_poll_that_does_not_wait_finds_a_job_queued_after_a_drain(
+    redis_store, echo
+):
+    assert await claim(redis_store, echo) == []  # drained: this server knows it empty
+    job = await submit(redis_store, echo)
+    (grant,) = await claim(redis_store, echo)  # (timeout 0: looks, whatever it knows)
+    assert grant.job_id == job.id
+
+
+async def test_redis_events_survive_a_message_they_do_not_understand(redis_store, echo,
+                                                                     redis_url):
+    import redis.asyncio
+
+    async with redis.asyncio.Redis.from_url(redis_url) as client:
+        await client.publish("jobhive:{echo}:ev", b"not an event")
+        job = await submit(redis_store, echo)
+        waiting = asyncio.ensure_future(redis_store.wait_for_change(job.id, job.version, 5))
+        await asyncio.sleep(0.05)
+        await claim(redis_store, echo)
+        changed = await asyncio.wait_for(waiting, 2)  # (woken by the event, not the timeout)
+    assert changed.status is JobStatus.RUNNING
+
+
+async def test_redis_a_wait_submit_is_answered_with_the_job_its_end_carries(redis_store, echo):
+    waiting = asyncio.ensure_future(redis_store.submit(echo, None, inputs("w"), "", wait_s=5))
+    await asyncio.sleep(0.05)
+    (grant,) = await claim(redis_store, echo)
+    await redis_store.report_results([result(grant, outputs=b'{"text":"w"}')])
+    job, created = await asyncio.wait_for(waiting, 2)
+    assert (created, job.status, orjson.loads(job.outputs_json)) == (
+        True, JobStatus.DONE, {"text": "w"})

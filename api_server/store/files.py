@@ -63,6 +63,7 @@ _DATA_PREFIX = ".data-"
 _RECORD_PREFIX = ".record-"
 _WRITE_CHUNK_BYTES = 1024 * 1024  # bytes received are written (and hashed) in a thread per MiB
 ORPHAN_AGE_S = 3600.0  # in a shared folder, bytes without a record are removed this old
+SHARED_INDEX_JOBS = 10_000  # in a shared folder, jobs whose files a server keeps in its index
 
 
 class FileRefused(StoreError):
@@ -136,7 +137,9 @@ class FileStore:
             if orphans:
                 await asyncio.to_thread(_remove_folders, self.root, orphans)
                 log.info("removed the files of %d jobs that no longer exist", len(orphans))
-            self._files = {job_id: files for job_id, files in found.items() if job_id in kept}
+            if not self._shared:  # (shared: read from the folder when needed)
+                self._files = {job_id: files for job_id, files in found.items()
+                               if job_id in kept}
         if self._files:
             log.info("files of %d jobs kept", len(self._files))
 
@@ -162,9 +165,10 @@ class FileStore:
             return
         files = await asyncio.to_thread(_scan_job, self.root / (_JOB_PREFIX + job_id), job_id,
                                         False)
-        if files is None:
-            self._files.pop(job_id, None)
-        else:
+        self._files.pop(job_id, None)  # (re-inserted last: the oldest go first)
+        if files is not None:
+            if len(self._files) >= SHARED_INDEX_JOBS:  # (the folder is the truth: a cache)
+                del self._files[next(iter(self._files))]
             self._files[job_id] = files
 
     def job_bytes(self, job_id: str, but: str = "") -> int:

@@ -129,6 +129,11 @@ class ReportAnswer(NamedTuple):
         return out
 
 
+class StoreConfigError(Exception):
+    """The store cannot start: its Redis is unreachable or would lose jobs (the message says
+    how to fix it)."""
+
+
 class StoreError(Exception):
     """Base of the store's refusals; routes turn each into its HTTP status."""
 

@@ -1,7 +1,8 @@
 """What one server of a Redis deployment hears of every change, and who waits for it.
 
 The scripts publish each change of a job on its endpoint's channel (`P:{E}:ev`, a line
-"ID VERSION STATUS[ ...]" per change, see redis_scripts) and each queued job on `P:{E}:wake`.
+"ID VERSION STATUS[ ...]" per change, see redis_scripts; servers publish "ID VERSION progress
+[PREVIEWS]" after a progress report) and each queued job on `P:{E}:wake`.
 `RedisEvents` follows both channels of every endpoint for as long as the store is open and
 wakes this server's waiters: long-polls and event streams of a job, `?wait=` submits (handed
 the finished job itself when the event carries it), workers waiting for jobs. It also keeps
@@ -19,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -65,12 +67,17 @@ class RedisEvents:
         self._unclaimed: dict[str, set[str]] = {e: set() for e in self._endpoints}
         self._wakes: dict[str, int] = dict.fromkeys(self._endpoints, 0)
         self._listener: asyncio.Task[None] | None = None
-        self._subscribed = asyncio.Event()
+        self._bad_logged_at = -math.inf
 
     async def start(self) -> None:
-        """Subscribes (in a task that follows the channels until stop)."""
-        self._listener = asyncio.create_task(self._listen(), name="jobhive-redis-events")
-        await self._subscribed.wait()
+        """Subscribes (in a task that follows the channels until stop).
+
+        Raises:
+            redis.exceptions.ResponseError: Redis refused the subscription (an ACL).
+        """
+        started = asyncio.get_running_loop().create_future()
+        self._listener = asyncio.create_task(self._listen(started), name="jobhive-redis-events")
+        await started
 
     async def stop(self) -> None:
         self.stop_waiting()
@@ -86,18 +93,25 @@ class RedisEvents:
 
     # ----- following the channels
 
-    async def _listen(self) -> None:
+    async def _listen(self, started: asyncio.Future[None]) -> None:
         channels = [f"{self._p}{{{e}}}:{kind}" for e in self._endpoints for kind in ("ev", "wake")]
         loop = asyncio.get_running_loop()
         backoff_s = 0.1
         while True:
             pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
             try:
-                await pubsub.subscribe(*channels)
-                if self._subscribed.is_set():
+                try:
+                    await pubsub.subscribe(*channels)
+                except redis.exceptions.ResponseError as e:  # (refused: no retry helps)
+                    if not started.done():
+                        started.set_exception(e)
+                        return
+                    raise
+                if started.done():
                     log.warning("Redis events followed again")
                     self._forget_what_was_heard()
-                self._subscribed.set()
+                else:
+                    started.set_result(None)
                 backoff_s = 0.1
                 heard = loop.time()
                 while True:
@@ -105,14 +119,15 @@ class RedisEvents:
                     if message is not None:
                         heard = loop.time()
                         if message["type"] == "message":
-                            self._dispatch(message["channel"], message["data"])
+                            self._dispatch_safely(message["channel"], message["data"])
                     elif loop.time() - heard > 3 * PING_EVERY_S:  # (a Redis stopped, say)
                         raise redis.exceptions.ConnectionError("no answer to pings")
                     else:
                         await pubsub.ping()  # a quiet channel: is the connection alive?
-            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as e:
+            except redis.exceptions.RedisError as e:
                 log.warning("Redis events lost (%s): following again in %.1f s", e, backoff_s)
-                self._subscribed.set()  # (the store opens all the same: waits re-check)
+                if not started.done():  # (the store opens all the same: waits re-check)
+                    started.set_result(None)
                 self._forget_what_was_heard()
                 await asyncio.sleep(backoff_s)
                 backoff_s = min(5.0, backoff_s * 2)
@@ -121,9 +136,24 @@ class RedisEvents:
                     await pubsub.aclose()
 
     def _forget_what_was_heard(self) -> None:
-        """Messages may have been missed: what they told is unknown, every waiter re-reads."""
+        """Messages may have been missed: what they told is unknown, every waiter re-reads.
+        (The wake counts move on too, so that a claim under way marks nothing drained.)"""
         self._drained.clear()
+        self._endpoint_of.clear()
+        for endpoint in self._wakes:
+            self._wakes[endpoint] += 1
         self.wake_all()
+
+    def _dispatch_safely(self, channel: bytes, data: bytes) -> None:
+        """Dispatches a message; one this server cannot read (another version's, say) is
+        logged, at most once a minute, and skipped: the subscription goes on."""
+        try:
+            self._dispatch(channel, data)
+        except Exception:
+            now = asyncio.get_running_loop().time()
+            if now - self._bad_logged_at >= 60:
+                self._bad_logged_at = now
+                log.exception("an event message not understood, skipped: %r", data[:200])
 
     def _dispatch(self, channel: bytes, data: bytes) -> None:
         endpoint, _, kind = channel.decode()[len(self._p) + 1:].rpartition("}:")
@@ -150,11 +180,11 @@ class RedisEvents:
                  ) -> None:
         """One change of a job heard: what it tells kept, then its waiters woken (a ?wait=
         submit with the finished job itself when the event carries it)."""
-        if status != "queued" and endpoint in self._unclaimed:
-            self._unclaimed[endpoint].discard(job_id)  # claimed (or ended): no longer queued
-        if status == "running":
-            if rest:  # progress with previews: kept before anyone wakes to read them
+        if status == "progress":  # (published by a server after its script: may come late)
+            if rest:  # previews: kept before anyone wakes to read them
                 self.keep_previews(job_id, rest)
+        elif status != "queued" and endpoint in self._unclaimed:
+            self._unclaimed[endpoint].discard(job_id)  # claimed (or ended): no longer queued
         elif status == "queued" or status == "done":
             self._previews.pop(job_id, None)
         if status in _ENDED:

@@ -19,8 +19,9 @@ endpoint's keys share a slot):
     P:{E}:ev        channel: the changes of one script, a line "ID VERSION STATUS" each; a
                             job done with outputs of up to 4 KiB adds " ATTEMPTS CREATED STARTED
                             FINISHED OWNER OUTPUTS", so that waiters need not read it back;
-                            progress adds " PREVIEWS" (published by the server, never stored
-                            in Redis). JSON from orjson holds no line breaks.
+                            servers publish "ID VERSION progress[ PREVIEWS]" after a progress
+                            report (previews are never stored in Redis). JSON from orjson
+                            holds no line breaks.
     P:{E}:wake      channel jobs were queued (their ids, a line each): one waiting worker
                             per job should claim
     P:id:ID         STRING  the job's endpoint (a job is found by its id alone)
@@ -42,8 +43,14 @@ would need those moved into the slot (noted in the README).
 
 from __future__ import annotations
 
+# Every script's first lines: `ms` writes a number of milliseconds as an integer string (some
+# Redis versions write large Lua numbers as 1.7e+12).
+_MS = """
+local function ms(x) return string.format('%.0f', x) end
+"""
+
 # Shared by the scripts that finish, fail or requeue a job. `base` is "P:{E}:".
-_HELPERS = """
+_HELPERS = _MS + """
 -- The changes a script makes, one line each, published together when it ends (flush).
 local events = {}
 local function event(id, v, st)
@@ -68,7 +75,7 @@ local function finish(base, idp, wp, id, st, now, ttl_ms, field, value)
     redis.call('DECRBY', base .. 'qb', f[2])
   end
   redis.call('ZREM', base .. 'leases', id)
-  redis.call('HSET', key, 'st', st, 'fat', now, 'exp', now + ttl_ms, field, value)
+  redis.call('HSET', key, 'st', st, 'fat', ms(now), 'exp', ms(now + ttl_ms), field, value)
   redis.call('HDEL', key, 'in')
   if st == 'done' then redis.call('HSET', key, 'pr', 100) end
   redis.call('ZADD', base .. 'expiry', now + ttl_ms, id)
@@ -79,8 +86,8 @@ local function finish(base, idp, wp, id, st, now, ttl_ms, field, value)
   if st == 'done' and #value <= 4096 then
     -- The whole finished job, for the servers waiting on it to answer without reading it.
     local g = redis.call('HMGET', key, 'att', 'cat', 'sat', 'own')
-    event(id, v, 'done ' .. g[1] .. ' ' .. g[2] .. ' ' .. (g[3] or '-') .. ' ' .. now .. ' ' ..
-          g[4] .. ' ' .. value)
+    event(id, v, 'done ' .. g[1] .. ' ' .. g[2] .. ' ' .. (g[3] or '-') .. ' ' .. ms(now) ..
+          ' ' .. g[4] .. ' ' .. value)
   else
     event(id, v, st)
   end
@@ -115,13 +122,13 @@ end
 # prefix, endpoint, max_queue_length, max_queue_bytes, then per job: id, owner, inputs, now.
 # -> one answer per job: {'created', position} | {'exists'} | {'conflict', what} |
 # {'full', what}. The ids queued are published together, a line each, on the wake channel.
-SUBMIT = """#!lua
+SUBMIT = "#!lua\n" + _MS + """
 local base, idp, ep = ARGV[1], ARGV[2], ARGV[3]
 local max_len, max_bytes = tonumber(ARGV[4]), tonumber(ARGV[5])
 local q = base .. 'q'
 local out, queued = {}, {}
 for i = 6, #ARGV, 4 do
-  local id, own, inputs, now = ARGV[i], ARGV[i + 1], ARGV[i + 2], tonumber(ARGV[i + 3])
+  local id, own, inputs, now = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   local key = base .. 'job:' .. id
   local ih = redis.sha1hex(inputs)
   local known = redis.call('GET', idp .. id)
@@ -135,7 +142,7 @@ for i = 6, #ARGV, 4 do
   elseif tonumber(redis.call('GET', base .. 'qb') or '0') + #inputs > max_bytes then
     out[#out + 1] = {'full', 'bytes'}
   else
-    local score = now * 1000 + redis.call('INCR', base .. 'seq') % 1000
+    local score = ms(tonumber(now) * 1000 + redis.call('INCR', base .. 'seq') % 1000)
     redis.call('HSET', key, 'ep', ep, 'own', own, 'in', inputs, 'ih', ih, 'ib', #inputs,
                'st', 'queued', 'v', 1, 'att', 0, 'cat', now, 'sc', score, 'pr', 0)
     redis.call('SET', idp .. id, ep)
@@ -152,7 +159,7 @@ return out
 # ARGV: base, worker key prefix, now, lease_ms, job_timeout_ms, worker id, how many jobs,
 # a random nonce (the lease ids are its hash with each job's id).
 # -> {{id, lease id, attempt, lease expiry, inputs}, ...}
-CLAIM = """#!lua
+CLAIM = "#!lua\n" + _MS + """
 local base, wp, now = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local lease_ms, timeout_ms, wid = tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6]
 local popped = redis.call('ZPOPMIN', base .. 'q', tonumber(ARGV[7]))
@@ -160,15 +167,17 @@ local out, events = {}, {}
 for i = 1, #popped, 2 do
   local id = popped[i]
   local key = base .. 'job:' .. id
-  local lid = string.sub(redis.sha1hex(ARGV[8] .. id), 1, 16)
-  local att = redis.call('HINCRBY', key, 'att', 1)
-  redis.call('HSET', key, 'st', 'running', 'lid', lid, 'wid', wid, 'sat', now,
-             'lexp', now + lease_ms)
-  local f = redis.call('HMGET', key, 'in', 'ib')
-  redis.call('DECRBY', base .. 'qb', f[2])
-  redis.call('ZADD', base .. 'leases', now + math.min(lease_ms, timeout_ms), id)
-  events[#events + 1] = id .. ' ' .. redis.call('HINCRBY', key, 'v', 1) .. ' running'
-  out[#out + 1] = {id, lid, att, now + lease_ms, f[1]}
+  local f = redis.call('HMGET', key, 'st', 'in', 'ib')
+  if f[1] == 'queued' then  -- (an id whose job is gone or changed is dropped from the queue)
+    local lid = string.sub(redis.sha1hex(ARGV[8] .. id), 1, 16)
+    local att = redis.call('HINCRBY', key, 'att', 1)
+    redis.call('HSET', key, 'st', 'running', 'lid', lid, 'wid', wid, 'sat', ARGV[3],
+               'lexp', ms(now + lease_ms))
+    redis.call('DECRBY', base .. 'qb', f[3])
+    redis.call('ZADD', base .. 'leases', ms(now + math.min(lease_ms, timeout_ms)), id)
+    events[#events + 1] = id .. ' ' .. redis.call('HINCRBY', key, 'v', 1) .. ' running'
+    out[#out + 1] = {id, lid, att, ms(now + lease_ms), f[2]}
+  end
 end
 if #events > 0 then redis.call('PUBLISH', base .. 'ev', table.concat(events, '\\n')) end
 if #out > 0 and redis.call('EXISTS', wp .. wid) == 1 then
@@ -181,7 +190,7 @@ return out
 # none). -> one answer per report: 'ok VERSION', 'unknown', 'lost', 'canceled' or
 # 'finished STATUS'. The server then publishes the change itself, with the previews: a PUBLISH
 # outside a script is not written to the append-only file.
-PROGRESS = """#!lua
+PROGRESS = "#!lua\n" + _MS + """
 local base, now = ARGV[1], tonumber(ARGV[2])
 local lease_ms, timeout_ms = tonumber(ARGV[3]), tonumber(ARGV[4])
 local out = {}
@@ -199,8 +208,9 @@ for i = 5, #ARGV, 3 do
       redis.call('DECRBY', base .. 'qb', f[3])
       redis.call('HSET', key, 'st', 'running')
     end
-    redis.call('HSET', key, 'lexp', now + lease_ms)
-    redis.call('ZADD', base .. 'leases', math.min(now + lease_ms, tonumber(f[4]) + timeout_ms), id)
+    redis.call('HSET', key, 'lexp', ms(now + lease_ms))
+    redis.call('ZADD', base .. 'leases', ms(math.min(now + lease_ms, tonumber(f[4]) + timeout_ms)),
+               id)
     if pr ~= '' then redis.call('HSET', key, 'pr', pr) end
     out[#out + 1] = 'ok ' .. redis.call('HINCRBY', key, 'v', 1)
   end
@@ -254,16 +264,20 @@ return 'canceled'
 """
 
 # ARGV: base, id key prefix, worker key prefix, now, result_ttl_ms, job_timeout_ms,
-# max_attempts, sweep_interval_ms, batch limit, the timeout's error.
-# -> {{'requeued', id, worker, attempts} | {'failed', id, error}, ...}, {forgotten ids}; or
-# false when another server swept this endpoint within sweep_interval_ms.
+# max_attempts, sweep_interval_ms, batch limit, the timeout's error, 'more' for the next batch
+# of a sweep under way (else '').
+# -> {{'requeued', id, worker, attempts} | {'failed', id, error}, ...}, {forgotten ids}, the
+# entries looked at (a full batch: call again with 'more'); or false when another server swept
+# this endpoint within sweep_interval_ms.
 SWEEP = "#!lua\n" + _HELPERS + """
 local base, idp, wp, now, ttl_ms = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5])
 local timeout_ms, max_attempts = tonumber(ARGV[6]), tonumber(ARGV[7])
 local interval_ms, limit, timeout_error = tonumber(ARGV[8]), tonumber(ARGV[9]), ARGV[10]
-local last = tonumber(redis.call('GET', base .. 'sweep') or '0')
-if now >= last and now - last < interval_ms then return false end
-redis.call('SET', base .. 'sweep', now)
+if ARGV[11] ~= 'more' then  -- (the next batches of a sweep under way skip the lock)
+  local last = tonumber(redis.call('GET', base .. 'sweep') or '0')
+  if now >= last and now - last < interval_ms then return false end
+  redis.call('SET', base .. 'sweep', ARGV[4])
+end
 local changed = {}
 local due = redis.call('ZRANGEBYSCORE', base .. 'leases', '-inf', now, 'LIMIT', 0, limit)
 for _, id in ipairs(due) do
@@ -284,16 +298,25 @@ for _, id in ipairs(due) do
       changed[#changed + 1] = {'requeued', id, f[5], f[4]}
     end
   else  -- renewed since: its deadline moved
-    redis.call('ZADD', base .. 'leases', math.min(tonumber(f[2]), tonumber(f[3]) + timeout_ms), id)
+    redis.call('ZADD', base .. 'leases', ms(math.min(tonumber(f[2]), tonumber(f[3]) + timeout_ms)),
+               id)
   end
 end
-local gone = redis.call('ZRANGEBYSCORE', base .. 'expiry', '-inf', now, 'LIMIT', 0, limit)
-for _, id in ipairs(gone) do
-  redis.call('DEL', base .. 'job:' .. id, idp .. id)
+local gone = {}
+local expired = redis.call('ZRANGEBYSCORE', base .. 'expiry', '-inf', now, 'LIMIT', 0, limit)
+for _, id in ipairs(expired) do
   redis.call('ZREM', base .. 'expiry', id)
+  local f = redis.call('HMGET', base .. 'job:' .. id, 'st', 'exp')
+  local finished = f[1] == 'done' or f[1] == 'failed' or f[1] == 'canceled'
+  if finished and tonumber(f[2]) > now then  -- (a later result of the same id: not yet)
+    redis.call('ZADD', base .. 'expiry', f[2], id)
+  elseif finished or not f[1] then  -- (no job: the backstop expired it; its files still go)
+    redis.call('DEL', base .. 'job:' .. id, idp .. id)
+    gone[#gone + 1] = id
+  end  -- (else a new job of the same id, after this one was forgotten: left alone)
 end
 flush(base)
-return {changed, gone}
+return {changed, gone, math.max(#due, #expired)}
 """
 
 # ARGV: prefix ("P:"), id. -> {endpoint, {own, st, v, pr, out, err, att, cat, sat, fat},

@@ -43,6 +43,7 @@ from api_server.store.model import (
     JobView,
     QueueFull,
     ReportAnswer,
+    StoreConfigError,
     StoreUnavailable,
     WorkerReport,
     now_ms,
@@ -54,7 +55,10 @@ log = logging.getLogger("jobhive.jobs")
 
 RECHECK_S = 1.0  # a waiting worker re-reads the queue this often (a lost wake costs no more)
 SETTLE_MAX_S = 0.002  # a woken worker waits this long at most for submits in flight
-SWEEP_LIMIT = 200  # jobs one sweep script handles per endpoint (the rest: next sweep)
+BATCH_JOBS = 256  # submits sent in one script at most
+BATCH_BYTES = 4 * 1024 * 1024  # and inputs (a larger job goes alone)
+SWEEP_LIMIT = 500  # leases and results one sweep script looks at (then the next batch)
+SWEEP_BATCHES = 40  # batches per endpoint per sweep at most (the rest: next sweep)
 WORKER_WRITE_S = 1.0  # a worker's polls update its record at most this often
 
 
@@ -103,7 +107,7 @@ class RedisStore:
         }
         self._events = RedisEvents(redis, self._p, endpoints)
         self._submitting: dict[str, int] = {}  # submits in flight per endpoint (see _settle)
-        self._batches: dict[str, list[tuple[list[Any], asyncio.Future[Any]]]] = {}
+        self._batches: dict[str, _Batch] = {}  # the submits of this loop turn, per endpoint
         self._sending: set[asyncio.Task[None]] = set()
         self._settled: dict[str, asyncio.Future[bool]] = {}
         self._worker_written: dict[str, tuple[int, tuple[Any, ...]]] = {}
@@ -128,7 +132,12 @@ class RedisStore:
         except redis.exceptions.RedisError as e:
             raise StoreConfigError(f"cannot reach Redis: {e}") from e
         await self._check_config()
-        await self._events.start()
+        try:
+            await self._events.start()
+        except redis.exceptions.ResponseError as e:
+            raise StoreConfigError(f"Redis refuses this server's subscription to the job "
+                                   f"events ({e}): allow SUBSCRIBE and PUBLISH on "
+                                   f"{self._p}* channels (ACL)") from e
         log.info("store opened: Redis, prefix %r, durability %s", self._p[:-1], self._durability)
 
     async def _check_config(self) -> None:
@@ -168,25 +177,28 @@ class RedisStore:
 
     # ----- calling Redis
 
-    async def _run(self, script: str, args: Sequence[Any]) -> Any:
-        """Runs one of the scripts; Redis away or refusing is a StoreUnavailable."""
-        try:
-            return await self._scripts[script](args=args)
-        except redis.exceptions.RedisError as e:
-            raise unavailable(e) from e
+    async def _run(self, script: str, args: Sequence[Any], acknowledged: bool = False) -> Any:
+        """Runs one of the scripts; Redis away or refusing is a StoreUnavailable. With
+        `acknowledged` (its changes are answered to a client or worker) and durability
+        "replicated", also waits for a replica to hold them: WAIT on the script's own
+        connection (it counts that connection's writes), in one pipeline with it.
 
-    async def _durable(self) -> None:
-        """With durability "replicated": waits for a replica to hold the changes so far."""
-        if self._durability != "replicated":
-            return
+        Raises:
+            StoreUnavailable: Redis is away or refused the script.
+            NotReplicated: the script ran, but no replica confirmed it in time.
+        """
         try:
-            copies = await self._redis.execute_command("WAIT", 1, self._replication_wait_ms)
+            if not acknowledged or self._durability != "replicated":
+                return await self._scripts[script](args=args)
+            async with self._redis.pipeline(transaction=False) as pipe:
+                await self._scripts[script](args=args, client=pipe)
+                pipe.execute_command("WAIT", 1, self._replication_wait_ms)
+                result, copies = await pipe.execute()
         except redis.exceptions.RedisError as e:
             raise unavailable(e) from e
         if copies < 1:
-            raise StoreUnavailable(
-                RuntimeError(f"no replica confirmed the change within "
-                             f"{self._replication_wait_ms} ms"), disk_full=False)
+            raise NotReplicated(result, self._replication_wait_ms)
+        return result
 
     # ----- clients
 
@@ -224,9 +236,8 @@ class RedisStore:
             except redis.exceptions.RedisError as e:
                 raise unavailable(e) from e
             for job_id, value in zip(missing, values, strict=True):
-                if value is not None:
+                if value is not None:  # (not remembered: this server knows not if it ended)
                     found[job_id] = value.decode()
-                    self._events.remember(job_id, found[job_id])
         return found
 
     async def queue_position(self, job_id: str) -> int | None:
@@ -268,26 +279,50 @@ class RedisStore:
                                 "later", await self._retry_after_s(name))
             created = outcome == "created"
             if created:
-                await self._durable()
                 self._events.remember(job_id, name)
                 log.info("job %s queued endpoint=%s position=%d", job_id, name, detail[0])
                 if waiter is None:
                     return JobView(job_id, name, owner, JobStatus.QUEUED, 1, 0.0, detail[0],
                                    None, None, None, 0, now, None, None), True
-                woken = await _wait_on(waiter, wait_s)  # (registered before it: no end missed)
-                if isinstance(woken, JobView):
-                    return woken, True
-            elif waiter is not None:
-                job = await self.get(job_id)  # a repeat: it may have ended long ago
-                if job is not None and not job.status.finished:
-                    await _wait_on(waiter, wait_s)
+            if waiter is not None:
+                return await self._until_finished(job_id, waiter, wait_s, created), created
         finally:
             if waiter is not None:
                 self._events.forget(job_id, waiter, finish=True)
+        return await self._read_back(job_id), created
+
+    async def _until_finished(
+        self, job_id: str, waiter: asyncio.Future[Any], wait_s: float, created: bool
+    ) -> JobView:
+        """The job once it ends (its waiter registered before it was submitted, so no end
+        is missed), or as it is after wait_s."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait_s
+        job = None if created else await self._read_back(job_id)  # a repeat may have ended
+        try:
+            while job is None or not job.status.finished:
+                remaining = deadline - loop.time()
+                if remaining <= 0 or self.closing:
+                    break
+                woken = await _wait_on(waiter, remaining)
+                if isinstance(woken, JobView):  # the finished job came in its event
+                    return woken
+                if not woken:
+                    break
+                # Woken for nothing (the events were followed again): wait on, but first
+                # read the job again, after the new waiter (an end in between is not missed).
+                self._events.forget(job_id, waiter, finish=True)
+                waiter = self._events.job_waiter(job_id, finish=True)
+                job = await self._read_back(job_id)
+        finally:
+            self._events.forget(job_id, waiter, finish=True)
+        return await self._read_back(job_id) if job is None or not job.status.finished else job
+
+    async def _read_back(self, job_id: str) -> JobView:
         job = await self.get(job_id)
         if job is None:  # forgotten in between (a TTL shorter than the wait)
             raise JobIdConflict(f"job {job_id!r} ended and was forgotten; submit it again")
-        return job, created
+        return job
 
     def _submit_together(self, endpoint: Endpoint, job: list[Any]) -> asyncio.Future[Any]:
         """The SUBMIT script's answer for this job, sent with the other submits to the
@@ -296,15 +331,25 @@ class RedisStore:
         loop = asyncio.get_running_loop()
         answer = loop.create_future()
         batch = self._batches.get(endpoint.name)
+        size = len(job[2])
+        if batch is not None and (len(batch.jobs) >= BATCH_JOBS or
+                                  batch.bytes + size > BATCH_BYTES):
+            self._send_batch(endpoint, batch)  # full: it goes now, this job in the next
+            batch = None
         if batch is None:
-            batch = self._batches[endpoint.name] = []
-            loop.call_soon(self._send_batch, endpoint)  # once this turn's submits are in
-        batch.append((job, answer))
+            batch = self._batches[endpoint.name] = _Batch()
+            loop.call_soon(self._send_batch, endpoint, batch)  # once this turn's are in
+        batch.jobs.append((job, answer))
+        batch.bytes += size
         return answer
 
-    def _send_batch(self, endpoint: Endpoint) -> None:
-        batch = self._batches.pop(endpoint.name)
-        task = asyncio.ensure_future(self._run_batch(endpoint, batch))
+    def _send_batch(self, endpoint: Endpoint, batch: _Batch) -> None:
+        if batch.sent:
+            return
+        batch.sent = True
+        if self._batches.get(endpoint.name) is batch:
+            del self._batches[endpoint.name]
+        task = asyncio.ensure_future(self._run_batch(endpoint, batch.jobs))
         self._sending.add(task)
         task.add_done_callback(self._sending.discard)
 
@@ -317,7 +362,7 @@ class RedisStore:
         for job, _ in batch:
             args += job
         try:
-            answers = await self._run("SUBMIT", args)
+            answers = await self._run("SUBMIT", args, acknowledged=True)
         except BaseException as e:
             for _, answer in batch:
                 if not answer.done():
@@ -367,9 +412,8 @@ class RedisStore:
         outcome = await self._run("CANCEL", [
             self._base(endpoint), self._p + "id:", self._p + "w:", self._clock(),
             self._ttl_ms(endpoint), job_id,
-        ])
+        ], acknowledged=True)
         if outcome == b"canceled":
-            await self._durable()
             log.info("job %s canceled endpoint=%s", job_id, endpoint)
         return await self.get(job_id)
 
@@ -381,7 +425,7 @@ class RedisStore:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         names = [e.name for e in endpoints]
-        woken = recheck = False
+        woken, recheck = False, timeout_s <= 0  # (a poll that will not wait always looks)
         while not self.closing:
             waiter = self._events.worker_waiter(names)  # before trying: no wake falls between
             try:
@@ -390,58 +434,91 @@ class RedisStore:
                 if recheck or not self._events.known_empty(names):
                     grants = await self._take(endpoints, max_batch, worker_id)
                     if grants:
-                        if waiter.done() and len(grants) == max_batch:  # (more may be queued)
-                            self._events.wake_worker(grants[0].endpoint)  # (meant for another)
+                        full = len(grants) == min(max_batch, self._max_batch(grants[0]))
+                        if waiter.done() and full:  # more may be queued: a wake not for us
+                            self._events.wake_worker(grants[0].endpoint)
                         return grants
                 remaining = deadline - loop.time()
                 if remaining <= 0:
                     return []
                 woken = await _wait_on(waiter, min(remaining, RECHECK_S))
                 recheck = not woken  # (a lost wake costs at most RECHECK_S)
+            except BaseException:
+                if waiter.done() and waiter.result() is True:  # pass on the wake it took
+                    for name in names:
+                        self._events.wake_worker(name)
+                raise
             finally:
                 self._events.forget_worker(names, waiter)
         return []
+
+    def _max_batch(self, grant: Grant) -> int:
+        endpoint = self._endpoints.get(grant.endpoint)
+        return endpoint.worker.max_batch if endpoint else 1
 
     async def _take(
         self, endpoints: Sequence[Endpoint], max_batch: int, worker_id: str
     ) -> list[Grant]:
         """Leases up to max_batch jobs of the endpoint whose first job has waited longest."""
         mark = self._events.wakes_heard(e.name for e in endpoints)
-        endpoint = endpoints[0]
-        if len(endpoints) > 1:
-            try:
-                async with self._redis.pipeline(transaction=False) as pipe:
-                    for e in endpoints:
-                        pipe.zrange(self._base(e.name) + "q", 0, 0, withscores=True)
-                    heads = await pipe.execute()
-            except redis.exceptions.RedisError as e:
-                raise unavailable(e) from e
-            firsts = [(head[0][1], i) for i, head in enumerate(heads) if head]
-            if not firsts:
-                self._events.drained((e.name for e in endpoints), mark)
-                return []
-            endpoint = endpoints[min(firsts)[1]]
+        if len(endpoints) == 1:
+            return await self._claim(endpoints[0], max_batch, worker_id, mark)
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for e in endpoints:
+                    pipe.zrange(self._base(e.name) + "q", 0, 0, withscores=True)
+                heads = await pipe.execute()
+        except redis.exceptions.RedisError as e:
+            raise unavailable(e) from e
+        firsts = sorted((head[0][1], i) for i, head in enumerate(heads) if head)
+        if not firsts:
+            self._events.drained((e.name for e in endpoints), mark)
+        for _, i in firsts:  # (another worker may have emptied the first meanwhile)
+            if grants := await self._claim(endpoints[i], max_batch, worker_id, mark):
+                return grants
+        return []
+
+    async def _claim(
+        self, endpoint: Endpoint, max_batch: int, worker_id: str, mark: Mapping[str, int]
+    ) -> list[Grant]:
+        """Leases up to max_batch jobs of one endpoint (none when its queue is empty)."""
         settings = endpoint.endpoint
         count = min(max_batch, endpoint.worker.max_batch)
         lease_ms = round(settings.lease_s * 1000)
-        taken = await self._run("CLAIM", [
-            self._base(endpoint.name), self._p + "w:", self._clock(), lease_ms,
-            round(settings.job_timeout_s * 1000), worker_id, count, secrets.token_hex(8),
-        ])
+        try:
+            taken = await self._run("CLAIM", [
+                self._base(endpoint.name), self._p + "w:", self._clock(), lease_ms,
+                round(settings.job_timeout_s * 1000), worker_id, count, secrets.token_hex(8),
+            ], acknowledged=True)
+        except NotReplicated as e:  # (not granted: handed back, without counting an attempt)
+            await asyncio.shield(self._release(endpoint.name, e.result))
+            raise
         if len(taken) < count:  # the queue was emptied by this claim
             self._events.drained([endpoint.name], mark)
         if not taken:
             return []
-        await self._durable()
         grants = []
         for job_id, lease_id, attempt, expires_ms, inputs in taken:
             job_id = job_id.decode()
             self._events.remember(job_id, endpoint.name)
             grants.append(Grant(job_id, endpoint.name, lease_id.decode(), settings.lease_s,
-                                expires_ms, attempt, orjson.Fragment(inputs)))
+                                int(expires_ms), attempt, orjson.Fragment(inputs)))
             log.info("job %s running endpoint=%s worker=%s attempt=%d", job_id, endpoint.name,
                      worker_id, attempt)
         return grants
+
+    async def _release(self, endpoint: str, taken: list[Any]) -> None:
+        """Hands back jobs a claim took but could not grant (best effort: else their leases
+        run out)."""
+        args: list[Any] = [self._base(endpoint), self._p + "id:", self._p + "w:", self._clock(),
+                           self._ttl_ms(endpoint)]
+        for job_id, lease_id, *_ in taken:
+            args += [job_id, lease_id, "release", ""]
+        try:
+            await self._run("RESULTS", args)
+        except StoreUnavailable as e:
+            log.warning("could not hand back %d jobs not granted (%s): their leases run out",
+                        len(taken), e)
 
     async def report_progress(self, reports: Iterable[WorkerReport]) -> list[ReportAnswer]:
         """Renews the leases and records the progress; then publishes each change with its
@@ -462,7 +539,7 @@ class RedisStore:
                 outcome, _, version = outcome.decode().partition(" ")
                 answers[report.job_id] = _answer(report.job_id, outcome)
                 if outcome == "ok":
-                    event = f"{report.job_id} {version} running".encode()
+                    event = f"{report.job_id} {version} progress".encode()
                     if report.outputs is not None:
                         previews = orjson.dumps(report.outputs)
                         self._events.keep_previews(report.job_id, previews)  # (here first)
@@ -490,8 +567,7 @@ class RedisStore:
                     args += [r.job_id, r.lease_id, "failed", r.error]
                 else:
                     args += [r.job_id, r.lease_id, "done", r.outputs_json or b"{}"]
-            outcomes = await self._run("RESULTS", args)
-            await self._durable()
+            outcomes = await self._run("RESULTS", args, acknowledged=True)
             for report, (outcome, *detail) in zip(group, outcomes, strict=True):
                 outcome = outcome.decode()
                 if outcome == "finished":
@@ -582,32 +658,40 @@ class RedisStore:
         workers unseen for worker_seen_ttl_s."""
         now = self._clock()
         for name, endpoint in self._endpoints.items():
-            settings = endpoint.endpoint
-            swept = await self._run("SWEEP", [
-                self._base(name), self._p + "id:", self._p + "w:", now,
-                round(settings.result_ttl_s * 1000), round(settings.job_timeout_s * 1000),
-                settings.max_attempts, self._sweep_interval_ms, SWEEP_LIMIT,
-                f"ran longer than job_timeout_s ({settings.job_timeout_s:g} s)",
-            ])
-            if swept is None:
-                continue
-            changed, forgotten = swept
-            for what, job_id, *detail in changed:
-                if what == b"requeued":
-                    log.warning("job %s requeued endpoint=%s attempt=%s: lease expired: worker "
-                                "%s stopped reporting", job_id.decode(), name,
-                                detail[1].decode(), detail[0].decode())
-                else:
-                    log.info("job %s failed endpoint=%s error=%r", job_id.decode(), name,
-                             detail[0].decode())
-            if forgotten:
-                await self._forgotten([job_id.decode() for job_id in forgotten])
+            for batch in range(SWEEP_BATCHES):  # (a full batch: the rest right after it)
+                if not await self._sweep_batch(name, endpoint, now, more=batch > 0):
+                    break
         cutoff = now - round(self._worker_seen_ttl_s * 1000)
         for worker_id in await self._run("FORGET_WORKERS", [self._p, cutoff]):
             log.info("worker %s gone (unseen for %g s)", worker_id.decode(),
                      self._worker_seen_ttl_s)
         for worker_id in [w for w, (t, _) in self._worker_written.items() if t < cutoff]:
             del self._worker_written[worker_id]
+
+    async def _sweep_batch(self, name: str, endpoint: Endpoint, now: int, more: bool) -> bool:
+        """One SWEEP script; whether its batch was full (more may be due)."""
+        settings = endpoint.endpoint
+        swept = await self._run("SWEEP", [
+            self._base(name), self._p + "id:", self._p + "w:", now,
+            round(settings.result_ttl_s * 1000), round(settings.job_timeout_s * 1000),
+            settings.max_attempts, self._sweep_interval_ms, SWEEP_LIMIT,
+            f"ran longer than job_timeout_s ({settings.job_timeout_s:g} s)",
+            "more" if more else "",
+        ])
+        if swept is None:  # another server swept it just now
+            return False
+        changed, forgotten, looked_at = swept
+        for what, job_id, *detail in changed:
+            if what == b"requeued":
+                log.warning("job %s requeued endpoint=%s attempt=%s: lease expired: worker "
+                            "%s stopped reporting", job_id.decode(), name, detail[1].decode(),
+                            detail[0].decode())
+            else:
+                log.info("job %s failed endpoint=%s error=%r", job_id.decode(), name,
+                         detail[0].decode())
+        if forgotten:
+            await self._forgotten([job_id.decode() for job_id in forgotten])
+        return looked_at >= SWEEP_LIMIT
 
     async def _forgotten(self, job_ids: list[str]) -> None:
         for hook in self._forget_hooks:
@@ -672,8 +756,50 @@ class RedisStore:
         return max(1, math.ceil(float(run_s or 1.0) / max(1, running)))
 
 
-class StoreConfigError(Exception):
-    """The store cannot start: its Redis is unreachable or would lose jobs."""
+class RedisRateLimiter:
+    """The same limits, held in Redis: exact across every server of a deployment (a GCRA, one
+    key per endpoint and client, expiring once its bucket would be full again).
+
+    Args:
+        redis (redis.asyncio.Redis): the store's Redis.
+        prefix (str): the store's key prefix.
+    """
+
+    def __init__(self, redis: aioredis.Redis, prefix: str) -> None:
+        self._script = redis.register_script(lua.RATE_LIMIT)
+        self._prefix = prefix
+
+    async def take(self, endpoint: str, client: str, rate_per_s: float, burst: int) -> float:
+        """As RateLimiter.take; Redis away is a StoreUnavailable (503)."""
+        if rate_per_s <= 0:
+            return 0.0
+        key = f"{self._prefix}:rl:{{{endpoint}}}:{client}"
+        try:
+            wait_ms = await self._script(args=[key, now_ms(), 1000 / rate_per_s, max(1, burst)])
+        except redis.exceptions.RedisError as e:
+            raise unavailable(e) from e
+        return wait_ms / 1000
+
+
+class _Batch:
+    """Submits to one endpoint sent together (see RedisStore._submit_together)."""
+
+    __slots__ = ("bytes", "jobs", "sent")
+
+    def __init__(self) -> None:
+        self.jobs: list[tuple[list[Any], asyncio.Future[Any]]] = []
+        self.bytes = 0  # their inputs
+        self.sent = False
+
+
+class NotReplicated(StoreUnavailable):
+    """A change Redis made but no replica confirmed within replication_wait_ms (503): it may
+    survive a failover or not; the client retries it (with the same job_id)."""
+
+    def __init__(self, result: Any, wait_ms: int) -> None:
+        super().__init__(RuntimeError(f"no replica confirmed the change within {wait_ms} ms"),
+                         disk_full=False)
+        self.result = result
 
 
 def connect(url: str, timeout_s: float = 5.0) -> aioredis.Redis:
