@@ -91,12 +91,15 @@ def test_cancel_positions_and_versions_are_the_same_on_every_server(servers, htt
     assert (first["queue_position"], second["queue_position"]) == (0, 1)
     seen_on_c = get_job(http, c.url, second["job_id"])
     assert (seen_on_c["queue_position"], seen_on_c["version"]) == (1, second["version"])
-    canceled = http.delete(f"{a.url}/api/v1/jobs/{first['job_id']}").json()
-    assert canceled["status"] == "canceled"
-    # B's long-poll since the version it knows wakes with the change made on A.
-    moved = http.get(f"{b.url}/api/v1/jobs/{second['job_id']}",
-                     params={"wait": 5, "since": seen_on_c["version"]}).json()
-    assert moved["queue_position"] == 0 or moved["version"] >= seen_on_c["version"]
+    with ThreadPoolExecutor(1) as pool:
+        # B's long-poll of the first job wakes when A cancels it.
+        started = time.monotonic()
+        polled = pool.submit(http.get, f"{b.url}/api/v1/jobs/{first['job_id']}",
+                             params={"wait": 20, "since": first["version"]})
+        canceled = http.delete(f"{a.url}/api/v1/jobs/{first['job_id']}").json()
+        moved = polled.result().json()
+    assert canceled["status"] == moved["status"] == "canceled"
+    assert moved["version"] == canceled["version"] and time.monotonic() - started < 10
     assert get_job(http, c.url, second["job_id"])["queue_position"] == 0
 
 

@@ -114,11 +114,11 @@ def test_the_primary_killed_under_load_loses_no_acknowledged_job(
     for thread in threads:
         thread.start()
     try:
-        wait_until(lambda: len(acknowledged) >= 40, timeout_s=30)
+        wait_until(lambda: len(acknowledged) >= 20, timeout_s=30)
         primary.kill()
         before = len(acknowledged)
         # Sentinel promotes a replica within a few seconds; submits are refused meanwhile.
-        wait_until(lambda: len(acknowledged) >= before + 40, timeout_s=60)
+        wait_until(lambda: len(acknowledged) >= before + 20, timeout_s=60)
     finally:
         stop.set()
         for thread in threads:
