@@ -195,8 +195,8 @@ def main() -> None:
                         help="deployments to run side by side, STORE:SERVERS separated by "
                         "commas (sqlite:1, redis:N); default sqlite:1")
     parser.add_argument("--rounds", type=int, default=1,
-                        help="runs of each scenario (with --against, each round swaps which "
-                        "version goes first: the machine drifts between runs)")
+                        help="runs of each scenario (each round runs the versions and stores "
+                        "in the other order: the machine drifts between runs)")
     args = parser.parse_args()
     scenarios = (
         [Scenario(args.clients, args.workers, args.batch)] if args.clients else STANDARD
@@ -216,14 +216,13 @@ def main() -> None:
     with source_tree(args.against) as previous:
         versions = [(REPO, "this")] + ([(previous, args.against[:9])] if args.against else [])
         for scenario in scenarios:
-            for deployment in deployments:
-                for round_ in range(args.rounds):
-                    for tree, version in versions[::-1] if round_ % 2 else versions:
-                        if version != "this" and deployment.store != "sqlite":
-                            continue  # (an earlier version may have no Redis store)
-                        with contextlib.suppress(KeyboardInterrupt):
-                            run(scenario, deployment, args.duration_s, args.log_level, tree,
-                                version)
+            for round_ in range(args.rounds):  # (each round in the other order: drift)
+                runs = [(d, v) for d in deployments for v in versions
+                        if v[1] == "this" or d.store == "sqlite"]  # (old: maybe no Redis)
+                for deployment, (tree, version) in runs[::-1] if round_ % 2 else runs:
+                    with contextlib.suppress(KeyboardInterrupt):
+                        run(scenario, deployment, args.duration_s, args.log_level, tree,
+                            version)
 
 
 if __name__ == "__main__":

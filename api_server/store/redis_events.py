@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 import logging
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -230,6 +230,20 @@ class RedisEvents:
             waiters = self._workers[endpoint]
             if waiter in waiters:
                 waiters.remove(waiter)
+
+    def take_worker(
+        self, endpoint: str, among: Callable[[asyncio.Future[Any]], bool]
+    ) -> asyncio.Future[Any] | None:
+        """The first waiter (of those `among` accepts) of a worker waiting for jobs of this
+        endpoint, taken out of every endpoint's waiters (no wake resolves it any more): the
+        caller resolves it, with the jobs a script leased to that worker, or True."""
+        for waiter in self._workers.get(endpoint, ()):
+            if not waiter.done() and among(waiter):
+                for waiters in self._workers.values():
+                    if waiter in waiters:
+                        waiters.remove(waiter)
+                return waiter
+        return None
 
     def wake_worker(self, endpoint: str) -> None:
         waiters = self._workers.get(endpoint, [])

@@ -118,16 +118,51 @@ local function requeue(base, wp, id, attempts)
 end
 """
 
-# The submits a server makes in one turn of its event loop, to one endpoint. ARGV: base, id key
-# prefix, endpoint, max_queue_length, max_queue_bytes, then per job: id, owner, inputs, now.
-# -> one answer per job: {'created', position} | {'exists'} | {'conflict', what} |
-# {'full', what}. The ids queued are published together, a line each, on the wake channel.
-SUBMIT = "#!lua\n" + _MS + """
+# Leases up to `count` jobs off the front of the endpoint's queue to worker `wid`; publishes
+# their change; returns {{id, lease id, attempt, lease expiry, inputs}, ...}.
+_TAKE = """
+local function take(base, wp, now_s, lease_ms, timeout_ms, wid, count, nonce)
+  local now = tonumber(now_s)
+  local popped = redis.call('ZPOPMIN', base .. 'q', count)
+  local out, events = {}, {}
+  for i = 1, #popped, 2 do
+    local id = popped[i]
+    local key = base .. 'job:' .. id
+    local f = redis.call('HMGET', key, 'st', 'in', 'ib')
+    if f[1] == 'queued' then  -- (an id whose job is gone or changed is dropped from the queue)
+      local lid = string.sub(redis.sha1hex(nonce .. id), 1, 16)
+      local att = redis.call('HINCRBY', key, 'att', 1)
+      redis.call('HSET', key, 'st', 'running', 'lid', lid, 'wid', wid, 'sat', now_s,
+                 'lexp', ms(now + lease_ms))
+      redis.call('DECRBY', base .. 'qb', f[3])
+      redis.call('ZADD', base .. 'leases', ms(now + math.min(lease_ms, timeout_ms)), id)
+      events[#events + 1] = id .. ' ' .. redis.call('HINCRBY', key, 'v', 1) .. ' running'
+      out[#out + 1] = {id, lid, att, ms(now + lease_ms), f[2]}
+    end
+  end
+  if #events > 0 then redis.call('PUBLISH', base .. 'ev', table.concat(events, '\\n')) end
+  if #out > 0 and redis.call('EXISTS', wp .. wid) == 1 then
+    redis.call('HINCRBY', wp .. wid, 'running', #out)
+  end
+  return out
+end
+"""
+
+# The submits a server makes in one turn of its event loop, to one endpoint, and when one of its
+# workers is waiting for that endpoint, the lease of the jobs it can take: in one script, the
+# jobs go to the worker in the change that queues them (no claim, no wake in between).
+# ARGV: base, id key prefix, endpoint, max_queue_length, max_queue_bytes, worker key prefix,
+# now, lease_ms, job_timeout_ms, the waiting worker ('' for none), how many jobs it takes, a
+# nonce, then per job: id, owner, inputs, its submit time.
+# -> {one answer per job: {'created', position} | {'exists'} | {'conflict', what} |
+# {'full', what}, the jobs the worker took (as CLAIM's)}. The ids left queued are published
+# together, a line each, on the wake channel.
+SUBMIT = "#!lua\n" + _MS + _TAKE + """
 local base, idp, ep = ARGV[1], ARGV[2], ARGV[3]
 local max_len, max_bytes = tonumber(ARGV[4]), tonumber(ARGV[5])
 local q = base .. 'q'
 local out, queued = {}, {}
-for i = 6, #ARGV, 4 do
+for i = 13, #ARGV, 4 do
   local id, own, inputs, now = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   local key = base .. 'job:' .. id
   local ih = redis.sha1hex(inputs)
@@ -152,38 +187,26 @@ for i = 6, #ARGV, 4 do
     out[#out + 1] = {'created', redis.call('ZRANK', q, id)}
   end
 end
+local taken = {}
+if ARGV[10] ~= '' and #queued > 0 then
+  taken = take(base, ARGV[6], ARGV[7], tonumber(ARGV[8]), tonumber(ARGV[9]), ARGV[10],
+               tonumber(ARGV[11]), ARGV[12])
+  local gone = {}
+  for _, job in ipairs(taken) do gone[job[1]] = true end
+  local left = {}
+  for _, id in ipairs(queued) do if not gone[id] then left[#left + 1] = id end end
+  queued = left
+end
 if #queued > 0 then redis.call('PUBLISH', base .. 'wake', table.concat(queued, '\\n')) end
-return out
+return {out, taken}
 """
 
 # ARGV: base, worker key prefix, now, lease_ms, job_timeout_ms, worker id, how many jobs,
 # a random nonce (the lease ids are its hash with each job's id).
 # -> {{id, lease id, attempt, lease expiry, inputs}, ...}
-CLAIM = "#!lua\n" + _MS + """
-local base, wp, now = ARGV[1], ARGV[2], tonumber(ARGV[3])
-local lease_ms, timeout_ms, wid = tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6]
-local popped = redis.call('ZPOPMIN', base .. 'q', tonumber(ARGV[7]))
-local out, events = {}, {}
-for i = 1, #popped, 2 do
-  local id = popped[i]
-  local key = base .. 'job:' .. id
-  local f = redis.call('HMGET', key, 'st', 'in', 'ib')
-  if f[1] == 'queued' then  -- (an id whose job is gone or changed is dropped from the queue)
-    local lid = string.sub(redis.sha1hex(ARGV[8] .. id), 1, 16)
-    local att = redis.call('HINCRBY', key, 'att', 1)
-    redis.call('HSET', key, 'st', 'running', 'lid', lid, 'wid', wid, 'sat', ARGV[3],
-               'lexp', ms(now + lease_ms))
-    redis.call('DECRBY', base .. 'qb', f[3])
-    redis.call('ZADD', base .. 'leases', ms(now + math.min(lease_ms, timeout_ms)), id)
-    events[#events + 1] = id .. ' ' .. redis.call('HINCRBY', key, 'v', 1) .. ' running'
-    out[#out + 1] = {id, lid, att, ms(now + lease_ms), f[2]}
-  end
-end
-if #events > 0 then redis.call('PUBLISH', base .. 'ev', table.concat(events, '\\n')) end
-if #out > 0 and redis.call('EXISTS', wp .. wid) == 1 then
-  redis.call('HINCRBY', wp .. wid, 'running', #out)
-end
-return out
+CLAIM = "#!lua\n" + _MS + _TAKE + """
+return take(ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6],
+            tonumber(ARGV[7]), ARGV[8])
 """
 
 # ARGV: base, now, lease_ms, job_timeout_ms, then per report: id, lease id, progress ('' for

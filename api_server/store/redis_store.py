@@ -110,6 +110,8 @@ class RedisStore:
         self._batches: dict[str, _Batch] = {}  # the submits of this loop turn, per endpoint
         self._sending: set[asyncio.Task[None]] = set()
         self._settled: dict[str, asyncio.Future[bool]] = {}
+        # Workers of this server waiting for jobs (their waiters: worker id, max batch).
+        self._parked: dict[asyncio.Future[Any], tuple[str, int]] = {}
         self._worker_written: dict[str, tuple[int, tuple[Any, ...]]] = {}
         self._forget_hooks: list[Callable[[list[str]], Awaitable[None]]] = []
 
@@ -357,22 +359,45 @@ class RedisStore:
         self, endpoint: Endpoint, batch: list[tuple[list[Any], asyncio.Future[Any]]]
     ) -> None:
         settings = endpoint.endpoint
+        # A worker of this server waiting for the endpoint takes the jobs in the same script,
+        # when they make its whole batch or no other submit is under way (a batch worker is
+        # rather woken when more are coming, to take them together: see _settle).
+        wanted = endpoint.worker.max_batch
+        alone = self._submitting.get(endpoint.name, 0) <= len(batch)
+
+        def takes_them(waiter: asyncio.Future[Any]) -> bool:
+            parked = self._parked.get(waiter)
+            return parked is not None and (alone or min(parked[1], wanted) <= len(batch))
+
+        taker = self._events.take_worker(endpoint.name, among=takes_them)
+        worker_id, count = self._parked[taker] if taker else ("", 0)
         args = [self._base(endpoint.name), self._p + "id:", endpoint.name,
-                settings.max_queue_length, settings.max_queue_bytes]
+                settings.max_queue_length, settings.max_queue_bytes, self._p + "w:",
+                self._clock(), round(settings.lease_s * 1000),
+                round(settings.job_timeout_s * 1000), worker_id,
+                min(count, endpoint.worker.max_batch), secrets.token_hex(8)]
         for job, _ in batch:
             args += job
         try:
-            answers = await self._run("SUBMIT", args, acknowledged=True)
+            answers, taken = await self._run("SUBMIT", args, acknowledged=True)
         except BaseException as e:
-            for _, answer in batch:
-                if not answer.done():
+            for _, answer in (*batch, (None, taker)):
+                if answer is not None and not answer.done():
                     answer.set_exception(e)
+                    answer.exception()  # (a worker gone meanwhile: nobody else retrieves it)
             if not isinstance(e, Exception):
                 raise
             return
         for (_, answer), reply in zip(batch, answers, strict=True):
             if not answer.done():
                 answer.set_result(reply)
+        if taker is not None:
+            grants = self._grants(endpoint, taken, worker_id)
+            if taker.done():  # the worker's wait ended meanwhile: the jobs go back
+                if taken:
+                    await self._release(endpoint.name, taken)
+            else:
+                taker.set_result(grants or True)  # (none: it looks for itself)
 
     def _submitted(self, endpoint: str) -> None:
         self._submitting[endpoint] -= 1
@@ -441,12 +466,22 @@ class RedisStore:
                 remaining = deadline - loop.time()
                 if remaining <= 0:
                     return []
-                woken = await _wait_on(waiter, min(remaining, RECHECK_S))
+                self._parked[waiter] = (worker_id, max_batch)  # (submits may hand it jobs)
+                try:
+                    woken = await _wait_on(waiter, min(remaining, RECHECK_S))
+                finally:
+                    del self._parked[waiter]
+                if isinstance(woken, list):  # jobs handed over by the submit that queued them
+                    return woken
                 recheck = not woken  # (a lost wake costs at most RECHECK_S)
             except BaseException:
-                if waiter.done() and waiter.result() is True:  # pass on the wake it took
-                    for name in names:
-                        self._events.wake_worker(name)
+                if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+                    result = waiter.result()
+                    if result is True:  # pass on the wake it took
+                        for name in names:
+                            self._events.wake_worker(name)
+                    elif isinstance(result, list) and result:  # jobs handed over: back
+                        await asyncio.shield(self._hand_back(result))
                 raise
             finally:
                 self._events.forget_worker(names, waiter)
@@ -495,17 +530,25 @@ class RedisStore:
             raise
         if len(taken) < count:  # the queue was emptied by this claim
             self._events.drained([endpoint.name], mark)
-        if not taken:
-            return []
+        return self._grants(endpoint, taken, worker_id)
+
+    def _grants(self, endpoint: Endpoint, taken: list[Any], worker_id: str) -> list[Grant]:
+        """The grants of jobs a script leased (CLAIM's, or SUBMIT's to a waiting worker)."""
         grants = []
         for job_id, lease_id, attempt, expires_ms, inputs in taken:
             job_id = job_id.decode()
             self._events.remember(job_id, endpoint.name)
-            grants.append(Grant(job_id, endpoint.name, lease_id.decode(), settings.lease_s,
-                                int(expires_ms), attempt, orjson.Fragment(inputs)))
+            grants.append(Grant(job_id, endpoint.name, lease_id.decode(),
+                                endpoint.endpoint.lease_s, int(expires_ms), attempt,
+                                orjson.Fragment(inputs)))
             log.info("job %s running endpoint=%s worker=%s attempt=%d", job_id, endpoint.name,
                      worker_id, attempt)
         return grants
+
+    async def _hand_back(self, grants: list[Grant]) -> None:
+        """Hands back jobs granted to a worker whose poll ended before it got them."""
+        taken = [(g.job_id, g.lease_id) for g in grants]
+        await self._release(grants[0].endpoint, taken)
 
     async def _release(self, endpoint: str, taken: list[Any]) -> None:
         """Hands back jobs a claim took but could not grant (best effort: else their leases
