@@ -555,3 +555,21 @@ async def test_redis_a_wait_submit_is_answered_with_the_job_its_end_carries(redi
     job, created = await asyncio.wait_for(waiting, 2)
     assert (created, job.status, orjson.loads(job.outputs_json)) == (
         True, JobStatus.DONE, {"text": "w"})
+
+
+async def test_redis_a_waiting_worker_gets_jobs_in_the_script_that_queues_them(
+    redis_store, echo, redis_url
+):
+    import redis.asyncio
+
+    await submit(redis_store, echo)  # (the scripts loaded: no NOSCRIPT retry counted below)
+    await claim(redis_store, echo)
+    async with redis.asyncio.Redis.from_url(redis_url) as client:
+        waiting = asyncio.ensure_future(redis_store.claim([echo], 1, "w", timeout_s=5))
+        await asyncio.sleep(0.1)  # the worker waits (its first look found nothing)
+        before = (await client.info("commandstats"))["cmdstat_evalsha"]["calls"]
+        job = await submit(redis_store, echo)
+        (grant,) = await asyncio.wait_for(waiting, 2)
+        after = (await client.info("commandstats"))["cmdstat_evalsha"]["calls"]
+    assert grant.job_id == job.id and after - before == 1  # one script: no claim after it
+    assert (await redis_store.get(job.id)).status is JobStatus.RUNNING
