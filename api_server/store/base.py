@@ -8,6 +8,7 @@ turns into statuses (409, 429, 503, 507).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, Protocol
 
@@ -102,3 +103,20 @@ class Store(Protocol):
     def on_forget(self, hook: Callable[[list[str]], Awaitable[None]]) -> None:
         """Calls `await hook(job_ids)` after jobs are forgotten at the end of their TTL."""
         ...
+
+
+async def wait_on(waiter: asyncio.Future[Any], timeout_s: float) -> Any:
+    """Waits for a waiter (its result: True when woken, or what woke it) or timeout_s
+    (False). By hand, not asyncio.wait_for: that takes two more loop turns to wake the waiting
+    task, and a woken worker must take the jobs arriving before the commit that writes them
+    (see `JobStore._insert`)."""
+    timer = asyncio.get_running_loop().call_later(timeout_s, _time_out, waiter)
+    try:
+        return await waiter
+    finally:
+        timer.cancel()
+
+
+def _time_out(waiter: asyncio.Future[Any]) -> None:
+    if not waiter.done():
+        waiter.set_result(False)

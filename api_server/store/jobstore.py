@@ -27,6 +27,7 @@ from typing import Any
 import orjson
 
 from api_server.config import Endpoint, EndpointSection
+from api_server.store.base import wait_on
 from api_server.store.journal import Journal, JournalError
 from api_server.store.model import (
     INLINE_VALUE_MAX_BYTES,
@@ -79,7 +80,7 @@ class JobStore:
         self._arriving: dict[str, dict[str, Job]] = {name: {} for name in endpoints}
         self._running: dict[str, Job] = {}
         self._expiry: list[tuple[int, str]] = []  # heap of (expires_at_ms, job_id)
-        # Futures set to True by a change (False when their wait ran out; see `_wait_on`).
+        # Futures set to True by a change (False when their wait ran out; see `wait_on`).
         self._job_waiters: dict[str, list[asyncio.Future[bool]]] = {}
         self._finish_waiters: dict[str, list[asyncio.Future[bool]]] = {}  # only at the end
         self._worker_waiters: dict[str, list[asyncio.Future[bool]]] = {n: [] for n in endpoints}
@@ -304,7 +305,7 @@ class JobStore:
         waiter = asyncio.get_running_loop().create_future()
         waiting.setdefault(job_id, []).append(waiter)
         try:
-            await _wait_on(waiter, timeout_s)
+            await wait_on(waiter, timeout_s)
         finally:
             waiters = waiting.get(job_id)
             if waiters is not None and waiter in waiters:
@@ -354,7 +355,7 @@ class JobStore:
             for endpoint in endpoints:
                 self._worker_waiters[endpoint.name].append(waiter)
             try:
-                if not await _wait_on(waiter, remaining):
+                if not await wait_on(waiter, remaining):
                     return []
             except asyncio.CancelledError:  # the worker hung up: pass on a wake meant for it
                 if waiter.done() and not waiter.cancelled():
@@ -849,22 +850,6 @@ class JobStore:
         """A guess at when a queue slot frees: one job's run time over the jobs running."""
         running = sum(1 for job in self._running.values() if job.endpoint == endpoint)
         return max(1, math.ceil(self._run_s[endpoint] / max(1, running)))
-
-
-async def _wait_on(waiter: asyncio.Future[bool], timeout_s: float) -> bool:
-    """Waits for a waiter (True: woken) or timeout_s (False). By hand, not asyncio.wait_for:
-    that takes two more loop turns to wake the waiting task, and a woken worker must take the
-    jobs arriving before the commit that writes them (see `JobStore._insert`)."""
-    timer = asyncio.get_running_loop().call_later(timeout_s, _time_out, waiter)
-    try:
-        return await waiter
-    finally:
-        timer.cancel()
-
-
-def _time_out(waiter: asyncio.Future[bool]) -> None:
-    if not waiter.done():
-        waiter.set_result(False)
 
 
 class _Held:

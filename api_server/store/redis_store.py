@@ -37,6 +37,7 @@ import redis.exceptions
 
 from api_server.config import DURABILITY, Endpoint
 from api_server.store import redis_scripts as lua
+from api_server.store.base import wait_on
 from api_server.store.model import (
     Clock,
     JobIdConflict,
@@ -306,7 +307,7 @@ class RedisStore:
                 remaining = deadline - loop.time()
                 if remaining <= 0 or self.closing:
                     break
-                woken = await _wait_on(waiter, remaining)
+                woken = await wait_on(waiter, remaining)
                 if isinstance(woken, JobView):  # the finished job came in its event
                     return woken
                 if not woken:
@@ -415,7 +416,7 @@ class RedisStore:
                 if settled is None:
                     settled = self._settled[endpoint.name] = (
                         asyncio.get_running_loop().create_future())
-                await _wait_on(settled, SETTLE_MAX_S)
+                await wait_on(settled, SETTLE_MAX_S)
 
     async def wait_for_change(
         self, job_id: str, since_version: int, timeout_s: float
@@ -425,7 +426,7 @@ class RedisStore:
             job = await self.get(job_id)
             if job is None or job.version > since_version or timeout_s <= 0 or self.closing:
                 return job
-            await _wait_on(waiter, timeout_s)
+            await wait_on(waiter, timeout_s)
         finally:
             self._events.forget(job_id, waiter)
         return await self.get(job_id)
@@ -468,7 +469,7 @@ class RedisStore:
                     return []
                 self._parked[waiter] = (worker_id, max_batch)  # (submits may hand it jobs)
                 try:
-                    woken = await _wait_on(waiter, min(remaining, RECHECK_S))
+                    woken = await wait_on(waiter, min(remaining, RECHECK_S))
                 finally:
                     del self._parked[waiter]
                 if isinstance(woken, list):  # jobs handed over by the submit that queued them
@@ -888,17 +889,3 @@ def _answer(job_id: str, outcome: str) -> ReportAnswer:
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
-
-
-async def _wait_on(waiter: asyncio.Future[Any], timeout_s: float) -> Any:
-    """Waits for a waiter (its result: True, or what woke it) or timeout_s (False)."""
-    timer = asyncio.get_running_loop().call_later(timeout_s, _time_out, waiter)
-    try:
-        return await waiter
-    finally:
-        timer.cancel()
-
-
-def _time_out(waiter: asyncio.Future[bool]) -> None:
-    if not waiter.done():
-        waiter.set_result(False)
