@@ -148,6 +148,7 @@ def test_a_server_killed_under_load_loses_no_acknowledged_job(servers, start_wor
     with ThreadPoolExecutor(4) as pool:
         list(pool.map(client, range(4)))
     assert killed.is_set() and len(acknowledged) == 160
+    done = 0
     with httpx.Client(timeout=30) as http:
         for job_id in sorted(acknowledged):
             deadline = time.monotonic() + 60
@@ -156,6 +157,8 @@ def test_a_server_killed_under_load_loses_no_acknowledged_job(servers, start_wor
                 assert time.monotonic() < deadline, job
                 job = get_job(http, a.url, job_id, wait_s=5)
             assert (job["status"], job["outputs"]["text"]) == ("done", job_id), job
+            done += 1
+    print(f"acknowledged {len(acknowledged)}, done {done}, lost {len(acknowledged) - done}")
 
 
 def test_redis_away_is_a_503_and_the_servers_recover(start_server, tmp_path, http):
