@@ -1,16 +1,17 @@
 """Server instructions per job, counted by valgrind's callgrind: a figure that does not drift.
 
 CPU seconds on this shared 2-core machine drift by 10-30% from run to run (bench/queue.py says
-so); an instruction count of the same work repeats to about 0.1%. This runs a `jobhive-server`
+so); an instruction count of the same work repeats to about 0.3%. This runs a `jobhive-server`
 under callgrind and drives it in lockstep rounds: each round, --batch clients submit an echo job
 with `?wait=`, then one worker poll takes the whole batch and one results post finishes it. Those
 are the requests of bench/queue.py's batch-8 scenario, without the timing that decides its batch
 sizes. Counters are zeroed after warm-up rounds and read after the measured ones.
 
-It counts the server's own instructions in user space (Python, aiohttp, uvloop, SQLite), not the
-kernel's work for its system calls, so it ranks versions of the server's code, while
-bench/queue.py gives the CPU seconds and jobs/s. Needs valgrind (`apt-get install valgrind`);
-a run takes about 30 s per version.
+It measures the SQLite store (the Redis store's cost is mostly round trips, which
+bench/queue.py --stores shows). It counts the server's own instructions in user space (Python,
+aiohttp, uvloop, SQLite), not the kernel's work for its system calls, so it ranks versions of
+the server's code, while bench/queue.py gives the CPU seconds and jobs/s. Needs valgrind
+(`apt-get install valgrind`); a run takes about 30 s per version.
 
     python bench/instructions.py                        # this version
     python bench/instructions.py --against d8342ed      # and an earlier one, side by side

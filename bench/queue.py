@@ -202,6 +202,8 @@ def main() -> None:
         [Scenario(args.clients, args.workers, args.batch)] if args.clients else STANDARD
     )
     deployments = []
+    if args.servers != 1 and not args.store:
+        parser.error("--servers goes with --store (or give --stores STORE:SERVERS,...)")
     stores = f"{args.store}:{args.servers}" if args.store else args.stores
     for item in stores.split(","):
         store, _, servers = item.partition(":")
@@ -217,8 +219,11 @@ def main() -> None:
         versions = [(REPO, "this")] + ([(previous, args.against[:9])] if args.against else [])
         for scenario in scenarios:
             for round_ in range(args.rounds):  # (each round in the other order: drift)
+                # (an earlier version may have no Redis store; with fewer clients than
+                # servers, some servers would get none: not a deployment of N servers)
                 runs = [(d, v) for d in deployments for v in versions
-                        if v[1] == "this" or d.store == "sqlite"]  # (old: maybe no Redis)
+                        if (v[1] == "this" or d.store == "sqlite")
+                        and d.servers <= scenario.clients]
                 for deployment, (tree, version) in runs[::-1] if round_ % 2 else runs:
                     with contextlib.suppress(KeyboardInterrupt):
                         run(scenario, deployment, args.duration_s, args.log_level, tree,

@@ -27,8 +27,9 @@ from typing import Any
 
 from tqdm import tqdm
 
-from jobhive.client import DEFAULT_SERVER_URL, Client, File, Job, new_job_id
+from jobhive.client import Client, File, Job, new_job_id
 from jobhive.errors import JobhiveError
+from jobhive.protocol import DEFAULT_SERVER_URL
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

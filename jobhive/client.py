@@ -35,6 +35,7 @@ import orjson
 
 from jobhive.errors import ConnectionFailed, JobCanceled, JobFailed, WaitTimeout, error_for
 from jobhive.protocol import (
+    DEFAULT_SERVER_URL,
     ENDPOINTS_PATH,
     EVENT_OF_STATUS,
     EVENT_PROGRESS,
@@ -49,12 +50,12 @@ from jobhive.protocol import (
     job_file_path,
     job_path,
     new_job_id,
+    server_urls,
     submit_path,
 )
 
 log = logging.getLogger("jobhive.client")
 
-DEFAULT_SERVER_URL = "http://127.0.0.1:7777"
 RETRY_STATUSES = frozenset({502, 503, 504})  # a proxy or load balancer with no server behind
 LONG_POLL_S = 30.0  # one `GET ?wait=` holds this long at most
 _CONNECTION_ERRORS = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError)
@@ -210,26 +211,6 @@ def backoff_delay_s(attempt: int, base_s: float, max_s: float) -> float:
         many clients cut off together do not come back together).
     """
     return min(max_s, base_s * 2**attempt) * random.uniform(0.5, 1.0)
-
-
-def server_urls(urls: str | Sequence[str]) -> tuple[str, ...]:
-    """The server URLs of a client's or worker's argument, in order, without a trailing slash.
-
-    Args:
-        urls (str | Sequence[str]): one URL, several separated by commas
-            ("http://a:7777,http://b:7777"), or a list or tuple of them.
-
-    Returns:
-        tuple[str, ...]: the URLs (empty items left out).
-
-    Raises:
-        ValueError: no URL in it.
-    """
-    items = urls.split(",") if isinstance(urls, str) else urls
-    found = tuple(url.strip().rstrip("/") for url in items if url.strip().rstrip("/"))
-    if not found:
-        raise ValueError(f"no server URL in {urls!r}")
-    return found
 
 
 def _job_id(job: str | Job) -> str:

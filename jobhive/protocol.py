@@ -22,12 +22,12 @@ import base64
 import re
 import secrets
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from types import MappingProxyType
 from typing import Any, NamedTuple
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 # ----- job statuses and the SSE events that carry them
 
@@ -80,6 +80,44 @@ JOB_KEYS = (
     "started_at_ms",
     "finished_at_ms",
 )
+
+# ----- servers
+
+DEFAULT_SERVER_URL = "http://127.0.0.1:7777"
+
+
+def server_urls(urls: str | Sequence[str], paths: bool = True) -> tuple[str, ...]:
+    """The server URLs of a client's or worker's argument, in order, without a trailing slash.
+
+    Args:
+        urls (str | Sequence[str]): one URL, several separated by commas
+            ("http://a:7777,http://b:7777"), or a list or tuple of them.
+        paths (bool): whether a URL may have a path (a server behind a proxy's prefix); the
+            worker's may not.
+
+    Returns:
+        tuple[str, ...]: the URLs (empty items left out).
+
+    Raises:
+        ValueError: no URL in it, or one that is not http(s)://HOST[:PORT][/PATH] (saying
+            which).
+    """
+    items = urls.split(",") if isinstance(urls, str) else urls
+    found = tuple(url.strip().rstrip("/") for url in items if url.strip().rstrip("/"))
+    if not found:
+        raise ValueError(f"no server URL in {urls!r}")
+    for url in found:
+        try:
+            parts = urlsplit(url)
+            port_ok = parts.port is None or parts.port > 0
+        except ValueError:
+            parts, port_ok = None, False
+        if parts is None or parts.scheme not in ("http", "https") or not parts.hostname or \
+                not port_ok or parts.query or parts.fragment or (parts.path and not paths):
+            form = "http(s)://HOST[:PORT]" + ("[/PATH]" if paths else "")
+            raise ValueError(f"{url!r} is not a server URL ({form})")
+    return found
+
 
 # ----- job ids
 

@@ -7,8 +7,10 @@ cd "$(dirname "$0")/.."
 # 1. Debian packages: ffmpeg (audio and odd image formats), chromium (the browser tests drive
 #    it with Playwright; no browser is ever downloaded), firefox-esr (the pages are checked
 #    in Firefox too, over WebDriver BiDi), redis-server and redis-sentinel (the shared store of
-#    several servers; the tests start their own, never the system service) and nginx (the
-#    load balancer example, tested in front of three servers).
+#    several servers) and nginx (the load balancer example, tested in front of three servers).
+#    The tests start their own Redis, Sentinels and nginx on free ports; on a machine with
+#    systemd, Debian also starts the packages' services (ports 6379, 26379 and 80), which
+#    nothing here uses: `systemctl disable --now redis-server redis-sentinel nginx` if unwanted.
 packages=()
 command -v ffmpeg >/dev/null 2>&1 || packages+=(ffmpeg)
 command -v redis-server >/dev/null 2>&1 || packages+=(redis-server)

@@ -316,7 +316,7 @@ def start_redis(folder: Path, port: int, *extra: str) -> Process:
 
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Process]:
-    """One Redis per test process (on a held port: it can be restarted on the same one)."""
+    """One Redis per test process, on a held port (no other process can take it meanwhile)."""
     if shutil.which("redis-server") is None:
         pytest.skip("redis-server is not installed (scripts/setup.sh installs it)")
     with hold_port() as port:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,10 @@ import httpx
 from aiohttp import web
 from conftest import ECHO_WORKER_KEY, REPO, write_endpoint
 
+from jobhive.protocol import FINISHED_STATUSES
+
 ECHO_TOML = (REPO / "endpoints" / "echo" / "endpoint.toml").read_text()
+FINISHED = tuple(sorted(FINISHED_STATUSES))  # a job's statuses once it ended
 
 
 def _toml_value(value: Any) -> str:
@@ -195,6 +199,22 @@ def get_job(http: httpx.Client, url: str, job_id: str, wait_s: float = 0) -> dic
     reply = http.get(f"{url}/api/v1/jobs/{job_id}", params=params)
     assert reply.status_code == 200, reply.text
     return reply.json()
+
+
+def wait_status(
+    http: httpx.Client, url: str, job_id: str, statuses: Iterable[str] = FINISHED,
+    timeout_s: float = 30,
+) -> dict[str, Any]:
+    """Long-polls the job until its status is one of `statuses`; returns the job."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        job = get_job(http, url, job_id)
+        if job["status"] in statuses:
+            return job
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise AssertionError(f"job {job_id} still {job['status']}, not {statuses}: {job}")
+        get_job(http, url, job_id, wait_s=min(5.0, remaining))
 
 
 def entry(job: dict[str, Any], **fields: Any) -> dict[str, Any]:

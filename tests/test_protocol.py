@@ -30,6 +30,7 @@ from jobhive.protocol import (
     decode_data_url,
     encode_data_url,
     new_job_id,
+    server_urls,
     valid_job_id,
 )
 from workers.runtime import images
@@ -276,3 +277,16 @@ async def test_a_server_gone_costs_the_goodbye_one_log_line(caplog):
     goodbyes = [r for r in caplog.records if r.name == "jobhive.worker"]
     assert [(r.levelno, r.getMessage()[:22]) for r in goodbyes] == [
         (logging.INFO, "goodbye not delivered ")]
+
+
+def test_server_urls_are_checked_and_trimmed():
+    assert server_urls(" http://a:7777/, https://b ") == ("http://a:7777", "https://b")
+    assert server_urls(["http://proxy/jobhive/"]) == ("http://proxy/jobhive",)
+    for bad in ("queue-b:7777", "ftp://a", "http://a:7777?x=1", "http://:7777", "http://a:0",
+                "http://a:99999"):
+        with pytest.raises(ValueError, match="is not a server URL"):
+            server_urls(f"http://ok:1,{bad}")
+    with pytest.raises(ValueError, match=r"\(http\(s\)://HOST\[:PORT\]\)"):
+        server_urls("http://proxy/jobhive", paths=False)
+    with pytest.raises(ValueError, match="no server URL"):
+        server_urls(" , ")

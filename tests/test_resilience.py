@@ -18,10 +18,7 @@ from typing import Any
 import httpx
 import pytest
 from conftest import Process, wait_until
-from e2e_http import echo_variant, get_job
-
-FINISHED = ("done", "failed", "canceled")
-
+from e2e_http import FINISHED, echo_variant, get_job, wait_status
 
 # ----- helpers
 
@@ -30,21 +27,6 @@ def submit(http: httpx.Client, url: str, **inputs: Any) -> str:
     reply = http.post(f"{url}/api/v1/endpoints/echo/jobs", json={"inputs": inputs})
     assert reply.status_code == 202, reply.text
     return reply.json()["job_id"]
-
-
-def wait_status(
-    http: httpx.Client, url: str, job_id: str, statuses: tuple[str, ...], timeout_s: float = 30
-) -> dict[str, Any]:
-    """Long-polls the job until its status is one of `statuses`; returns the job."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        job = get_job(http, url, job_id)
-        if job["status"] in statuses:
-            return job
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise AssertionError(f"job {job_id} still {job['status']}, not {statuses}: {job}")
-        get_job(http, url, job_id, wait_s=min(5.0, remaining))
 
 
 def wait_running(

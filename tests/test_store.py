@@ -358,7 +358,7 @@ async def test_a_new_store_on_the_same_state_serves_on(store, echo, backend):
 
 async def test_workers_seen_and_goodbye(store, echo):
     await store.worker_seen("w1", "key-hash", ["echo"], "10.0.0.1", {"model": "tiny"})
-    (job,) = [await submit(store, echo)]
+    job = await submit(store, echo)
     await claim(store, echo, "w1")
     stats = await store.stats(with_addresses=True)
     (worker,) = stats["workers"]
@@ -479,6 +479,14 @@ async def test_a_refused_commit_grants_nothing_that_it_held(sqlite_store, echo):
 # ----- the Redis store's own cases (what its events and scripts must get right)
 
 
+async def until(condition, timeout_s: float = 5.0) -> None:
+    """Waits (on the event loop) until condition() holds; fails the test past timeout_s."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.005)
+
+
 @pytest.fixture
 async def redis_store(echo, clock, redis_url):
     store = RedisStore({"echo": echo}, connect(redis_url), clock=clock)
@@ -541,7 +549,7 @@ async def test_redis_events_survive_a_message_they_do_not_understand(redis_store
         await client.publish("jobhive:{echo}:ev", b"not an event")
         job = await submit(redis_store, echo)
         waiting = asyncio.ensure_future(redis_store.wait_for_change(job.id, job.version, 5))
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.2)  # (its first read done: it waits for the event)
         await claim(redis_store, echo)
         changed = await asyncio.wait_for(waiting, 2)  # (woken by the event, not the timeout)
     assert changed.status is JobStatus.RUNNING
@@ -566,10 +574,28 @@ async def test_redis_a_waiting_worker_gets_jobs_in_the_script_that_queues_them(
     await claim(redis_store, echo)
     async with redis.asyncio.Redis.from_url(redis_url) as client:
         waiting = asyncio.ensure_future(redis_store.claim([echo], 1, "w", timeout_s=5))
-        await asyncio.sleep(0.1)  # the worker waits (its first look found nothing)
+        await until(lambda: redis_store._parked)  # the worker waits (its first look: nothing)
         before = (await client.info("commandstats"))["cmdstat_evalsha"]["calls"]
         job = await submit(redis_store, echo)
         (grant,) = await asyncio.wait_for(waiting, 2)
         after = (await client.info("commandstats"))["cmdstat_evalsha"]["calls"]
     assert grant.job_id == job.id and after - before == 1  # one script: no claim after it
     assert (await redis_store.get(job.id)).status is JobStatus.RUNNING
+
+
+async def test_redis_previews_are_kept_within_their_bounds(redis_store, echo, monkeypatch):
+    """Previews are kept in each server's memory (never in Redis): the oldest go past the
+    cache's bytes, and a job's go when it is done."""
+    from api_server.store import redis_events
+
+    monkeypatch.setattr(redis_events, "PREVIEW_CACHE_BYTES", 100)
+    jobs = [await submit(redis_store, echo, text=str(i)) for i in range(3)]
+    grants = await redis_store.claim([echo], 3, "w", 0)
+    for grant in grants:
+        await redis_store.report_progress(
+            [WorkerReport(grant.job_id, grant.lease_id, 10, outputs={"step": "x" * 30})])
+    views = [await redis_store.get(job.id) for job in jobs]
+    assert [v.progress_outputs is not None for v in views] == [False, True, True]
+    await redis_store.report_results([result(grants[2], outputs=b"{}")])
+    await until(lambda: grants[2].job_id not in redis_store._events._previews)  # (done heard)
+    assert redis_store._events._previews.keys() == {grants[1].job_id}

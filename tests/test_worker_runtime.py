@@ -412,8 +412,8 @@ def test_a_worker_refuses_a_server_option_without_a_url(start_worker):
 
 async def test_servers_answering_503_are_tried_in_turn_with_a_backoff_per_round(caplog):
     # Each fake server answers two polls with the 503 of a store that is away, then 204 (the
-    # burst worker exits at once). An answer, even a 503, does not end the streak of failures: after
-    # both servers failed the worker waits, it does not go round and round without a pause.
+    # burst worker exits at once). A 503 is not an answer taken: after both servers failed the
+    # worker waits, twice as long each round, it does not go round and round.
     polls: list[str] = []
 
     def fake_server(name: str) -> web.RouteTableDef:
@@ -435,7 +435,7 @@ async def test_servers_answering_503_are_tried_in_turn_with_a_backoff_per_round(
     (first, first_url), (second, second_url) = [
         await serve_app(fake_server(name)) for name in ("first", "second")]
     settings = RunnerSettings(f"{first_url},{second_url}", "worker-key", "w-1", burst=True,
-                              max_backoff_s=0.05)
+                              max_backoff_s=2)
     try:
         with caplog.at_level(logging.INFO, "jobhive.worker"):
             await asyncio.wait_for(Runner(Quiet(), settings).serve(), 10)
@@ -446,10 +446,10 @@ async def test_servers_answering_503_are_tried_in_turn_with_a_backoff_per_round(
     assert away == [
         f"server {first_url} unavailable (HTTP 503: first's store away); trying {second_url}",
         f"server {second_url} unavailable (HTTP 503: second's store away); all 2 servers "
-        f"failed, retrying in 0.1 s with {first_url}",
+        f"failed, retrying in 0.2 s with {first_url}",
         f"server {first_url} unavailable (HTTP 503: first's store away); trying {second_url}",
         f"server {second_url} unavailable (HTTP 503: second's store away); all 2 servers "
-        f"failed, retrying in 0.1 s with {first_url}",
+        f"failed, retrying in 0.5 s with {first_url}",  # (twice as long: a 503 is no answer)
     ]
     assert polls == ["first", "second", "first", "second", "first"]  # then 204: queue empty
 
@@ -506,3 +506,10 @@ async def test_a_failed_progress_report_moves_the_worker_on(caplog):
     assert ("second", WORKER_RESULTS_PATH) in hits and ("first", WORKER_RESULTS_PATH) not in hits
     assert (f"server {first_url} unavailable (HTTP 502 text/html, not JSON); trying "
             f"{second_url}") in [r.getMessage() for r in caplog.records]
+
+
+def test_a_worker_refuses_a_server_option_that_is_not_a_url(start_worker):
+    worker = start_worker("http://127.0.0.1:7777,queue-b:7777", wait_ready=False)
+
+    assert exited(worker, 30) == 2, worker.text  # (before loading its model)
+    assert "'queue-b:7777' is not a server URL (http(s)://HOST[:PORT])" in worker.text

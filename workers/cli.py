@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from jobhive.aio import run_loop
-from jobhive.client import server_urls
+from jobhive.protocol import DEFAULT_SERVER_URL, server_urls
 from workers.runtime import ModelStalled, ModelWorker, Runner, RunnerSettings, WorkerRefused
 from workers.runtime.supervisor import (
     EXIT_REFUSED,
@@ -71,10 +71,10 @@ def parse_args(argv: list[str] | None) -> tuple[type[ModelWorker], Any, argparse
         p.add_argument(
             "--server",
             metavar="URL[,URL...]",
-            default=os.environ.get("JOBHIVE_SERVER", "http://127.0.0.1:7777"),
+            default=os.environ.get("JOBHIVE_SERVER", DEFAULT_SERVER_URL),
             help="API server URL, or several separated by commas (servers sharing one queue: "
             "the worker moves on to the next when one stops answering; default "
-            "$JOBHIVE_SERVER or http://127.0.0.1:7777)",
+            f"$JOBHIVE_SERVER or {DEFAULT_SERVER_URL})",
         )
         p.add_argument(
             "--key",
@@ -141,7 +141,7 @@ def parse_args(argv: list[str] | None) -> tuple[type[ModelWorker], Any, argparse
     if args.max_batch < 1:
         parser.error("--max-batch must be at least 1")
     try:
-        args.server = ",".join(server_urls(args.server))
+        args.server = ",".join(server_urls(args.server, paths=False))
     except ValueError as e:
         parser.error(f"--server: {e}")
     args._children = None  # with --gpus or --processes: the processes a supervisor runs

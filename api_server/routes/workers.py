@@ -175,7 +175,7 @@ async def _authorized(
     for report in reports:
         endpoint = app[ENDPOINTS].get(endpoints_of.get(report.job_id, ""))
         if endpoint is None:
-            refused.append(ReportAnswer(report.job_id, ok=False, error="unknown job", status=404))
+            refused.append(ReportAnswer.unknown_job(report.job_id))
         elif endpoint.name not in worker_of:
             error = f"worker key not accepted by {endpoint.name!r}"
             refused.append(ReportAnswer(report.job_id, ok=False, error=error, status=403))

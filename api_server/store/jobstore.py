@@ -538,8 +538,7 @@ class JobStore:
             same = job.status is JobStatus.DONE and stored == outputs
         if same:
             return ReportAnswer(job.id, ok=True)
-        why = f"job already {job.status}" + (f": {job.error}" if job.error else "")
-        return ReportAnswer(job.id, ok=False, error=why, status=409)
+        return ReportAnswer.job_finished(job.id, job.status, job.error)
 
     def _leased(
         self, report: WorkerReport, finished_ok: bool = False
@@ -547,17 +546,13 @@ class JobStore:
         """The job a report is about, if the reporting worker still holds its lease."""
         job = self._jobs.get(report.job_id)
         if job is None:
-            return None, ReportAnswer(report.job_id, ok=False, error="unknown job", status=404)
+            return None, ReportAnswer.unknown_job(report.job_id)
         if job.lease_id != report.lease_id:
-            return None, ReportAnswer(
-                job.id, ok=False, error="lease lost: the job was given to another worker",
-                status=409,
-            )
+            return None, ReportAnswer.lease_lost(job.id)
         if job.status is JobStatus.CANCELED:
-            return None, ReportAnswer(job.id, ok=False, canceled=True, error="canceled")
+            return None, ReportAnswer.job_canceled(job.id)
         if job.status.finished and not finished_ok:
-            return None, ReportAnswer(job.id, ok=False, error=f"job already {job.status}",
-                                      status=409)
+            return None, ReportAnswer.job_finished(job.id, job.status)
         return job, ReportAnswer(job.id, ok=True)
 
     # ----- housekeeping

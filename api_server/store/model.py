@@ -128,6 +128,27 @@ class ReportAnswer(NamedTuple):
             out["error"] = self.error
         return out
 
+    # The refusals both stores answer (their words and statuses, in one place).
+
+    @classmethod
+    def unknown_job(cls, job_id: str) -> ReportAnswer:
+        return cls(job_id, False, error="unknown job", status=404)
+
+    @classmethod
+    def lease_lost(cls, job_id: str) -> ReportAnswer:
+        return cls(job_id, False, error="lease lost: the job was given to another worker",
+                   status=409)
+
+    @classmethod
+    def job_canceled(cls, job_id: str) -> ReportAnswer:
+        """Not an error for the worker: it stops the job."""
+        return cls(job_id, False, canceled=True, error="canceled")
+
+    @classmethod
+    def job_finished(cls, job_id: str, status: str, error: str | None = None) -> ReportAnswer:
+        why = f"job already {status}" + (f": {error}" if error else "")
+        return cls(job_id, False, error=why, status=409)
+
 
 class StoreConfigError(Exception):
     """The store cannot start: its Redis is unreachable or would lose jobs (the message says
@@ -154,13 +175,22 @@ class JobIdConflict(StoreError):
 
 
 class StoreUnavailable(StoreError):
-    """The store refused a write: nothing was changed. 507 when its disk (or Redis's memory) is
-    full, 503 for any other failure (an I/O error, the database locked or gone, Redis away)."""
+    """The store refused a write: nothing was changed (`maybe_done`: the store did not answer
+    in time, and the change may have been made). 507 when its disk (or Redis's memory) is full,
+    503 for any other failure (an I/O error, the database locked or gone, Redis away)."""
 
     retry_after_s = 5
 
-    def __init__(self, cause: BaseException, disk_full: bool, what: str | None = None) -> None:
+    def __init__(
+        self,
+        cause: BaseException,
+        disk_full: bool,
+        what: str | None = None,
+        maybe_done: bool = False,
+    ) -> None:
         self.status = 507 if disk_full else 503
         if what is None:
             what = "the job store's disk is full" if disk_full else "the job store cannot write"
-        super().__init__(f"{what} ({cause}); nothing was changed, try again later")
+        outcome = ("it may or may not have been made: try again (a submit with the same job_id)"
+                   if maybe_done else "nothing was changed, try again later")
+        super().__init__(f"{what} ({cause}); {outcome}")

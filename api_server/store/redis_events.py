@@ -35,6 +35,7 @@ log = logging.getLogger("jobhive.jobs")
 
 PING_EVERY_S = 5.0  # a quiet subscription is pinged this often; 3 pings unanswered: lost
 PREVIEW_CACHE = 10_000  # jobs whose latest previews a server keeps
+PREVIEW_CACHE_BYTES = 256 * 1024 * 1024  # and their bytes at most (a worker may send large ones)
 ENDPOINT_CACHE = 100_000  # unfinished jobs whose endpoint a server keeps
 UNCLAIMED_KEPT = 10_000  # queued jobs per endpoint a server follows (see known_empty)
 _ENDED = ("done", "failed", "canceled")
@@ -60,6 +61,7 @@ class RedisEvents:
         self._finishes: Waiters = {}  # job id -> its ?wait= submits (woken only at the end)
         self._workers: dict[str, list[asyncio.Future[Any]]] = {e: [] for e in self._endpoints}
         self._previews: dict[str, bytes] = {}  # job id -> its latest progress outputs (JSON)
+        self._previews_bytes = 0
         self._endpoint_of: dict[str, str] = {}  # unfinished job id -> endpoint
         # The queues as far as the events tell (see known_empty): endpoints a claim drained,
         # jobs queued since (their wakes heard) not yet seen claimed, wakes heard.
@@ -185,8 +187,8 @@ class RedisEvents:
                 self.keep_previews(job_id, rest)
         elif status != "queued" and endpoint in self._unclaimed:
             self._unclaimed[endpoint].discard(job_id)  # claimed (or ended): no longer queued
-        elif status == "queued" or status == "done":
-            self._previews.pop(job_id, None)
+        if status == "queued" or status == "done":  # (a failed job keeps its previews)
+            self._drop_previews(job_id)
         if status in _ENDED:
             # Only unfinished jobs are remembered: a finished one is forgotten in time, and
             # its id may then name a job of another endpoint.
@@ -267,10 +269,19 @@ class RedisEvents:
         return None if previews is None else orjson.loads(previews)
 
     def keep_previews(self, job_id: str, previews: bytes) -> None:
-        self._previews.pop(job_id, None)  # (re-inserted last: the oldest go first)
-        if len(self._previews) >= PREVIEW_CACHE:
-            del self._previews[next(iter(self._previews))]
+        """Keeps a job's latest previews; past PREVIEW_CACHE jobs or PREVIEW_CACHE_BYTES, the
+        previews heard longest ago go first (their jobs show none until their next report)."""
+        self._drop_previews(job_id)  # (re-inserted last: the oldest go first)
+        while self._previews and (len(self._previews) >= PREVIEW_CACHE or
+                                  self._previews_bytes + len(previews) > PREVIEW_CACHE_BYTES):
+            self._drop_previews(next(iter(self._previews)))
         self._previews[job_id] = previews
+        self._previews_bytes += len(previews)
+
+    def _drop_previews(self, job_id: str) -> None:
+        dropped = self._previews.pop(job_id, None)
+        if dropped is not None:
+            self._previews_bytes -= len(dropped)
 
     def endpoint_of(self, job_id: str) -> str | None:
         return self._endpoint_of.get(job_id)

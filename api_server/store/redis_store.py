@@ -615,10 +615,8 @@ class RedisStore:
             for report, (outcome, *detail) in zip(group, outcomes, strict=True):
                 outcome = outcome.decode()
                 if outcome == "finished":
-                    status, error = detail[0].decode(), detail[1].decode()
-                    why = f"job already {status}" + (f": {error}" if error else "")
-                    answers[report.job_id] = ReportAnswer(report.job_id, False, error=why,
-                                                          status=409)
+                    answers[report.job_id] = ReportAnswer.job_finished(
+                        report.job_id, detail[0].decode(), detail[1].decode())
                 else:
                     answers[report.job_id] = _answer(report.job_id, outcome)
                 if outcome == "ok":
@@ -842,7 +840,7 @@ class NotReplicated(StoreUnavailable):
 
     def __init__(self, result: Any, wait_ms: int) -> None:
         super().__init__(RuntimeError(f"no replica confirmed the change within {wait_ms} ms"),
-                         disk_full=False)
+                         disk_full=False, maybe_done=True)
         self.result = result
 
 
@@ -867,24 +865,27 @@ def connect(url: str, timeout_s: float = 5.0) -> aioredis.Redis:
 
 def unavailable(error: redis.exceptions.RedisError) -> StoreUnavailable:
     """A Redis error as the store's refusal: 507 when Redis refuses writes for lack of memory
-    or disk (OOM, MISCONF), 503 for anything else (away, read-only, loading)."""
+    or disk (OOM, MISCONF), 503 for anything else (away, read-only, loading). A timeout or a
+    connection lost mid-command says nothing of whether Redis ran it."""
     full = isinstance(error, redis.exceptions.OutOfMemoryError) or (
         isinstance(error, redis.exceptions.ResponseError) and str(error).startswith("MISCONF"))
-    return StoreUnavailable(error, disk_full=full, what="Redis refuses writes" if full else
+    unknown = isinstance(error, redis.exceptions.TimeoutError | redis.exceptions.ConnectionError)
+    return StoreUnavailable(error, disk_full=full, maybe_done=unknown,
+                            what="Redis refuses writes" if full else
                             "the job store (Redis) is unavailable")
 
 
 def _answer(job_id: str, outcome: str) -> ReportAnswer:
+    """A script's answer about one job ('ok', 'unknown', 'lost', 'canceled', 'finished ST')."""
     if outcome == "ok":
         return ReportAnswer(job_id, True)
     if outcome == "unknown":
-        return ReportAnswer(job_id, False, error="unknown job", status=404)
+        return ReportAnswer.unknown_job(job_id)
     if outcome == "lost":
-        return ReportAnswer(job_id, False,
-                            error="lease lost: the job was given to another worker", status=409)
+        return ReportAnswer.lease_lost(job_id)
     if outcome == "canceled":
-        return ReportAnswer(job_id, False, canceled=True, error="canceled")
-    return ReportAnswer(job_id, False, error=f"job already {outcome.split()[-1]}", status=409)
+        return ReportAnswer.job_canceled(job_id)
+    return ReportAnswer.job_finished(job_id, outcome.split()[-1])
 
 
 def _text(value: bytes | str) -> str:

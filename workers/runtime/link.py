@@ -20,14 +20,14 @@ from typing import Any
 import aiohttp
 import orjson
 
-from jobhive.client import server_urls
 from jobhive.files import upload_file
-from jobhive.protocol import WORKER_GOODBYE_PATH, FileRef
+from jobhive.protocol import WORKER_GOODBYE_PATH, FileRef, server_urls
 
 log = logging.getLogger("jobhive.worker")
 
 UPLOAD_TIMEOUT_S = 60.0  # an upload's time limit, plus a second per MB
 GOODBYE_TIMEOUT_S = 2.0  # a goodbye is a courtesy: a server slow to take it is not waited for
+FIRST_BACKOFF_S = 0.25  # the first wait after every server failed; it doubles each round
 
 
 class ServerUnavailable(Exception):
@@ -61,24 +61,25 @@ class ServerLink:
 
     Attributes:
         urls (tuple[str, ...]): the servers, in the order they are tried.
+        moves (int): how often the link moved on to the next server: a request that failed
+            after the link moved on (another one failed meanwhile) moves it no further.
+
+    Raises:
+        ValueError: `urls` holds no server URL, or one that is not http(s)://HOST[:PORT].
     """
 
     def __init__(self, urls: str | Sequence[str], key: str, max_backoff_s: float) -> None:
-        self.urls = server_urls(urls)
+        self.urls = server_urls(urls, paths=False)
         self._headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
         self._max_backoff_s = max_backoff_s
-        self._backoff_s = 0.0
-        self._current = 0  # the index of the server requests go to
-        self._failed = 0  # requests failed in a row (retried), whichever server they went to
-        # reached() since the last failure: the streak ends with the next request (not at
-        # once: the runner retries some answers, a 503 or a reply without jobs, after reached).
-        self._answered = False
+        self.moves = 0
+        self._failed = 0  # requests failed in a row, whichever servers they went to
         self._sessions: list[aiohttp.ClientSession] = []
 
     @property
     def url(self) -> str:
         """The server requests go to now."""
-        return self.urls[self._current]
+        return self.urls[self.moves % len(self.urls)]
 
     async def __aenter__(self) -> ServerLink:
         self._sessions = [aiohttp.ClientSession(url, headers=self._headers) for url in self.urls]
@@ -91,9 +92,7 @@ class ServerLink:
     def _http(self) -> aiohttp.ClientSession:
         """The current server's session, for a request about to go."""
         assert self._sessions, "use the link as `async with`"
-        if self._answered:
-            self._answered, self._failed = False, 0
-        return self._sessions[self._current]
+        return self._sessions[self.moves % len(self.urls)]
 
     async def post(
         self, path: str, body: dict[str, Any] | bytes, timeout_s: float
@@ -151,31 +150,31 @@ class ServerLink:
         problem: object,
         *wake: asyncio.Future[Any],
         at_most_s: float | None = None,
-        server: str | None = None,
+        moves: int | None = None,
     ) -> None:
         """Notes a failed request, to be tried again: moves on to the next server at once;
-        after every server failed in a row, first waits, longer each time (with jitter), up to
-        max_backoff_s (and at_most_s, when given), or until one of `wake` resolves.
+        once every server failed in a row, first waits, twice as long each round (with
+        jitter), up to max_backoff_s (and at_most_s, when given), or until one of `wake`
+        resolves.
 
         Args:
             problem (object): what went wrong (an exception, or a str), for the log line.
             *wake (asyncio.Future): futures that cut a wait short.
             at_most_s (float | None): the longest wait; None: max_backoff_s.
-            server (str | None): the server the request went to, when the link may have moved
-                on since it left (a request made beside others); None: the current one.
+            moves (int | None): `moves` when the request left, if the link may have moved on
+                since (a request made beside others); None: now.
         """
-        why = str(problem) or type(problem).__name__
-        if server is not None and server != self.url:
+        if moves is not None and moves != self.moves:
             return  # moved on already, from that server: try the current one
-        self._answered = False
-        self._failed += 1
         failed_url = self.url
-        self._current = (self._current + 1) % len(self.urls)
-        if self._failed % len(self.urls):
+        self._failed += 1
+        self.moves += 1
+        why = str(problem) or type(problem).__name__
+        rounds, partway = divmod(self._failed, len(self.urls))
+        if partway:
             log.warning("server %s unavailable (%s); trying %s", failed_url, why, self.url)
             return
-        self._backoff_s = min(self._max_backoff_s, max(0.25, self._backoff_s * 2))
-        wait_s = self._backoff_s
+        wait_s = min(self._max_backoff_s, FIRST_BACKOFF_S * 2 ** (rounds - 1))
         if at_most_s is not None:
             wait_s = max(0.0, min(wait_s, at_most_s))
         if len(self.urls) == 1:
@@ -183,34 +182,30 @@ class ServerLink:
         else:
             log.warning("server %s unavailable (%s); all %d servers failed, retrying in %.1f s "
                         "with %s", failed_url, why, len(self.urls), wait_s, self.url)
-        jittered_s = wait_s * random.uniform(0.8, 1.2)
-        if at_most_s is not None:
-            jittered_s = max(0.0, min(jittered_s, at_most_s))
-        await asyncio.wait(set(wake), timeout=jittered_s)
+        await asyncio.wait(set(wake), timeout=wait_s * random.uniform(0.8, 1.0))
 
-    def move_on(self, server: str, problem: object) -> None:
-        """Notes a failed request that is not retried (a progress report): the next request
-        goes to the next server (unless the link moved on from `server` already). No wait.
+    def move_on(self, problem: object, moves: int | None = None) -> None:
+        """Notes a failed request that is not tried again (a progress report): the next
+        request goes to the next server (with several), unless the link moved on since this
+        one left. It adds nothing to the backoff: the runner does not wait for it.
 
         Args:
-            server (str): the server the request went to.
             problem (object): what went wrong, for the log line.
+            moves (int | None): `moves` when the request left; None: now.
         """
-        if len(self.urls) == 1 or server != self.url:
+        if len(self.urls) == 1 or (moves is not None and moves != self.moves):
             return
-        self._answered = False
-        self._failed += 1
-        self._current = (self._current + 1) % len(self.urls)
-        log.warning("server %s unavailable (%s); trying %s", server,
+        failed_url = self.url
+        self.moves += 1
+        log.warning("server %s unavailable (%s); trying %s", failed_url,
                     str(problem) or type(problem).__name__, self.url)
 
     def reached(self) -> None:
-        """Notes an answer from the server: the streak of failures ends (with the next
-        request) and the next backoff starts short again."""
-        self._answered = True
-        if self._backoff_s:
+        """Notes an answer the runner takes (not one it retries): the streak of failures
+        ends, and the next backoff starts short again."""
+        if self._failed >= len(self.urls):  # (it had backed off)
             log.info("server %s reachable again", self.url)
-            self._backoff_s = 0.0
+        self._failed = 0
 
     async def say_goodbye(self, worker_id: str) -> None:
         """Tells the server this worker is gone, so it leaves /api/v1/status now instead of

@@ -32,7 +32,6 @@ from typing import Any
 
 import orjson
 
-from jobhive.client import server_urls
 from jobhive.files import FileUploadError
 from jobhive.protocol import (
     WORKER_POLL_PATH,
@@ -152,6 +151,7 @@ class Runner:
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, self.stop)
         settings = self.settings
+        link = ServerLink(settings.server_url, settings.key, settings.max_backoff_s)
         log.info("loading %s worker", self.model.serves)
         started = time.monotonic()
         await self._thread.call(self.model.load)
@@ -159,11 +159,11 @@ class Runner:
             "loaded in %.1f s; serving %s at %s as %s (max batch %d)",
             time.monotonic() - started,
             self.model.serves,
-            ", ".join(server_urls(settings.server_url)),
+            ", ".join(link.urls),
             settings.worker_id,
             settings.max_batch,
         )
-        async with ServerLink(settings.server_url, settings.key, settings.max_backoff_s) as link:
+        async with link:
             self._link = link
             try:
                 await self._serve_batches()
@@ -187,7 +187,7 @@ class Runner:
     # ----- talking to the server
 
     async def _retry_later(
-        self, problem: object, deadline: float | None = None, server: str | None = None
+        self, problem: object, deadline: float | None = None, moves: int | None = None
     ) -> None:
         """Moves on to the next server, or backs off before the next try (not past deadline, a
         time.monotonic()); a first stop, or a hand-back, cuts the wait short. `server`: the
@@ -195,7 +195,7 @@ class Runner:
         ServerLink.retry_later)."""
         wake = [self._hand_back] if self._stopping.done() else [self._hand_back, self._stopping]
         at_most_s = None if deadline is None else deadline - time.monotonic()
-        await self._link.retry_later(problem, *wake, at_most_s=at_most_s, server=server)
+        await self._link.retry_later(problem, *wake, at_most_s=at_most_s, moves=moves)
 
     def _poll_body(self) -> dict[str, Any]:
         settings = self.settings
@@ -243,15 +243,17 @@ class Runner:
             if reply is None:
                 return None
             status, data = reply
-            self._link.reached()
             if status == 204:
+                self._link.reached()
                 return []
             if status == 200:
                 try:
-                    return self._jobs_from(data)
+                    jobs = self._jobs_from(data)
                 except ProtocolError as e:
                     await self._retry_later(e)
                     continue
+                self._link.reached()
+                return jobs
             why = delivery.reason(status, data)
             if status in (400, 401, 403):
                 raise WorkerRefused(f"server refused the poll ({status}): {why}")
@@ -388,7 +390,7 @@ class Runner:
             await asyncio.sleep(self.settings.progress_interval_s)
 
     async def _send_progress(self, jobs: list[Job], reports: list[dict[str, Any]]) -> None:
-        server = self._link.url
+        moves = self._link.moves
         try:
             try:
                 status, data = await self._link.post(WORKER_PROGRESS_PATH, {"reports": reports},
@@ -406,13 +408,13 @@ class Runner:
         except RETRYABLE as e:
             log.warning("progress not delivered (%s); the lease renews with the next one",
                         str(e) or type(e).__name__)
-            self._link.move_on(server, e)  # the next one goes to the next server, if any
+            self._link.move_on(e, moves)  # the next one goes to the next server, if any
             return
         if status != 200:
             why = delivery.reason(status, data)
             log.warning("progress refused (%d): %s", status, why)
             if status >= 500:
-                self._link.move_on(server, f"HTTP {status}: {why}")
+                self._link.move_on(f"HTTP {status}: {why}", moves)
             return
         by_id = {job.id: job for job in jobs}
         for answer in _answers(data):
@@ -455,7 +457,7 @@ class Runner:
         None when it is stored, else why it is not (the job's error)."""
         deadline = None
         while True:
-            server = self._link.url  # (a failed progress report may move the link on meanwhile)
+            moves = self._link.moves  # (a failed progress report may move the link on)
             try:
                 await self._link.upload(job.id, job.lease_id, name, media.media_type, media.data)
                 self._link.reached()
@@ -470,7 +472,7 @@ class Runner:
                 deadline = time.monotonic() + self.settings.grace_s
             if self._hand_back.done() or (deadline is not None and time.monotonic() > deadline):
                 return f"result file {name} not delivered: {problem}"
-            await self._retry_later(problem, deadline, server)
+            await self._retry_later(problem, deadline, moves)
 
     async def _send_results(
         self, jobs: list[Job], entries: list[dict[str, Any]], give_up_s: float | None = None
@@ -505,7 +507,8 @@ class Runner:
                 if status == 0:  # stopping cut the poll short: send them again, without it
                     chunk.maybe_taken = True
                     continue
-                self._link.reached()
+                if status == 200 or (400 <= status < 500 and status not in RETRIED_4XX):
+                    self._link.reached()  # (an answer taken: not one tried again)
                 if status == 200:
                     pending.pop(0)
                     self._note_answers(data)
