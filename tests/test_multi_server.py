@@ -205,13 +205,23 @@ def _ok(http: httpx.Client, url: str) -> dict | None:
     return reply.json() if reply.status_code == 200 else None
 
 
-def test_start_up_refuses_a_redis_that_evicts(start_server, tmp_path):
+@pytest.mark.parametrize(("redis_args", "durability", "said"), [
+    (["--maxmemory-policy", "allkeys-lru"], "everysec", "set `maxmemory-policy noeviction`"),
+    (["--appendonly", "no"], "everysec", "set `appendonly yes`"),
+    ([], "always", "durability 'always' needs `appendfsync always`"),
+])
+def test_start_up_refuses_a_redis_that_would_lose_jobs(
+    start_server, tmp_path, redis_args, durability, said
+):
+    config = tmp_path / "server.toml"
+    config.write_text(f'[SERVER]\ndurability = "{durability}"\n')
     with hold_port() as port:
-        store = start_redis(tmp_path / "redis", port, "--maxmemory-policy", "allkeys-lru")
+        store = start_redis(tmp_path / "redis", port, *redis_args)  # (later options win)
         try:
-            server = start_server("--store", store.url, expect_failure=True)
+            server = start_server("--store", store.url, "--config", str(config),
+                                  expect_failure=True)
             assert server.proc.returncode == 2
-            assert "maxmemory-policy noeviction" in server.text
+            assert said in server.text
         finally:
             store.stop()
 
