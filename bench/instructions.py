@@ -7,20 +7,22 @@ with `?wait=`, then one worker poll takes the whole batch and one results post f
 are the requests of bench/queue.py's batch-8 scenario, without the timing that decides its batch
 sizes. Counters are zeroed after warm-up rounds and read after the measured ones.
 
-It measures the SQLite store (the Redis store's cost is mostly round trips, which
-bench/queue.py --stores shows). It counts the server's own instructions in user space (Python,
+It measures the SQLite store, or with --store redis the Redis store (on a fresh redis-server
+with an append-only file). It counts the server's own instructions in user space (Python,
 aiohttp, uvloop, SQLite), not the kernel's work for its system calls, so it ranks versions of
 the server's code, while bench/queue.py gives the CPU seconds and jobs/s. Needs valgrind
 (`apt-get install valgrind`); a run takes about 30 s per version.
 
     python bench/instructions.py                        # this version
     python bench/instructions.py --against d8342ed      # and an earlier one, side by side
+    python bench/instructions.py --store redis --against HEAD
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import re
 import shutil
@@ -36,6 +38,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[0] = str(REPO)
 
 from bench.common import source_tree, wait_for_line  # noqa: E402
+from bench.queue import redis_server  # noqa: E402
 from jobhive.aio import run_loop  # noqa: E402
 
 WORKER_KEY = "echo-worker-key"
@@ -73,14 +76,19 @@ async def rounds(url: str, count: int, batch: int, settle_s: float) -> None:
             await asyncio.gather(*submits)
 
 
-def measure(tree: Path, count: int, batch: int, settle_s: float) -> int:
+def measure(tree: Path, count: int, batch: int, settle_s: float, store: str) -> int:
     """The instructions the server of `tree` executes over `count` rounds."""
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
         out = Path(tmp) / "callgrind.out"
+        config = Path(tmp) / "server.toml"  # (a Redis store's files: not in the tree)
+        config.write_text(f'[SERVER]\nfiles_dir = "{tmp}/files"\n')
+        store_url = f"sqlite:{tmp}/bench.sqlite3"
+        if store == "redis":
+            _, store_url = stack.enter_context(redis_server(Path(tmp)))
         server = subprocess.Popen(
             ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
-             sys.executable, "-m", "api_server.cli", "-p", "0", "--store",
-             f"sqlite:{tmp}/bench.sqlite3", "-c", str(REPO / "endpoints"), "--log-level",
+             sys.executable, "-m", "api_server.cli", "-p", "0", "--store", store_url,
+             "--config", str(config), "-c", str(REPO / "endpoints"), "--log-level",
              "WARNING"],
             cwd=tree, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
             env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONHASHSEED": "0"},
@@ -96,7 +104,11 @@ def measure(tree: Path, count: int, batch: int, settle_s: float) -> int:
             return _dumped_total(out)
         finally:
             server.terminate()
-            server.wait(60)
+            try:  # (the count is in: a server slow to stop under callgrind is killed)
+                server.wait(60)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait()
 
 
 def _dumped_total(out: Path) -> int:
@@ -118,6 +130,7 @@ def main() -> None:
     parser.add_argument("--settle-s", type=float, default=0.6,
                         help="pause between a round's submits and its poll")
     parser.add_argument("--against", metavar="REV", help="also measure this git revision")
+    parser.add_argument("--store", choices=("sqlite", "redis"), default="sqlite")
     args = parser.parse_args()
     if shutil.which("valgrind") is None:
         sys.exit("valgrind is not installed (apt-get install valgrind)")
@@ -127,7 +140,7 @@ def main() -> None:
     with source_tree(args.against) as previous:
         versions = [(REPO, "this")] + ([(previous, args.against[:9])] if args.against else [])
         for tree, version in versions:
-            total = measure(tree, args.rounds, args.batch, args.settle_s)
+            total = measure(tree, args.rounds, args.batch, args.settle_s, args.store)
             print(f"{version:>9} {total / jobs:>21,.0f}", flush=True)
 
 

@@ -50,6 +50,7 @@ from bench.common import (  # noqa: E402
 from jobhive.aio import run_loop  # noqa: E402
 
 WORKER_KEY = "echo-worker-key"
+REDIS_STORE = "api_server/store/redis_store.py"  # (versions before it: SQLite only)
 
 
 @dataclass(frozen=True)
@@ -222,7 +223,7 @@ def main() -> None:
                 # (an earlier version may have no Redis store; with fewer clients than
                 # servers, some servers would get none: not a deployment of N servers)
                 runs = [(d, v) for d in deployments for v in versions
-                        if (v[1] == "this" or d.store == "sqlite")
+                        if (d.store == "sqlite" or (v[0] / REDIS_STORE).exists())
                         and d.servers <= scenario.clients]
                 for deployment, (tree, version) in runs[::-1] if round_ % 2 else runs:
                     with contextlib.suppress(KeyboardInterrupt):

@@ -37,7 +37,7 @@ import redis.exceptions
 
 from api_server.config import DURABILITY, Endpoint
 from api_server.store import redis_scripts as lua
-from api_server.store.base import wait_on
+from api_server.store.base import JobEvents, NoJobEvents, wait_on
 from api_server.store.model import (
     Clock,
     JobIdConflict,
@@ -50,6 +50,7 @@ from api_server.store.model import (
     now_ms,
 )
 from api_server.store.redis_events import RedisEvents
+from api_server.store.redis_link import RedisLink, Script
 from jobhive.protocol import Grant, JobStatus, new_job_id
 
 log = logging.getLogger("jobhive.jobs")
@@ -101,8 +102,9 @@ class RedisStore:
         self._worker_seen_ttl_s = worker_seen_ttl_s
         self._sweep_interval_ms = round(sweep_interval_s * 1000)
         self._replication_wait_ms = replication_wait_ms
+        self._link = RedisLink(redis)  # (the scripts: see redis_link.py for why)
         self._scripts = {
-            name: redis.register_script(getattr(lua, name))
+            name: Script(getattr(lua, name))
             for name in ("SUBMIT", "CLAIM", "PROGRESS", "RESULTS", "CANCEL", "SWEEP", "VIEW",
                          "STATS", "GOODBYE", "FORGET_WORKERS")
         }
@@ -115,6 +117,7 @@ class RedisStore:
         self._parked: dict[asyncio.Future[Any], tuple[str, int]] = {}
         self._worker_written: dict[str, tuple[int, tuple[Any, ...]]] = {}
         self._forget_hooks: list[Callable[[list[str]], Awaitable[None]]] = []
+        self._observer: JobEvents = NoJobEvents()  # told of this server's changes (metrics)
 
     # ----- keys
 
@@ -176,6 +179,7 @@ class RedisStore:
     async def close(self) -> None:
         await self._events.stop()
         await asyncio.gather(*self._sending, return_exceptions=True)  # (submits on their way)
+        await self._link.close()
         await self._redis.aclose()
 
     # ----- calling Redis
@@ -192,11 +196,9 @@ class RedisStore:
         """
         try:
             if not acknowledged or self._durability != "replicated":
-                return await self._scripts[script](args=args)
-            async with self._redis.pipeline(transaction=False) as pipe:
-                await self._scripts[script](args=args, client=pipe)
-                pipe.execute_command("WAIT", 1, self._replication_wait_ms)
-                result, copies = await pipe.execute()
+                return (await self._link.script(self._scripts[script], args))[0]
+            result, copies = await self._link.script(self._scripts[script], args,
+                                                     ("WAIT", 1, self._replication_wait_ms))
         except redis.exceptions.RedisError as e:
             raise unavailable(e) from e
         if copies < 1:
@@ -283,6 +285,7 @@ class RedisStore:
             created = outcome == "created"
             if created:
                 self._events.remember(job_id, name)
+                self._observer.job_submitted(name)
                 log.info("job %s queued endpoint=%s position=%d", job_id, name, detail[0])
                 if waiter is None:
                     return JobView(job_id, name, owner, JobStatus.QUEUED, 1, 0.0, detail[0],
@@ -441,6 +444,7 @@ class RedisStore:
         ], acknowledged=True)
         if outcome == b"canceled":
             log.info("job %s canceled endpoint=%s", job_id, endpoint)
+            self._observer.job_finished(endpoint, JobStatus.CANCELED, None, None)
         return await self.get(job_id)
 
     # ----- workers
@@ -602,8 +606,9 @@ class RedisStore:
     async def report_results(self, reports: Sequence[WorkerReport]) -> list[ReportAnswer]:
         answers: dict[str, ReportAnswer] = {}
         for endpoint, group in (await self._by_endpoint(reports, answers)).items():
-            args: list[Any] = [self._base(endpoint), self._p + "id:", self._p + "w:",
-                               self._clock(), self._ttl_ms(endpoint)]
+            now = self._clock()
+            args: list[Any] = [self._base(endpoint), self._p + "id:", self._p + "w:", now,
+                               self._ttl_ms(endpoint)]
             for r in group:
                 if r.release:
                     args += [r.job_id, r.lease_id, "release", ""]
@@ -623,7 +628,24 @@ class RedisStore:
                     log.info("job %s %s endpoint=%s", report.job_id,
                              "handed back" if report.release else
                              "failed" if report.error is not None else "done", endpoint)
+                    self._changed_by_result(endpoint, detail, now)
         return [answers[r.job_id] for r in reports]
+
+    def _changed_by_result(self, endpoint: str, detail: list[bytes], now: int) -> None:
+        """Tells the observer what a RESULTS answer 'ok' changed: [] a repeat (nothing),
+        ['requeued'] a job handed back, [STATUS, CREATED, STARTED] a job finished."""
+        if not detail:
+            return
+        if detail[0] == b"requeued":
+            self._observer.job_handed_back(endpoint)
+            return
+        status, created_ms, started_ms = detail[0].decode(), int(detail[1]), detail[2]
+        if status == "done" and started_ms:
+            started = int(started_ms)
+            self._observer.job_finished(endpoint, JobStatus.DONE, (started - created_ms) / 1000,
+                                        (now - started) / 1000)
+        else:
+            self._observer.job_finished(endpoint, JobStatus(status), None, None)
 
     async def _by_endpoint(
         self, reports: Sequence[WorkerReport], answers: dict[str, ReportAnswer]
@@ -713,11 +735,11 @@ class RedisStore:
     async def _sweep_batch(self, name: str, endpoint: Endpoint, now: int, more: bool) -> bool:
         """One SWEEP script; whether its batch was full (more may be due)."""
         settings = endpoint.endpoint
+        timeout_error = f"ran longer than job_timeout_s ({settings.job_timeout_s:g} s)"
         swept = await self._run("SWEEP", [
             self._base(name), self._p + "id:", self._p + "w:", now,
             round(settings.result_ttl_s * 1000), round(settings.job_timeout_s * 1000),
-            settings.max_attempts, self._sweep_interval_ms, SWEEP_LIMIT,
-            f"ran longer than job_timeout_s ({settings.job_timeout_s:g} s)",
+            settings.max_attempts, self._sweep_interval_ms, SWEEP_LIMIT, timeout_error,
             "more" if more else "",
         ])
         if swept is None:  # another server swept it just now
@@ -728,9 +750,13 @@ class RedisStore:
                 log.warning("job %s requeued endpoint=%s attempt=%s: lease expired: worker "
                             "%s stopped reporting", job_id.decode(), name, detail[1].decode(),
                             detail[0].decode())
+                self._observer.lease_expired(name, requeued=True)
             else:
                 log.info("job %s failed endpoint=%s error=%r", job_id.decode(), name,
                          detail[0].decode())
+                self._observer.job_finished(name, JobStatus.FAILED, None, None)
+                if detail[0].decode() != timeout_error:  # (else it ran past job_timeout_s)
+                    self._observer.lease_expired(name, requeued=False)
         if forgotten:
             await self._forgotten([job_id.decode() for job_id in forgotten])
         return looked_at >= SWEEP_LIMIT
@@ -744,6 +770,11 @@ class RedisStore:
 
     def on_forget(self, hook: Callable[[list[str]], Awaitable[None]]) -> None:
         self._forget_hooks.append(hook)
+
+    def observe(self, events: JobEvents) -> None:
+        """Tells `events` of the changes this server makes (each server its own: together
+        they count every change once)."""
+        self._observer = events
 
     async def checkpoint(self) -> None:
         """Nothing to do: Redis fsyncs its append-only file by itself."""

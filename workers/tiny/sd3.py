@@ -61,8 +61,8 @@ def train_clip_tokenizer(texts: list[str], vocab_size: int):
     return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)
 
 
-def _t5_tokenizer():
-    """A Unigram (SentencePiece-like) tokenizer in T5's format, trained on _CORPUS."""
+def train_t5_tokenizer(texts: list[str]):
+    """A Unigram (SentencePiece-like) tokenizer in T5's format, trained on `texts`."""
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
     from transformers import T5TokenizerFast
 
@@ -71,7 +71,7 @@ def _t5_tokenizer():
     unigram.pre_tokenizer = pre_tokenizers.Metaspace()
     unigram.decoder = decoders.Metaspace()
     unigram.train_from_iterator(
-        _CORPUS * 4,
+        texts,
         trainers.UnigramTrainer(
             vocab_size=200,
             special_tokens=["<pad>", "</s>", "<unk>"],
@@ -101,7 +101,8 @@ def build_tiny_pipeline(seed: int = 0):
     from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
 
     torch.manual_seed(seed)
-    tokenizer, tokenizer_3 = train_clip_tokenizer(_CORPUS * 4, vocab_size=600), _t5_tokenizer()
+    tokenizer = train_clip_tokenizer(_CORPUS * 4, vocab_size=600)
+    tokenizer_3 = train_t5_tokenizer(_CORPUS * 4)
 
     def clip_encoder():
         config = CLIPTextConfig(
