@@ -7,20 +7,24 @@ import contextlib
 import logging
 import math
 import os
+import socket
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 
 from aiohttp import web
 
+from api_server.aime import routes as aime_routes
+from api_server.aime.cfg import AimeInfo
 from api_server.auth import KeyBook
 from api_server.config import ConfigError, Endpoint, ServerConfig, is_redis_url, sqlite_path
 from api_server.connections import ConnectionGuard
 from api_server.httputil import ApiError, error_response
 from api_server.media_pool import MediaPool
+from api_server.metrics import Metrics
 from api_server.openapi import OPENAPI_PATH, build_document, openapi_json
 from api_server.outputs import OutputFilter
 from api_server.ratelimit import Limiter, RateLimiter, retry_after_header
-from api_server.routes import clients, files, jobs, pages, status, workers
+from api_server.routes import clients, files, jobs, metrics, openai, pages, status, workers
 from api_server.state import (
     CALLER,
     CONFIG,
@@ -29,6 +33,8 @@ from api_server.state import (
     FILES,
     KEYS,
     MEDIA_POOL,
+    METRICS,
+    OPENAI_MODELS,
     OUTPUT_FILTER,
     RATE_LIMITER,
     STORE,
@@ -46,22 +52,23 @@ DEFAULT_FILES_DIR = "jobhive-files"  # output files with a Redis store and no fi
 @web.middleware
 async def api_edge(request: web.Request, handler):
     """The edge of every request: marks its time in the application for the connection guard,
-    puts its caller (its key's roles) on it, once, and turns every error into JSON with a real
-    status (an unexpected one is logged as a bug). One middleware, not three: each level is
-    paid again at every resumption of a long-poll."""
+    puts its caller (its key's roles) on it, once, turns every error into JSON with a real
+    status (an unexpected one is logged as a bug), and counts the response for /metrics. One
+    middleware, not four: each level is paid again at every resumption of a long-poll."""
     guarded = ConnectionGuard.enter(request)
     try:
         request[CALLER] = request.app[KEYS].caller(request)
-        return await handler(request)
+        response = await handler(request)
     except ApiError as e:
-        return error_response(e)
+        response = _error_reply(request, e)
     except StoreError as e:  # refused (409, 429), or its journal cannot write (507, 503)
         retry = retry_after_header(e.retry_after_s) if e.retry_after_s else None
-        return error_response(ApiError(e.status, str(e), headers=retry))
+        response = _error_reply(request, ApiError(e.status, str(e), headers=retry))
     except web.HTTPException as e:
         if e.status < 400:
             raise
-        return error_response(
+        response = _error_reply(
+            request,
             ApiError(
                 e.status,
                 e.reason,
@@ -72,9 +79,19 @@ async def api_edge(request: web.Request, handler):
         raise
     except Exception:
         log.exception("unexpected error on %s %s", request.method, request.path)
-        return error_response(ApiError(500, "internal error; the server log has the details"))
+        response = _error_reply(request, ApiError(500, "internal error; the server log has the "
+                                                       "details"))
     finally:
         ConnectionGuard.leave(guarded)
+    request.app[METRICS].responded(request, response)
+    return response
+
+
+def _error_reply(request: web.Request, error: ApiError) -> web.Response:
+    """An error in the shape its clients read: OpenAI's under /v1/, jobhive's elsewhere."""
+    if request.path.startswith(openai.PREFIX):
+        return openai.error_response(error)
+    return error_response(error)
 
 
 @web.middleware
@@ -130,7 +147,10 @@ def files_for(config: ServerConfig, own_journal: bool) -> FileStore:
 
 
 def create_app(
-    config: ServerConfig, endpoints: Mapping[str, Endpoint], journal: Journal | None = None
+    config: ServerConfig,
+    endpoints: Mapping[str, Endpoint],
+    journal: Journal | None = None,
+    aime_infos: Mapping[str, AimeInfo] | None = None,
 ) -> web.Application:
     """Builds the server for these endpoints; the store opens when the app starts.
 
@@ -140,6 +160,9 @@ def create_app(
         journal (Journal | None): the store's journal; None: the one `config.store` names
             (tests pass a MemoryJournal; its files are then kept in a temporary folder unless
             `config.files_dir` names one).
+        aime_infos (Mapping[str, AimeInfo] | None): the AIME facts of endpoints read from
+            AIME configs (`aime.cfg.load_with_aime`); AIME's protocol is served when any are
+            given or `config.aime_enabled`.
 
     Returns:
         web.Application: ready for `web.run_app` or a test runner.
@@ -156,17 +179,31 @@ def create_app(
     app[STORE], app[RATE_LIMITER] = store_for(config, app[ENDPOINTS], journal)
     app[FILES] = files_for(config, own_journal=journal is not None)
     app[STORE].on_forget(app[FILES].delete_jobs)
+    app[METRICS] = Metrics(server_name(config), app[ENDPOINTS])
+    app[STORE].observe(app[METRICS])
     app[KEYS] = KeyBook(app[ENDPOINTS], config)
     app[OUTPUT_FILTER] = OutputFilter()
+    app[OPENAI_MODELS] = openai.models_of(app[ENDPOINTS])
     app[MEDIA_POOL] = MediaPool(processes=min(4, os.cpu_count() or 1))
     app.cleanup_ctx.extend([_media_pool, _store, _files])
     app.on_startup.append(build_document)
     app.on_shutdown.append(_stop_waiting)
-    for module in (clients, jobs, files, workers, status):
+    for module in (clients, jobs, files, workers, status, metrics, openai):
         app.add_routes(module.routes)
     app.router.add_get(OPENAPI_PATH, openapi_json)
     app.add_routes(pages.page_routes(app[ENDPOINTS]))
+    if config.aime_enabled or aime_infos:
+        aime_routes.mount(app, aime_infos or {})
     return app
+
+
+def server_name(config: ServerConfig) -> str:
+    """This server's `server` label in /metrics: `[SERVER] server_name`, else HOST:PORT (or
+    HOST-PID on a port picked at start, 0, which another server may get next time)."""
+    if config.server_name:
+        return config.server_name
+    host = socket.gethostname()
+    return f"{host}:{config.port}" if config.port else f"{host}-{os.getpid()}"
 
 
 async def _media_pool(app: web.Application) -> AsyncIterator[None]:

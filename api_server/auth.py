@@ -121,7 +121,19 @@ class KeyBook:
             raise _bad_header("is not UTF-8") from None
         if len(key) > MAX_KEY_LENGTH or not key.isprintable():
             raise _bad_header(f"must be printable and at most {MAX_KEY_LENGTH} characters")
-        owner = key_hash(key)
+        return self.caller_of_owner(key_hash(key))
+
+    def caller_of_key(self, key: str, field: str = "key") -> Caller:
+        """The caller a key sent in a request body or query stands for (AIME's `key` and
+        `auth_key`); 400 naming `field` when it is not printable text of at most
+        MAX_KEY_LENGTH characters."""
+        if not isinstance(key, str) or len(key) > MAX_KEY_LENGTH or not key.isprintable():
+            raise ApiError(400, f"invalid {field}", {
+                field: f"must be printable text of at most {MAX_KEY_LENGTH} characters"})
+        return self.caller_of_owner(key_hash(key))
+
+    def caller_of_owner(self, owner: str) -> Caller:
+        """The caller whose key hashes to `owner` (no role when the config has no such key)."""
         return Caller(owner, self._roles.get(owner, NO_ROLE))
 
 

@@ -13,11 +13,12 @@ from pathlib import Path
 
 from aiohttp import web
 
+from api_server.aime.cfg import load_with_aime
 from api_server.app import create_app
-from api_server.config import LOG_LEVELS, ConfigError, load_endpoints, load_server_config
+from api_server.config import LOG_LEVELS, ConfigError, load_server_config
 from api_server.connections import GuardedSite
 from api_server.demo import demo_workers
-from api_server.state import CONFIG, CONNECTIONS, ENDPOINTS
+from api_server.state import CONFIG, CONNECTIONS, ENDPOINTS, STORE
 from api_server.store.model import StoreConfigError
 from jobhive.aio import run_loop
 
@@ -37,9 +38,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "-c",
         "--endpoints",
         dest="endpoints_dir",
-        help="folder of NAME/endpoint.toml (default ./endpoints)",
+        help="folder of NAME/endpoint.toml and/or AIME aime_api_endpoint.cfg files (default "
+        "./endpoints); or AIME .cfg files, comma-separated",
     )
     parser.add_argument("--config", type=Path, help="server.toml with a [SERVER] table")
+    parser.add_argument(
+        "--aime-endpoints",
+        dest="aime_endpoints_dir",
+        help="AIME endpoint configs, as AIME's -c takes them: a folder searched for "
+        "aime_api_endpoint.cfg, a file or a comma-separated list ([SERVER] aime_endpoints_dir; "
+        "-c finds them too)",
+    )
     parser.add_argument(
         "--store",
         help="job store: sqlite:PATH (default sqlite:jobhive.sqlite3), or a Redis that several "
@@ -70,14 +79,17 @@ def main(argv: list[str] | None = None) -> None:
             port=args.port,
             endpoints_dir=args.endpoints_dir,
             store=args.store,
+            aime_endpoints_dir=args.aime_endpoints_dir,
             log_level="DEBUG" if args.dev else args.log_level,
         )
-        endpoints = load_endpoints(Path(config.endpoints_dir))
+        endpoints, aime = load_with_aime(config)
     except ConfigError as e:
         print(f"jobhive-server: {e}", file=sys.stderr)
         raise SystemExit(2) from e
+    for line in aime.unsupported:  # AIME config keys jobhive does not support (ignored)
+        print(f"jobhive-server: AIME config key not supported: {line}", file=sys.stderr)
     log_buffer = buffered_logging(config.log_level)
-    app = create_app(config, endpoints)
+    app = create_app(config, endpoints, aime_infos=aime.infos)
     print(
         f"jobhive-server: endpoints {', '.join(endpoints) or 'none'}; store {config.store}",
         flush=True,
@@ -127,6 +139,7 @@ async def serve(
         keepalive_timeout=app[CONFIG].keepalive_timeout_s,
         access_log=logging.getLogger("aiohttp.access") if access_log else None,
     )
+    started_s = asyncio.get_running_loop().time()
     await runner.setup()
     try:
         await GuardedSite(runner, host, port, app[CONNECTIONS]).start()
@@ -143,9 +156,10 @@ async def serve(
                 flusher = asyncio.create_task(flush_logs_forever(log_buffer))
                 stack.callback(flusher.cancel)
             if demo:
-                served = await stack.enter_async_context(demo_workers(url, app[ENDPOINTS]))
-                print(f"jobhive-server: demo workers for {', '.join(served) or 'nothing'}; open "
-                      f"{url}/ in a browser, or try\n"
+                served = await stack.enter_async_context(
+                    demo_workers(url, app[ENDPOINTS], app[STORE], stop))
+                print(f"jobhive-server: demo workers for {', '.join(served) or 'nothing'} ready "
+                      f"in {loop.time() - started_s:.0f} s; open {url}/ in a browser, or try\n"
                       f"  curl -X POST '{url}/api/v1/endpoints/echo/jobs?wait=10' "
                       "-H 'Content-Type: application/json' "
                       "-d '{\"inputs\": {\"text\": \"hello\"}}'", flush=True)

@@ -24,7 +24,7 @@ NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 # A demo page's route: one or more /segments, none empty or starting with a dot.
 ROUTE_PATTERN = re.compile(r"^(/[A-Za-z0-9_~-][A-Za-z0-9_.~-]*)+$")
 # First route segments the server uses itself (the API, static files, status, planned routes).
-RESERVED_ROUTES = ("api", "static", "v1", "health", "metrics", "favicon.ico")
+RESERVED_ROUTES = ("api", "static", "v1", "health", "metrics", "dashboard", "favicon.ico")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")  # [SERVER] log_level, --log-level
 
 
@@ -82,6 +82,19 @@ class ServerConfig:
             answered 503 (Redis away).
         replication_wait_ms (int): with durability "replicated", how long a change waits for a
             replica before it is answered 503.
+        aime_enabled (bool): serve AIME's client and worker protocol (api_server/aime) for
+            every endpoint; on by itself when AIME endpoint configs are read.
+        aime_endpoints_dir (str): AIME endpoint configs to read, as AIME's `-c` takes them:
+            a folder searched recursively for `aime_api_endpoint.cfg`, a file, or a
+            comma-separated list of files; "" (default): none.
+        aime_prefix (str): where AIME's routes are mounted ("/aime": `/aime/{endpoint}`,
+            `/aime/worker_job_request`, ...), apart from jobhive's own paths.
+        aime_session_ttl_s (float): how long an AIME login's client_session_auth_key lasts.
+        server_name (str): this server's `server` label in `/metrics` (each server of a
+            deployment needs its own); "" (default): HOST:PORT of the machine's host name and
+            `port`, or HOST-PID when `port` is 0.
+        metrics_admin_only (bool): `/metrics` answers only a request with one of
+            `admin_keys` (401 without a key, 403 with another).
     """
 
     host: str = "127.0.0.1"
@@ -109,6 +122,12 @@ class ServerConfig:
     redis_prefix: str = "jobhive"
     redis_timeout_s: float = 5.0
     replication_wait_ms: int = 1000
+    aime_enabled: bool = False
+    aime_endpoints_dir: str = ""
+    aime_prefix: str = "/aime"
+    aime_session_ttl_s: float = 7 * 24 * 3600.0
+    server_name: str = ""
+    metrics_admin_only: bool = False
 
 
 @dataclass(frozen=True)
@@ -186,6 +205,38 @@ class StaticSection:
     page: str = ""
 
 
+OPENAI_KINDS = ("chat", "images", "embeddings")  # [OPENAI] kind: which /v1 routes serve it
+# The inputs each kind fills from an OpenAI request: an endpoint of that kind must declare them.
+OPENAI_REQUIRED_INPUTS = {
+    "chat": ("chat_context", "max_new_tokens"),
+    "images": ("prompt",),
+    "embeddings": ("input",),
+}
+# An OpenAI model name: printable, no spaces ("llama4", "meta-llama/Llama-4-Scout", "sd3:1.5").
+MODEL_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/@+-]{0,127}$")
+
+
+@dataclass(frozen=True)
+class OpenAISection:
+    """`[OPENAI]`: OpenAI clients reach the endpoint under /v1 (api_server/routes/openai.py).
+
+    Args:
+        kind (str): "chat" (/v1/chat/completions), "images" (/v1/images/generations and
+            /v1/images/edits) or "embeddings" (/v1/embeddings).
+        models (Any): the model names clients ask for (`GET /v1/models` lists them): a list of
+            names, or a table of name -> the inputs that name sets on the job (an embeddings
+            endpoint's `encoder`, say). Loaded as a dict of name -> inputs.
+        max_inputs (int): embeddings: the most texts one request may embed.
+        max_stop (int): chat: the most stop strings one request may give (OpenAI's own
+            limit is 4).
+    """
+
+    kind: str = ""
+    models: Any = ()
+    max_inputs: int = 256
+    max_stop: int = 4
+
+
 @dataclass(frozen=True)
 class Endpoint:
     """One endpoint, as loaded from `endpoints/NAME/endpoint.toml`."""
@@ -198,6 +249,7 @@ class Endpoint:
     outputs: Mapping[str, FieldSpec] = field(default_factory=dict)
     progress_outputs: Mapping[str, FieldSpec] = field(default_factory=dict)
     folder: Path = Path()
+    openai: OpenAISection | None = None  # [OPENAI]: served to OpenAI clients under /v1
 
     @property
     def name(self) -> str:
@@ -238,7 +290,8 @@ def _media_keys(declared: Mapping[str, FieldSpec]) -> frozenset[str] | None:
     return frozenset(k for k, spec in declared.items() if spec.type_name in MEDIA_TYPE_NAMES)
 
 
-_SECTIONS = {"ENDPOINT", "WORKER", "CLIENTS", "INPUTS", "OUTPUTS", "PROGRESS", "STATIC"}
+_SECTIONS = {"ENDPOINT", "WORKER", "CLIENTS", "INPUTS", "OUTPUTS", "PROGRESS", "STATIC",
+             "OPENAI"}
 
 
 def _type_ok(value: Any, hint: Any) -> bool:
@@ -307,7 +360,7 @@ def build(cls: type, table: Any, where: str, problems: list[str], **fixed: Any) 
         return None
 
 
-def _load_fields(table: Any, where: str, problems: list[str]) -> dict[str, FieldSpec]:
+def load_fields(table: Any, where: str, problems: list[str]) -> dict[str, FieldSpec]:
     if not isinstance(table, dict):
         problems.append(f"{where}: must be a table of fields")
         return {}
@@ -371,9 +424,12 @@ def load_endpoint(path: Path) -> Endpoint:
     worker = build(WorkerSection, data.get("WORKER", {}), f"{path}: WORKER", problems)
     clients = build(ClientsSection, data.get("CLIENTS", {}), f"{path}: CLIENTS", problems)
     static = build(StaticSection, data.get("STATIC", {}), f"{path}: STATIC", problems)
-    inputs = _load_fields(data.get("INPUTS", {}), f"{path}: INPUTS", problems)
-    outputs = _load_fields(data.get("OUTPUTS", {}), f"{path}: OUTPUTS", problems)
-    progress_outputs = _load_fields(
+    openai = None
+    if "OPENAI" in data:
+        openai = build(OpenAISection, data["OPENAI"], f"{path}: OPENAI", problems)
+    inputs = load_fields(data.get("INPUTS", {}), f"{path}: INPUTS", problems)
+    outputs = load_fields(data.get("OUTPUTS", {}), f"{path}: OUTPUTS", problems)
+    progress_outputs = load_fields(
         progress.get("OUTPUTS", {}) if isinstance(progress, dict) else {},
         f"{path}: PROGRESS.OUTPUTS",
         problems,
@@ -387,8 +443,8 @@ def load_endpoint(path: Path) -> Endpoint:
             endpoint, name=name, title=endpoint.title or name, route=endpoint.route or f"/{name}"
         )
         if route_given or NAME_PATTERN.match(name):  # a bad name needs no second line for /NAME
-            _check_route(endpoint.route, path, problems)
-        _check_positive(endpoint, path, problems)
+            check_route(endpoint.route, path, problems)
+        check_positive(endpoint, path, problems)
         for input_name in endpoint.require_any:
             spec = inputs.get(input_name)
             if spec is None:
@@ -421,6 +477,8 @@ def load_endpoint(path: Path) -> Endpoint:
             )
         elif not page.is_file():
             problems.append(f"{path}: STATIC.page: no file {static.page!r} beside endpoint.toml")
+    if openai is not None:
+        openai = _checked_openai(openai, inputs, f"{path}: OPENAI", problems)
     if problems:
         raise ConfigError(problems)
     return Endpoint(
@@ -432,10 +490,61 @@ def load_endpoint(path: Path) -> Endpoint:
         outputs=outputs,
         progress_outputs=progress_outputs,
         folder=path.parent,
+        openai=openai,
     )
 
 
-def _check_route(route: str, path: Path, problems: list[str]) -> None:
+def _checked_openai(
+    section: OpenAISection, inputs: Mapping[str, FieldSpec], where: str, problems: list[str]
+) -> OpenAISection:
+    """The [OPENAI] table with its models as a dict of name -> inputs set; a problem line for
+    an unknown kind, a bad model name, an input the kind needs that the endpoint lacks, or a
+    model's input value its field refuses."""
+    if section.kind not in OPENAI_KINDS:
+        problems.append(f"{where}.kind: must be one of {', '.join(OPENAI_KINDS)} "
+                        f"(got {section.kind!r})")
+    for name in OPENAI_REQUIRED_INPUTS.get(section.kind, ()):
+        if name not in inputs:
+            problems.append(f"{where}.kind: an endpoint of kind {section.kind} needs an "
+                            f"input {name!r}")
+    for key in ("max_inputs", "max_stop"):
+        if getattr(section, key) < 1:
+            problems.append(f"{where}.{key}: must be at least 1")
+    raw = section.models
+    if isinstance(raw, list | tuple) and all(isinstance(name, str) for name in raw):
+        raw = {name: {} for name in raw}
+    if not isinstance(raw, dict) or not raw:
+        problems.append(f"{where}.models: must be a list of model names, or a table of model "
+                        "name -> the inputs it sets (at least one)")
+        return section
+    models: dict[str, dict[str, Any]] = {}
+    for name, sets in raw.items():
+        if not isinstance(name, str) or not MODEL_NAME_PATTERN.match(name):
+            problems.append(f"{where}.models: {name!r} is not a model name (letters, digits and "
+                            "_ . : / @ + -, at most 128)")
+        elif not isinstance(sets, dict):
+            problems.append(f"{where}.models.{name}: must be a table of inputs (got {sets!r})")
+        else:
+            models[name] = {key: _model_input(inputs, key, value, f"{where}.models.{name}",
+                                              problems) for key, value in sets.items()}
+    return dataclasses.replace(section, models=models)
+
+
+def _model_input(
+    inputs: Mapping[str, FieldSpec], key: str, value: Any, where: str, problems: list[str]
+) -> Any:
+    spec = inputs.get(key)
+    if spec is None:
+        problems.append(f"{where}.{key}: not an input of the endpoint")
+        return value
+    try:
+        return spec.check(value)
+    except FieldError as e:
+        problems.append(f"{where}.{key}: {e}")
+        return value
+
+
+def check_route(route: str, path: Path, problems: list[str]) -> None:
     if not route.startswith("/"):
         problems.append(f"{path}: ENDPOINT.route: must start with '/' (got {route!r})")
     elif not ROUTE_PATTERN.match(route):
@@ -451,7 +560,7 @@ def _check_route(route: str, path: Path, problems: list[str]) -> None:
         )
 
 
-def _check_positive(section: EndpointSection, path: Path, problems: list[str]) -> None:
+def check_positive(section: EndpointSection, path: Path, problems: list[str]) -> None:
     for key in ("max_queue_length", "max_queue_bytes", "lease_s", "job_timeout_s", "max_attempts",
                 "result_ttl_s"):
         if getattr(section, key) <= 0:
@@ -469,6 +578,7 @@ def load_endpoints(folder: Path) -> dict[str, Endpoint]:
     if not folder.is_dir():
         raise ConfigError([f"{folder}: endpoints folder not found"])
     endpoints: dict[str, Endpoint] = {}
+    models: dict[str, str] = {}  # OpenAI model name -> its endpoint
     problems: list[str] = []
     for path in sorted(folder.glob("*/endpoint.toml")):
         try:
@@ -486,6 +596,11 @@ def load_endpoints(folder: Path) -> dict[str, Endpoint]:
                 f"endpoint {same_route[0]!r}"
             )
         endpoints[endpoint.name] = endpoint
+        for model in endpoint.openai.models if endpoint.openai else ():
+            if model in models:
+                problems.append(f"{path}: OPENAI.models: {model!r} is already a model of "
+                                f"endpoint {models[model]!r}")
+            models.setdefault(model, endpoint.name)
     if problems:
         raise ConfigError(problems)
     return endpoints
@@ -549,3 +664,18 @@ def _check_server(config: ServerConfig, where: str, problems: list[str]) -> None
             problems.append(f"{where}.{key}: must be greater than 0 (got {getattr(config, key)})")
     if "" in config.admin_keys:
         problems.append(f"{where}.admin_keys: a key must not be empty")
+    if config.metrics_admin_only and not config.admin_keys:
+        problems.append(f"{where}.metrics_admin_only: needs at least one of admin_keys")
+    if not config.server_name.isprintable() or len(config.server_name) > 128:
+        problems.append(f"{where}.server_name: must be printable text of at most 128 characters")
+    _check_aime(config, where, problems)
+
+
+def _check_aime(config: ServerConfig, where: str, problems: list[str]) -> None:
+    prefix = config.aime_prefix
+    if not ROUTE_PATTERN.match(prefix) or prefix.split("/")[1] in RESERVED_ROUTES:
+        problems.append(f"{where}.aime_prefix: must be a path like '/aime', apart from the "
+                        f"server's own ({', '.join('/' + r for r in RESERVED_ROUTES)}) "
+                        f"(got {prefix!r})")
+    if not config.aime_session_ttl_s > 0:
+        problems.append(f"{where}.aime_session_ttl_s: must be greater than 0")

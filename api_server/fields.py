@@ -300,13 +300,17 @@ class BooleanField(FieldSpec):
 
 @dataclass(frozen=True, kw_only=True)
 class SelectionField(FieldSpec):
-    """`type = "selection"`: one of the `supported` values."""
+    """`type = "selection"`: one of the `supported` values; with `auto_convert`, another
+    value becomes the default (or the first supported value) instead of a 400."""
 
     type_name: ClassVar[str] = "selection"
     supported: tuple[Any, ...] = ()
+    auto_convert: bool = False
 
     def check(self, value: Any) -> Any:
         if value not in self.supported or isinstance(value, bool | dict | list):
+            if self.auto_convert:
+                return self.default if self.default is not None else self.supported[0]
             choices = ", ".join(repr(v) for v in self.supported)
             raise FieldError(f"must be one of {choices} (got {_show(value)})")
         return self.supported[self.supported.index(value)]  # 1.0 for 1 gives the 1 listed

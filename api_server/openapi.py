@@ -35,7 +35,7 @@ OPENAPI_PATH = f"{protocol.API_PREFIX}/openapi.json"
 # The protocol's job-id rule, in JSON Schema's dialect (ECMA regex: ^ and $, no \A and \Z).
 JOB_ID_PATTERN = f"^[A-Za-z0-9_.:-]{{1,{protocol.JOB_ID_MAX_LENGTH}}}$"
 _INT64 = (-(2**63), 2**63 - 1)  # integers travel through orjson: 64 bits at most
-_PAGE_PATHS = ("/", "/favicon.ico")
+_PAGE_PATHS = ("/", "/favicon.ico", "/dashboard")
 _STATUSES = tuple(status.value for status in protocol.JobStatus)
 
 # ----- reusable pieces (components)
@@ -418,6 +418,17 @@ def _operations(wait_max_s: float) -> dict[tuple[str, str], dict[str, Any]]:
             "security": _KEY_IF_ASKED,  # an admin key also shows the workers' addresses
             "responses": {"200": _json(_ref("schemas", "Status"))},
         },
+        ("GET", "/metrics"): {
+            "security": _KEY_IF_ASKED,  # with [SERVER] metrics_admin_only: an admin key
+            "responses": {
+                "200": {
+                    "description": "Prometheus' text format (version 0.0.4).",
+                    "content": {"text/plain": {"schema": {"type": "string"}}},
+                },
+                "401": None,
+                "403": None,
+            },
+        },
         ("GET", OPENAPI_PATH): {
             "security": _OPEN,
             "responses": {"200": _json({"type": "object"}, "This document.")},
@@ -798,8 +809,8 @@ def build_openapi(app: web.Application, endpoints: Mapping[str, Endpoint]) -> di
         if resource is None or method in ("HEAD", "OPTIONS", "*"):
             continue
         path = resource.canonical
-        if _is_page(method, path, pages):
-            continue
+        if _is_page(method, path, pages) or path.startswith(OPENAI_PATHS):
+            continue  # (OpenAI's routes are described by OpenAI's own document)
         known = operations.get((method, path), {})
         summary, description = _docstring(route.handler)
         operation_id = getattr(route.handler, "__name__", "") or f"{method.lower()} {path}"
@@ -867,6 +878,7 @@ def _version() -> str:
 
 
 OPENAPI_DOCUMENT = web.AppKey("openapi_document", bytes)
+OPENAI_PATHS = "/v1/"  # the OpenAI-compatible routes (api_server/routes/openai.py)
 
 
 async def build_document(app: web.Application) -> None:

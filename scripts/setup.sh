@@ -26,7 +26,17 @@ fi
 
 # 2. A virtual environment with the project (editable), the model workers' packages and the
 #    dev tools. torch first, pinned: a bare torch requirement would pull gigabytes of CUDA.
-[ -x .venv/bin/python ] || python3 -m venv .venv
-.venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q torch==2.13.0
-.venv/bin/python -m pip install -q -e ".[dev,worker]"
+#    Skipped when the venv was set up from this very pyproject.toml and script (its stamp).
+stamp=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)
+if [ "$(cat .venv/.jobhive-setup 2>/dev/null)" != "$stamp" ]; then
+  [ -x .venv/bin/python ] || python3 -m venv .venv
+  .venv/bin/python -m pip install -q --upgrade pip
+  .venv/bin/python -m pip install -q torch==2.13.0
+  .venv/bin/python -m pip install -q -e ".[dev,worker]"
+  # The checkout on the venv's path too (a .pth line): pip's editable install finds the package
+  # through an import hook that Python asks last, so from the folder `git clone` ran in, the
+  # clone's own folder (named jobhive, no __init__.py) would be imported instead, empty.
+  site=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+  echo "$PWD" > "$site/jobhive-checkout.pth"
+  echo "$stamp" > .venv/.jobhive-setup
+fi

@@ -12,9 +12,10 @@ import json
 
 from conftest import REPO
 from firefox import firefox
+from test_browser_pages import CHARTS_INKED
 
 SCREENSHOTS = REPO / "artifacts" / "screenshots" / "firefox"
-PAGES = ["/", "/echo", "/sd3", "/llama4_chat", "/rag_search", "/rag_chat"]
+PAGES = ["/", "/echo", "/sd3", "/llama4_chat", "/rag_search", "/rag_chat", "/dashboard"]
 
 # Fills the echo form as a user would (a second of work in 3 steps, each with a preview image)
 # and submits it.
@@ -31,7 +32,7 @@ RUN_ECHO = """
 """
 
 
-async def test_every_page_loads_in_firefox_and_runs_a_job(start_server, start_worker):
+async def test_every_page_loads_in_firefox_and_runs_a_job(start_server, start_worker, tmp_path):
     server = start_server(endpoints=REPO / "endpoints")
     start_worker(server.url)
     async with firefox() as browser:
@@ -59,4 +60,20 @@ async def test_every_page_loads_in_firefox_and_runs_a_job(start_server, start_wo
                                       "?.textContent")
         assert "hello from firefox" in text
         await browser.screenshot(SCREENSHOTS / "echo-done.png")
+        assert not browser.errors, json.dumps(browser.errors, indent=1)
+
+        # The dashboard draws its charts (uPlot) and the worker, polling fast (no job ends
+        # while it watches, so the latency chart has axes but no line).
+        await browser.goto(server.url + "/dashboard?every=0.3")
+        await browser.wait_for("['jobs', 'queued', 'workers'].every((c) => Number(document"
+                               ".querySelector(`figure[data-chart=${c}]`).dataset.points) > 1)")
+        assert await browser.evaluate(f"({CHARTS_INKED})()")
+        done = await browser.wait_for("document.querySelector('#endpoints-table "
+                                      "tr[data-endpoint=\"echo\"] td:nth-child(8)')?.textContent")
+        assert done == "1"  # the echo job above
+        model = await browser.evaluate("document.querySelector('#workers-table tbody tr "
+                                       "td:nth-child(3)')?.textContent")
+        assert model == "noop"
+        await browser.screenshot(tmp_path / "dashboard-firefox.png")
+        assert (tmp_path / "dashboard-firefox.png").stat().st_size > 10_000
         assert not browser.errors, json.dumps(browser.errors, indent=1)

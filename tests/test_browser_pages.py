@@ -332,3 +332,48 @@ async def test_a_chat_input_keeps_the_conversation(
 
     await chat.get_by_role("button", name="Clear chat").click()
     await expect(bubbles).to_have_count(0)
+
+
+# Whether every chart's canvas has something drawn on it (lines, axes: any pixel not clear).
+CHARTS_INKED = """() => [...document.querySelectorAll('figure.chart')].every((figure) => {
+  const canvas = figure.querySelector('canvas');
+  if (!canvas || !canvas.width) return false;
+  const pixels = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data;
+  for (let i = 3; i < pixels.length; i += 4) if (pixels[i]) return true;
+  return false;
+})"""
+
+
+async def test_the_dashboard_charts_jobs_latency_and_workers_live(
+    start_server, start_worker, browser, tmp_path
+):
+    server = start_server()
+    start_worker(server.url, "--worker-id", "dash-worker")
+    page = await browser.open(server.url + "/")
+    link = page.get_by_role("link", name="Dashboard", exact=True)  # (the index links to it)
+    await expect(link).to_have_attribute("href", "/dashboard")
+    await page.goto(server.url + "/dashboard?every=0.3")  # (polls faster than the default 2 s)
+    await expect(page.locator("main")).not_to_have_attribute("aria-busy", "true")
+
+    # Jobs finish while the page watches: its rates and quantiles come from what changed.
+    async with httpx.AsyncClient(timeout=10) as client:
+        for i in range(8):
+            reply = await client.post(f"{server.url}/api/v1/endpoints/echo/jobs?wait=5",
+                                      json={"inputs": {"text": str(i)}})
+            assert reply.json()["status"] == "done"
+            await asyncio.sleep(0.08)
+    echo = page.locator('#endpoints-table tr[data-endpoint="echo"]')
+    await expect(echo.locator("td").nth(6)).to_have_text("8", timeout=TIMEOUT_MS)  # done
+    await expect(echo.locator("td").nth(2)).to_have_text("1")  # workers online
+    for chart in ("jobs", "queued", "latency", "workers"):
+        figure = page.locator(f'figure[data-chart="{chart}"]')
+        await expect(figure).to_have_attribute("data-points", re.compile(r"^[1-9]\d*$"))
+        await expect(figure.locator(".u-legend")).to_contain_text("echo")
+    await expect(echo.locator("td").nth(4)).not_to_have_text("–")  # a p50 over the last jobs
+    assert await page.evaluate(CHARTS_INKED)
+    worker = page.locator('#workers-table tr[data-worker="dash-worker"]')
+    await expect(worker).to_contain_text("echo")
+    await expect(worker.locator("td").nth(1)).to_have_text("noop")  # its model
+    await expect(worker.locator("td").nth(3)).to_have_text("8")  # its jobs done
+    await page.screenshot(path=tmp_path / "dashboard.png", full_page=True)
+    assert (tmp_path / "dashboard.png").stat().st_size > 10_000

@@ -508,3 +508,18 @@ def test_cli_exits_non_zero_with_the_error(echo_url):
     assert "steps: must be" in refused.stderr
     usage = run_cli("echo", "not-a-pair", "--server", echo_url)
     assert usage.returncode == 2 and "field=value" in usage.stderr
+
+
+def test_the_readme_example_runs_from_the_folder_that_holds_the_clone(echo_url, tmp_path):
+    """Run from the folder `git clone` left the user in, the clone's own folder (named jobhive
+    there, and no package) must not shadow the installed one (setup.sh's .pth line)."""
+    readme = (REPO / "README.md").read_text()
+    example = readme.split("## Python client", 1)[1].split("```python\n", 1)[1].split("```")[0]
+    assert 'Client("http://127.0.0.1:7777"' in example
+    (tmp_path / "jobhive").symlink_to(REPO, target_is_directory=True)
+    ran = subprocess.run(
+        [sys.executable, "-c", example.replace("http://127.0.0.1:7777", echo_url)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=60,
+    )
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.splitlines()[-1] == "hello"

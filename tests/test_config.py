@@ -213,7 +213,7 @@ def test_an_unknown_section_is_named(tmp_path):
     path = write(tmp_path, "e", MINIMAL + "[MODEL]\nsize = 1\n")
     assert one_problem(path) == (
         f"{path}: [MODEL]: unknown section "
-        "(known: CLIENTS, ENDPOINT, INPUTS, OUTPUTS, PROGRESS, STATIC, WORKER)"
+        "(known: CLIENTS, ENDPOINT, INPUTS, OPENAI, OUTPUTS, PROGRESS, STATIC, WORKER)"
     )
 
 
@@ -463,13 +463,14 @@ def test_static_page_must_be_an_html_file_in_the_endpoints_folder(tmp_path, page
 
 
 @pytest.mark.parametrize(
-    "route", ["/api", "/api/v1/echo", "/static/echo", "/health", "/v1/chat", "/metrics"]
+    "route",
+    ["/api", "/api/v1/echo", "/static/echo", "/health", "/v1/chat", "/metrics", "/dashboard"],
 )
 def test_a_route_of_the_servers_own_is_refused(tmp_path, route):
     path = write(tmp_path, "e", MINIMAL + f"[ENDPOINT]\nroute = '{route}'\n")
     assert one_problem(path) == (
         f"{path}: ENDPOINT.route: {route!r} collides with the server's own paths (/api, /static, "
-        "/v1, /health, /metrics, /favicon.ico and below)"
+        "/v1, /health, /metrics, /dashboard, /favicon.ico and below)"
     )
 
 
@@ -631,7 +632,8 @@ log_level = "DEBUG"
     [
         ("[SERVER]\nport = 'http'\n", "SERVER.port: must be int (got 'http')"),
         ("[SERVER]\nthreads = 4\n",
-         "SERVER.threads: unknown key (known: admin_keys, allowed_hosts, "),
+         "SERVER.threads: unknown key (known: admin_keys, aime_enabled, aime_endpoints_dir, "
+         "aime_prefix, aime_session_ttl_s, allowed_hosts, "),
         ("[SERVER]\nport = 8080\n[ENDPOINT]\n", "[ENDPOINT]: unknown section (known: SERVER)"),
         ("SERVER = 1\n", "SERVER: must be a table"),
         (
@@ -650,6 +652,10 @@ log_level = "DEBUG"
         ),
         ("[SERVER]\nmax_body_bytes = 0\n", "SERVER.max_body_bytes: must be greater than 0 (got 0)"),
         ("[SERVER]\nsweep_interval_s = -1\n", "SERVER.sweep_interval_s: must be greater than 0"),
+        ("[SERVER]\nmetrics_admin_only = true\n",
+         "SERVER.metrics_admin_only: needs at least one of admin_keys"),
+        ("[SERVER]\nserver_name = \"a\\tb\"\n",  # (a tab)
+         "SERVER.server_name: must be printable text of at most 128 characters"),
     ],
 )
 def test_a_broken_server_toml_is_named(tmp_path, toml, expected):

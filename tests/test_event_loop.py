@@ -36,5 +36,8 @@ def test_image_validation_does_not_block_the_event_loop(start_server, http):
         assert list(pool.map(lambda _: submit(), range(4))) == [202] * 4
     assert http.get(f"{server.url}/health").status_code == 200
     server.stop()
-    assert "Executing" not in server.text, server.text[-2000:]
+    # (asyncio's own shutdown of its thread pool, after the test, may be slow on a busy machine)
+    slow = [line for line in server.text.splitlines()
+            if "Executing" in line and "shutdown_default_executor" not in line]
+    assert not slow, server.text[-2000:]
     assert "took" not in server.text

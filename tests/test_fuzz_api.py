@@ -56,6 +56,7 @@ ENDPOINT_NAMES = sorted(
 OPERATIONS = [
     ("get", "/health"),
     ("get", "/api/v1/status"),
+    ("get", "/metrics"),
     ("get", "/api/v1/openapi.json"),
     ("get", "/api/v1/endpoints"),
     ("get", "/api/v1/endpoints/{name}"),

@@ -122,13 +122,19 @@ def test_stop_string_ends_the_reply_before_it(chat_server, http):
         assert bad["status"] == "failed" and "`stop`" in bad["error"], bad
 
 
-def test_cancel_stops_generation_mid_stream(chat_server, http):
+def test_a_late_chat_joins_a_long_one_and_cancel_stops_that(chat_server, http):
     server, worker = chat_server
     with explained(server, worker):
         job = submit(http, server.url, wait_s=None, max_new_tokens=1900, temperature=1.0,
                      ignore_eos=True)
         url = f"{server.url}/api/v1/jobs/{job['job_id']}"
         wait_until(lambda: (http.get(url).json()["progress_outputs"] or {}).get("tokens"), 30)
+        # A chat that comes while the long one generates joins its batch: it is done, its
+        # result posted, while the long one still runs (continuous batching).
+        late = submit(http, server.url, max_new_tokens=5, seed=3, ignore_eos=True)
+        assert late["status"] == "done" and late["outputs"]["generated_tokens"] == 5, late
+        assert http.get(url).json()["status"] == "running"
+        # Canceled, the long one stops mid-stream.
         assert http.delete(url).status_code == 200
         line = worker.wait_for_output(rf"job {job['job_id']} canceled after \d+ tokens", 30)
         assert int(re.search(r"after (\d+) tokens", line).group(1)) < 1000, line
@@ -142,7 +148,7 @@ def test_over_long_context_is_refused_or_trimmed(chat_server, http):
     server, worker = chat_server
     long_chat = [
         {"role": "system", "content": "You are terse."},
-        *[{"role": role, "content": "hello world " * 40}
+        *[{"role": role, "content": "hello world " * 120}
           for _ in range(5) for role in ("user", "assistant")],
         {"role": "user", "content": "And now?"},
     ]
@@ -257,6 +263,60 @@ def test_a_batched_chat_gives_what_it_gives_alone(local_worker):
     assert alone[0] != alone[1]
 
 
+class StaggeredFeed:
+    """A JobFeed whose jobs arrive at given steps of the worker's loop (take() is called once
+    per decoding step); notes the step at which each job finished."""
+
+    def __init__(self, arrivals: dict[int, list[Job]]) -> None:
+        self.arrivals = arrivals
+        self.steps = 0
+        self.outcomes: dict[str, dict] = {}
+        self.finished_at_step: dict[str, int] = {}
+
+    def take(self) -> list[Job]:
+        self.steps += 1
+        return self.arrivals.pop(self.steps - 1, [])
+
+    def finish(self, job: Job, outcome) -> None:
+        self.outcomes[job.id] = outcome
+        self.finished_at_step[job.id] = self.steps
+
+
+def test_chats_that_join_a_running_batch_give_what_they_give_alone(local_worker):
+    """Continuous batching: chats join a running batch at later steps (their prompts
+    prefilled, their caches merged in), leave it as each ends, one is canceled midway; each
+    one's tokens, greedy or sampled with its own seed, are those it gives alone."""
+    jobs = [
+        local_job("greedy", "hi", max_new_tokens=40),
+        local_job("sampled", "hello there, how are you? " * 10, temperature=1.0, seed=3,
+                  max_new_tokens=25),
+        local_job("top-k-p", "x", temperature=0.8, top_k=20, top_p=0.9, seed=4,
+                  max_new_tokens=50),
+        local_job("late-short", "short one", temperature=1.0, seed=5, max_new_tokens=5),
+        local_job("canceled", "again " * 30, temperature=1.0, seed=6, max_new_tokens=30),
+    ]
+    alone = {job.id: local_worker.run([job], lambda *a: None)[0] for job in jobs}
+    feed = StaggeredFeed({0: jobs[:1], 3: jobs[1:3], 10: jobs[3:]})
+
+    def progress(job, percent, outputs):
+        if job.id == "canceled" and outputs["tokens"] == 8:
+            job.canceled = True  # as the runner does when the client cancels
+
+    local_worker.run_continuously(feed, progress)
+    for job in jobs[:4]:
+        assert feed.outcomes[job.id]["text"] == alone[job.id]["text"], job.id
+        assert feed.outcomes[job.id]["generated_tokens"] == job.inputs["max_new_tokens"]
+    canceled = feed.outcomes["canceled"]
+    assert canceled["finish_reason"] == "canceled" and canceled["generated_tokens"] == 8
+    assert alone["canceled"]["text"].startswith(canceled["text"])
+    # Each left the batch the step it ended, the late short chat long before the first one:
+    # a chat taken at step s (1-based) makes its first two tokens there (its prefill, then the
+    # batch's step) and one per step after; a canceled one leaves at the next step.
+    assert feed.finished_at_step["greedy"] == 1 + 40 - 2
+    assert feed.finished_at_step["late-short"] == 11 + 5 - 2
+    assert feed.finished_at_step["canceled"] == 11 + 8 - 2 + 1
+
+
 def test_a_failure_inside_generation_fails_the_jobs_with_its_reason(local_worker, monkeypatch):
     """The model raises at its tenth forward: run() returns the error for each job (the runner
     posts it as the job's error) instead of raising or hanging."""
@@ -278,12 +338,28 @@ def test_a_failure_inside_generation_fails_the_jobs_with_its_reason(local_worker
     assert reports and reports[-1]["tokens"] <= 9  # it had streamed before failing
 
 
-def test_text_decoded_a_token_at_a_time_is_the_whole_decode(local_worker):
+def byte_level_tokenizer():
+    """A byte-level BPE tokenizer, as real Llama checkpoints have (the tiny model's is
+    word-level): a character can span several of its tokens."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    backend.train_from_iterator(["plain ASCII text, twice and more"] * 4, trainers.BpeTrainer(
+        vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False))
+    return PreTrainedTokenizerFast(tokenizer_object=backend)
+
+
+def test_text_decoded_a_token_at_a_time_is_the_whole_decode(local_worker, monkeypatch):
     """new_text() decodes a short window per token, never the whole reply: the pieces join
     into what one decode of every token gives, and no piece ends in half a character."""
     from workers.llama4.worker import Chat
 
-    tokenizer = local_worker.tokenizer
+    tokenizer = byte_level_tokenizer()
+    monkeypatch.setattr(local_worker, "tokenizer", tokenizer)
     text = "Grüße aus Köln! 日本語のテキスト 🙂🚀 and plain ASCII, twice. " * 2
     ids = tokenizer.encode(text, add_special_tokens=False)
     assert len(ids) > len(text.encode()) // 4  # multi-byte characters span several tokens

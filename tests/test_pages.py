@@ -62,6 +62,14 @@ def test_index_static_files_and_pages(start_server, endpoints_dir, http):
         again = http.get(f"{url}/static/{name}", headers={"If-None-Match": reply.headers["etag"]})
         assert again.status_code == 304  # no-cache: kept, but checked before each use
     assert http.get(url + "/favicon.ico").headers["content-type"] == "image/svg+xml"
+    # The dashboard, and the charting library it loads (vendored: its note is not served).
+    dashboard = http.get(url + "/dashboard")
+    assert dashboard.content == (FRONTEND / "dashboard.html").read_bytes()
+    assert "script-src 'self'" in dashboard.headers["content-security-policy"]
+    uplot = http.get(url + "/static/vendor/uPlot.iife.min.js")
+    assert uplot.headers["content-type"] == "text/javascript; charset=utf-8"
+    assert uplot.content == (FRONTEND / "vendor" / "uPlot.iife.min.js").read_bytes()
+    assert_error(http.get(url + "/static/vendor/README.md"), 404)
 
 
 def test_nothing_else_is_served(start_server, http):

@@ -598,6 +598,21 @@ def cli(*args: str, timeout_s: float = 50) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.fixture
+def cli_here(capsys):
+    """The CLI run in this process, answered as cli() answers: the build below runs it as a
+    command; the rest skip a Python start and the model libraries' imports (seconds each)."""
+    from workers import index_cli
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        with pytest.raises(SystemExit) as exited:
+            index_cli.main(list(args))
+        out, err = capsys.readouterr()
+        return subprocess.CompletedProcess(list(args), exited.value.code or 0, out, err)
+
+    return run
+
+
 @pytest.fixture(scope="module")
 def cli_index(corpus: Path, tmp_path_factory: pytest.TempPathFactory):
     """(index folder, the build's CompletedProcess)."""
@@ -633,27 +648,27 @@ def test_cli_build_shows_progress_broken_files_and_a_summary(cli_index):
     assert (out / "tiny-clip" / "config.json").is_file()
 
 
-def test_cli_add_skips_what_is_indexed(cli_index, corpus):
+def test_cli_add_skips_what_is_indexed(cli_here, cli_index, corpus):
     out, _ = cli_index
-    added = cli("add", str(corpus), "--index", str(out), "--device", "cpu", "--quiet")
+    added = cli_here("add", str(corpus), "--index", str(out), "--device", "cpu", "--quiet")
     assert added.returncode == 0, added.stderr
     assert f"{GOOD} unchanged" in added.stdout and "indexed 0 files" in added.stdout
     assert "%|" not in added.stderr  # --quiet: no bar
 
 
-def test_cli_info_describes_the_index_without_models(cli_index):
+def test_cli_info_describes_the_index_without_models(cli_here, cli_index):
     out, _ = cli_index
-    info = cli("info", str(out))
+    info = cli_here("info", str(out))
     assert info.returncode == 0, info.stderr
     assert f"files:    {GOOD} indexed, 3 failed" in info.stdout and "IndexFlatIP" in info.stdout
     assert "failed:   docs/bad.pdf: unreadable PDF" in info.stdout
-    as_json = json.loads(cli("info", str(out), "--json").stdout)
+    as_json = json.loads(cli_here("info", str(out), "--json").stdout)
     assert as_json["images"] == 3 and as_json["models"]["clip"] == "tiny-clip"
 
 
-def test_cli_search_prints_hits(cli_index, corpus):
+def test_cli_search_prints_hits(cli_here, cli_index, corpus):
     out, _ = cli_index
-    found = cli(
+    found = cli_here(
         "search",
         str(out),
         "--text",
@@ -671,20 +686,20 @@ def test_cli_search_prints_hits(cli_index, corpus):
     assert "text→text" in found.stdout and "image→image" in found.stdout
 
 
-def test_cli_usage_errors_exit_2(cli_index, corpus, tmp_path):
+def test_cli_usage_errors_exit_2(cli_here, cli_index, corpus, tmp_path):
     out, _ = cli_index
-    again = cli("build", str(corpus), "--out", str(out))
+    again = cli_here("build", str(corpus), "--out", str(out))
     assert again.returncode == 2 and "already holds an index" in again.stderr
     (tmp_path / "stuff.txt").write_text("x")
-    not_empty = cli("build", str(corpus), "--out", str(tmp_path))
+    not_empty = cli_here("build", str(corpus), "--out", str(tmp_path))
     assert not_empty.returncode == 2 and "is not empty" in not_empty.stderr
-    missing = cli("build", str(tmp_path / "nope"), "--out", str(tmp_path / "new"))
+    missing = cli_here("build", str(tmp_path / "nope"), "--out", str(tmp_path / "new"))
     assert missing.returncode == 2 and "no such file or folder" in missing.stderr
     assert not (tmp_path / "new").exists()
-    no_query = cli("search", str(out))
+    no_query = cli_here("search", str(out))
     assert no_query.returncode == 2 and "--text, --image or both" in no_query.stderr
-    not_index = cli("info", str(tmp_path))
+    not_index = cli_here("info", str(tmp_path))
     assert not_index.returncode == 2 and "is not a jobhive index" in not_index.stderr
-    bad_option = cli("build", str(corpus), "--out", str(tmp_path / "x"), "--chunk-chars", "0")
+    bad_option = cli_here("build", str(corpus), "--out", str(tmp_path / "x"), "--chunk-chars", "0")
     assert bad_option.returncode == 2 and "positive" in bad_option.stderr
-    assert cli("--help").returncode == 0
+    assert cli_here("--help").returncode == 0

@@ -599,3 +599,30 @@ async def test_redis_previews_are_kept_within_their_bounds(redis_store, echo, mo
     await redis_store.report_results([result(grants[2], outputs=b"{}")])
     await until(lambda: grants[2].job_id not in redis_store._events._previews)  # (done heard)
     assert redis_store._events._previews.keys() == {grants[1].job_id}
+
+
+async def test_redis_link_a_caller_that_gives_up_leaves_the_others_their_replies(redis_url):
+    """One pipelined connection: a canceled caller's reply is dropped when it comes, and the
+    callers after it still get their own replies; an error reply goes to its caller alone."""
+    import redis.exceptions
+
+    from api_server.store.redis_link import RedisLink
+
+    client = connect(redis_url)
+    link = RedisLink(client)
+    try:
+        await link.run(("PING",))  # (connected: the calls below are all sent in one turn)
+        calls = [asyncio.ensure_future(link.run(("ECHO", f"call {i}"))) for i in range(5)]
+        await asyncio.sleep(0)
+        calls[2].cancel()  # (sent, its reply on the way)
+        broken = asyncio.ensure_future(link.run(("NOSUCHCOMMAND",)))
+        last = asyncio.ensure_future(link.run(("ECHO", "last"), ("PING",)))
+        replies = await asyncio.gather(*calls, broken, last, return_exceptions=True)
+        assert [r[0] for r in replies[:2] + replies[3:5]] == [b"call 0", b"call 1",
+                                                               b"call 3", b"call 4"]
+        assert isinstance(replies[2], asyncio.CancelledError)
+        assert isinstance(replies[5], redis.exceptions.ResponseError)
+        assert replies[6] == [b"last", b"PONG"]
+    finally:
+        await link.close()
+        await client.aclose()

@@ -17,11 +17,13 @@ import random
 import re
 import signal
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import httpx
+import pytest
 from aiohttp import web
 from conftest import Process, hold_port, wait_until
 from e2e_http import echo_variant, get_job, serve_app
@@ -36,7 +38,7 @@ from jobhive.protocol import (
     encode_data_url,
 )
 from workers.runtime.model import ModelWorker
-from workers.runtime.runner import Runner, RunnerSettings
+from workers.runtime.runner import ModelStalled, Runner, RunnerSettings
 
 FINISHED = ("done", "failed", "canceled")
 BODY_LIMIT = 1024 * 1024  # the server's max_body_bytes in these tests
@@ -513,3 +515,99 @@ def test_a_worker_refuses_a_server_option_that_is_not_a_url(start_worker):
 
     assert exited(worker, 30) == 2, worker.text  # (before loading its model)
     assert "'queue-b:7777' is not a server URL (http(s)://HOST[:PORT])" in worker.text
+
+
+# ----- D: continuous batching (a worker that takes jobs while it runs)
+
+
+class Ticker(ModelWorker):
+    """Echoes, continuously batched: each job takes `steps` ticks of 20 ms, beside the others;
+    a job joins at the next tick after it came and leaves at the tick it ends."""
+
+    job_type = "echo"
+    takes_jobs_while_running = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.most_running = 0  # touched by the model thread only
+        self.ended = threading.Event()
+        self.unwedge = threading.Event()  # what a job of text "hang" waits for, silently
+
+    def run_continuously(self, feed, progress):
+        self.ended.clear()
+        ticks_left: dict = {}
+        while (arrived := feed.take()) or ticks_left:
+            ticks_left.update((job, job.inputs["steps"]) for job in arrived)
+            if any(job.inputs["text"] == "hang" for job in arrived):
+                self.unwedge.wait()
+            self.most_running = max(self.most_running, len(ticks_left))
+            time.sleep(0.02)
+            for job in list(ticks_left):
+                ticks_left[job] -= 1
+                progress(job, 100 * (1 - ticks_left[job] / job.inputs["steps"]))
+                if ticks_left[job] <= 0 or job.canceled:
+                    del ticks_left[job]
+                    feed.finish(job, RuntimeError(job.inputs["fail"]) if job.inputs.get("fail")
+                                else {"text": job.inputs["text"], "delay_s": 0.0,
+                                      "steps": job.inputs["steps"], "worker_id": "ticker"})
+        self.ended.set()
+
+
+async def test_jobs_join_a_running_worker_and_leave_it_as_they_end(start_server, http):
+    # max_batch 2: a long job and a short one run; a third joins when the short one ends (its
+    # result posted then, long before the long one ends), a fourth fails alone; on a stop the
+    # long job, still running after grace_s, is handed back to the queue.
+    server = start_server()
+    ticker = Ticker()
+    settings = RunnerSettings(server.url, "echo-worker-key", "ticker", max_batch=2,
+                              poll_wait_s=2, grace_s=0.3)
+    runner = Runner(ticker, settings)
+    serving = asyncio.ensure_future(runner.serve())
+
+    def job(job_id: str) -> dict:
+        return get_job(http, server.url, job_id)
+
+    def run_in_thread(fn, *args):
+        return asyncio.to_thread(fn, *args)
+
+    try:
+        long_id = await run_in_thread(lambda: submit(http, server.url, text="long", steps=100))
+        await run_in_thread(wait_until, lambda: job(long_id)["status"] == "running")
+        short_ids = [await run_in_thread(lambda s=s: submit(http, server.url, text=s, steps=5))
+                     for s in ("a", "b")]
+        failing_id = await run_in_thread(
+            lambda: submit(http, server.url, text="c", steps=2, fail="no luck"))
+        finished = [await run_in_thread(wait_finished, http, server.url, i, 20)
+                    for i in [*short_ids, failing_id]]
+        assert [f["status"] for f in finished] == ["done", "done", "failed"], [
+            (f["status"], f.get("error")) for f in finished]
+        assert [f["outputs"]["text"] for f in finished[:2]] == ["a", "b"]
+        assert finished[2]["error"] == "no luck"
+        assert job(long_id)["status"] == "running"  # the others came and went beside it
+        assert ticker.most_running == 2  # never more than max_batch
+        runner.stop()
+        await asyncio.wait_for(serving, 10)
+        assert job(long_id)["status"] == "queued"  # handed back after grace_s
+        assert await run_in_thread(ticker.ended.wait, 5)  # (canceled, it ended at once)
+    finally:
+        if not serving.done():
+            serving.cancel()
+
+
+async def test_a_continuous_worker_that_stalls_fails_its_running_jobs(start_server, http):
+    server = start_server()
+    ticker = Ticker()
+    settings = RunnerSettings(server.url, "echo-worker-key", "ticker", max_batch=4,
+                              poll_wait_s=2, stall_s=1)
+    try:
+        ids = [await asyncio.to_thread(submit, http, server.url, text="ok", steps=100)]
+        serving = asyncio.ensure_future(Runner(ticker, settings).serve())
+        await asyncio.to_thread(wait_until, lambda: get_job(http, server.url, ids[0])["progress"])
+        ids.append(await asyncio.to_thread(submit, http, server.url, text="hang", steps=1))
+        with pytest.raises(ModelStalled):
+            await asyncio.wait_for(serving, 10)
+    finally:
+        ticker.unwedge.set()
+    for job_id in ids:
+        job = get_job(http, server.url, job_id)
+        assert (job["status"], job["error"]) == ("failed", "model stalled for 1 s"), job

@@ -16,6 +16,7 @@ from typing import Any
 from jobhive.aio import run_loop
 from jobhive.protocol import DEFAULT_SERVER_URL, server_urls
 from workers.runtime import ModelStalled, ModelWorker, Runner, RunnerSettings, WorkerRefused
+from workers.runtime.quiet import drop_unactionable_warnings
 from workers.runtime.supervisor import (
     EXIT_REFUSED,
     EXIT_STALLED,
@@ -34,6 +35,8 @@ WORKER_TYPES = {
         "Llama 4 (or any chat model) with streamed tokens; with --index it serves rag_chat",
     ),
     "rag": ("workers.rag.worker:RagWorker", "search an index of documents and images (rag_search)"),
+    "embed": ("workers.rag.embeddings:EmbedWorker",
+              "text embeddings from CLIP's text tower and the sentence model (embeddings)"),
 }
 
 
@@ -43,6 +46,7 @@ WORKER_TYPES = {
 TINY_BUILDERS = {
     "sd3": ("workers.tiny.sd3:build_tiny_sd3", "an SD3 whose images are noise"),
     "llama4": ("workers.tiny.llama4:build_tiny_llama4", "a Llama 4 whose text is gibberish"),
+    "embed": ("workers.tiny.clip:build_tiny_clip", "a CLIP whose vectors mean nothing"),
 }
 
 
@@ -87,7 +91,9 @@ def parse_args(argv: list[str] | None) -> tuple[type[ModelWorker], Any, argparse
             default=f"{socket.gethostname()}-{os.getpid()}",
             help="name in the server's logs and status (default HOST-PID)",
         )
-        p.add_argument("--max-batch", type=int, default=1, help="most jobs per batch (default 1)")
+        p.add_argument("--max-batch", type=int, default=1,
+                       help="most jobs per batch; for a worker that batches continuously "
+                       "(llama4), most jobs running at once (default 1)")
         p.add_argument(
             "--poll-wait-s",
             type=float,
@@ -164,6 +170,7 @@ def parse_args(argv: list[str] | None) -> tuple[type[ModelWorker], Any, argparse
 
 
 def main(argv: list[str] | None = None) -> None:
+    drop_unactionable_warnings()  # (before parse_args imports the worker's libraries)
     argv = sys.argv[1:] if argv is None else argv
     worker_cls, model_settings, args = parse_args(argv)
     if args._children:  # --gpus/--processes: this process supervises, the children serve

@@ -25,6 +25,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from workers.runtime.quiet import drop_unactionable_warnings
+
 log = logging.getLogger("jobhive.rag")
 
 USAGE_ERROR = 2
@@ -156,6 +158,7 @@ def _setup_logging() -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("jobhive-index: %(message)s"))
     logging.basicConfig(level=logging.WARNING, handlers=[handler])
+    drop_unactionable_warnings()
     log.setLevel(logging.INFO)
     logging.getLogger("pypdf").setLevel(logging.ERROR)  # its notes on odd PDFs, once per page
 

@@ -1,5 +1,5 @@
-"""Browser pages: the index (`/`), each endpoint's demo page at its route, and frontend/'s files
-under `/static/`.
+"""Browser pages: the index (`/`), the dashboard (`/dashboard`), each endpoint's demo page at its
+route, and frontend/'s files under `/static/`.
 
 An endpoint's page is its own `[STATIC] page` (one HTML file in its folder, checked by the config
 loader) or else the generic page, frontend/endpoint.html, which builds its form from the
@@ -80,11 +80,13 @@ def static_files(folder: Path = FRONTEND) -> dict[str, Path]:
 
 
 def page_routes(endpoints: Mapping[str, Endpoint]) -> list[web.RouteDef]:
-    """The index, frontend/'s files, and one page per endpoint at its `[ENDPOINT] route`."""
+    """The index, the dashboard, frontend/'s files, and one page per endpoint at its
+    `[ENDPOINT] route`."""
     generic = FRONTEND / "endpoint.html"
     return [
         web.get("/", partial(_file, FRONTEND, FRONTEND / "index.html")),
         web.get("/favicon.ico", partial(_file, FRONTEND, FRONTEND / "favicon.svg")),
+        web.get("/dashboard", partial(_file, FRONTEND, FRONTEND / "dashboard.html")),
         *(
             web.get(f"/static/{name}", partial(_file, FRONTEND, path))
             for name, path in static_files().items()

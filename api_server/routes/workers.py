@@ -19,7 +19,8 @@ from aiohttp import web
 from api_server.auth import unauthorized
 from api_server.config import Endpoint
 from api_server.httputil import ApiError, json_response, read_json, read_object
-from api_server.state import CALLER, CONFIG, ENDPOINTS, FILES, OUTPUT_FILTER, STORE
+from api_server.metrics import MODEL_OUTPUTS
+from api_server.state import CALLER, CONFIG, ENDPOINTS, FILES, METRICS, OUTPUT_FILTER, STORE
 from api_server.store import ReportAnswer, WorkerReport
 from jobhive import protocol
 
@@ -31,7 +32,7 @@ def _require_worker_key(request: web.Request) -> None:
         raise unauthorized("worker")
 
 
-def _worker_endpoints(
+def worker_endpoints(
     request: web.Request, job_types: Sequence[str], field: str = "job_types"
 ) -> list[Endpoint]:
     """The endpoints of these job types; 400 naming any type that is unknown or that the
@@ -163,15 +164,17 @@ async def _read_reports(request: web.Request, batch: bool) -> list[WorkerReport]
 
 async def _authorized(
     request: web.Request, reports: list[WorkerReport], results: bool, worker: str
-) -> tuple[list[WorkerReport], list[ReportAnswer]]:
+) -> tuple[list[WorkerReport], list[ReportAnswer], dict[str, tuple[str, dict[str, Any]]]]:
     """Splits reports into those the caller's key may make (their outputs kept to what the
     endpoint declares, file references checked against the job's files and rewritten from
     them, and serialised once for results) and refusals for the rest (400 for a reference to
-    a file the job does not have, naming the output)."""
+    a file the job does not have, naming the output). Also gives, by job id, the endpoint
+    and outputs of each result with numbers for the metrics (api_server.metrics)."""
     app = request.app
     worker_of = request[CALLER].role.worker_of
     endpoints_of = await app[STORE].endpoints_of(r.job_id for r in reports)
     allowed, refused = [], []
+    outputs_of: dict[str, tuple[str, dict[str, Any]]] = {}
     for report in reports:
         endpoint = app[ENDPOINTS].get(endpoints_of.get(report.job_id, ""))
         if endpoint is None:
@@ -194,13 +197,15 @@ async def _authorized(
                 allowed.append(WorkerReport(report.job_id, report.lease_id, report.progress,
                                             outputs_json=orjson.dumps(outputs),
                                             error=report.error, release=report.release))
+                if not MODEL_OUTPUTS.isdisjoint(outputs):  # (what model workers measure)
+                    outputs_of[report.job_id] = (endpoint.name, outputs)
             else:
                 allowed.append(WorkerReport(report.job_id, report.lease_id, report.progress,
                                             outputs=outputs))
-    return allowed, refused
+    return allowed, refused, outputs_of
 
 
-async def _record(
+async def record_reports(
     request: web.Request,
     reports: list[WorkerReport],
     results: bool,
@@ -210,9 +215,14 @@ async def _record(
     (507/503 for the whole request when the store cannot write them)."""
     store = request.app[STORE]
     worker = worker or f"with key {request[CALLER].owner[:8]}"
-    allowed, refused = await _authorized(request, reports, results, worker)
+    allowed, refused, outputs_of = await _authorized(request, reports, results, worker)
     record = store.report_results if results else store.report_progress
     answers = await record(allowed) if allowed else []  # (a StoreError: the app's edge)
+    if outputs_of:
+        metrics = request.app[METRICS]
+        for answer in answers:
+            if answer.ok and answer.job_id in outputs_of:
+                metrics.result_taken(*outputs_of[answer.job_id])
     by_job = {a.job_id: a for a in answers + refused}
     return [by_job[report.job_id] for report in reports]
 
@@ -275,13 +285,13 @@ async def poll_jobs(request: web.Request) -> web.Response:
     (each with its lease) or 204 when none came within wait_s."""
     _require_worker_key(request)
     poll = _parse_poll(await _read_body(request), request.app[CONFIG].worker_poll_max_s)
-    grants = await _grant(request, poll, _worker_endpoints(request, poll.job_types))
+    grants = await _grant(request, poll, worker_endpoints(request, poll.job_types))
     return json_response({"jobs": grants}) if grants else web.Response(status=204)
 
 
 async def _report(request: web.Request, batch: bool, results: bool) -> web.Response:
     _require_worker_key(request)
-    answers = await _record(request, await _read_reports(request, batch), results)
+    answers = await record_reports(request, await _read_reports(request, batch), results)
     if batch:
         return json_response({"answers": [a.to_json() for a in answers]})
     return _single_answer(answers)
@@ -315,11 +325,11 @@ async def batch_results(request: web.Request) -> web.Response:
     body = read_object(await _read_body(request), ("reports", "poll"))
     reports = _parse_reports(body.get("reports"))
     if "poll" not in body:
-        answers = await _record(request, reports, True)
+        answers = await record_reports(request, reports, True)
         return json_response({"answers": [a.to_json() for a in answers]})
     poll = _parse_poll(body["poll"], config.worker_poll_max_s, prefix="poll.")
-    endpoints = _worker_endpoints(request, poll.job_types, "poll.job_types")
-    answers = await _record(request, reports, True, poll.worker_id)
+    endpoints = worker_endpoints(request, poll.job_types, "poll.job_types")
+    answers = await record_reports(request, reports, True, poll.worker_id)
     jobs = await _grant(request, poll, endpoints)
     return json_response({"answers": [a.to_json() for a in answers], "jobs": jobs})
 

@@ -14,7 +14,47 @@ from typing import Any, Protocol
 
 from api_server.config import Endpoint
 from api_server.store.model import JobView, ReportAnswer, WorkerReport
-from jobhive.protocol import Grant
+from jobhive.protocol import Grant, JobStatus
+
+
+class JobEvents(Protocol):
+    """What a store tells, as it happens, about the jobs it changes (the server's metrics
+    count them: api_server.metrics). Called on the event loop; must not block or raise."""
+
+    def job_submitted(self, endpoint: str) -> None: ...
+
+    def job_finished(
+        self, endpoint: str, status: JobStatus, wait_s: float | None, run_s: float | None
+    ) -> None:
+        """A job ended done, failed or canceled; for a done job, its wait (submit to the start
+        of its last attempt) and run (that start to its result) in seconds."""
+        ...
+
+    def lease_expired(self, endpoint: str, requeued: bool) -> None:
+        """A worker stopped reporting: its job was requeued, or failed (max_attempts)."""
+        ...
+
+    def job_handed_back(self, endpoint: str) -> None:
+        """A worker handed a running job back (release): it is queued again."""
+        ...
+
+
+class NoJobEvents:
+    """The JobEvents of a store nobody observes: each does nothing."""
+
+    def job_submitted(self, endpoint: str) -> None:
+        pass
+
+    def job_finished(
+        self, endpoint: str, status: JobStatus, wait_s: float | None, run_s: float | None
+    ) -> None:
+        pass
+
+    def lease_expired(self, endpoint: str, requeued: bool) -> None:
+        pass
+
+    def job_handed_back(self, endpoint: str) -> None:
+        pass
 
 
 class Store(Protocol):
@@ -102,6 +142,10 @@ class Store(Protocol):
 
     def on_forget(self, hook: Callable[[list[str]], Awaitable[None]]) -> None:
         """Calls `await hook(job_ids)` after jobs are forgotten at the end of their TTL."""
+        ...
+
+    def observe(self, events: JobEvents) -> None:
+        """Tells `events` of this server's changes of jobs from now on (one observer)."""
         ...
 
 

@@ -27,7 +27,7 @@ from typing import Any
 import orjson
 
 from api_server.config import Endpoint, EndpointSection
-from api_server.store.base import wait_on
+from api_server.store.base import JobEvents, NoJobEvents, wait_on
 from api_server.store.journal import Journal, JournalError
 from api_server.store.model import (
     INLINE_VALUE_MAX_BYTES,
@@ -88,6 +88,7 @@ class JobStore:
         self._closing = False  # shutting down: long-polls answer at once, no more grants
         # Called with the ids of jobs forgotten (their TTL passed): their files go too.
         self._forget_hooks: list[Callable[[list[str]], Awaitable[None]]] = []
+        self._observer: JobEvents = NoJobEvents()  # told of each change (the metrics)
 
     # ----- start-up and shut-down
 
@@ -262,6 +263,7 @@ class JobStore:
                 del self._inserting[job_id]
                 inserting.set_result(None)
         self._jobs[job.id] = job
+        self._observer.job_submitted(name)
         if job.busy is None and job.status is JobStatus.QUEUED:  # not taken as it arrived
             queue.push(job)
             self._wake_worker(name)
@@ -517,6 +519,7 @@ class JobStore:
             for job, _, _ in updates:
                 if job in requeued:
                     self._after_requeue(job, "handed back by its worker")
+                    self._observer.job_handed_back(job.endpoint)
                 else:
                     self._after_finish(job)
             return answers
@@ -566,6 +569,7 @@ class JobStore:
         now = self._clock()
         updates: list[_Update] = []
         requeued: dict[Job, str] = {}
+        expired: list[tuple[str, bool]] = []  # (endpoint, requeued) of each lease expired
         for job in list(self._running.values()):
             if job.busy is not None:
                 continue
@@ -585,9 +589,11 @@ class JobStore:
                         f"{job.attempts} times (max_attempts = {settings.max_attempts})"
                     )
                     updates.append(self._finished(job, JobStatus.FAILED, error=error))
+                    expired.append((job.endpoint, False))
                 else:
                     updates.append(self._requeued(job, count=True))
                     requeued[job] = f"lease expired: worker {job.worker_id} stopped reporting"
+                    expired.append((job.endpoint, True))
         if updates:
             hold = asyncio.get_running_loop().create_future()
             jobs = [job for job, _, _ in updates]
@@ -602,6 +608,8 @@ class JobStore:
                     self._after_requeue(job, requeued[job])
                 else:
                     self._after_finish(job)
+            for endpoint_name, back in expired:
+                self._observer.lease_expired(endpoint_name, back)
         await self._forget_expired(now)
 
     async def _forget_expired(self, now: int) -> None:
@@ -631,6 +639,10 @@ class JobStore:
     def on_forget(self, hook: Callable[[list[str]], Awaitable[None]]) -> None:
         """Calls `await hook(job_ids)` after jobs are forgotten at the end of their TTL."""
         self._forget_hooks.append(hook)
+
+    def observe(self, events: JobEvents) -> None:
+        """Tells `events` of every job submitted, finished or requeued from now on."""
+        self._observer = events
 
     async def worker_seen(
         self,
@@ -735,6 +747,10 @@ class JobStore:
             run_s = (now - job.started_at_ms) / 1000
             if job.endpoint in self._run_s:
                 self._run_s[job.endpoint] = 0.9 * self._run_s[job.endpoint] + 0.1 * run_s
+            self._observer.job_finished(job.endpoint, job.status,
+                                        (job.started_at_ms - job.created_at_ms) / 1000, run_s)
+        else:
+            self._observer.job_finished(job.endpoint, job.status, None, None)
         log.info(
             "job %s %s endpoint=%s worker=%s run=%.3fs total=%.3fs%s",
             job.id,

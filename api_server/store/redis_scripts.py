@@ -243,7 +243,9 @@ return out
 
 # ARGV: base, id key prefix, worker key prefix, now, result_ttl_ms, then per report: id, lease
 # id, kind ('done', 'failed' or 'release'), payload (outputs JSON, error text or '').
-# -> one answer per report: {'ok'}, {'unknown'}, {'lost'}, {'canceled'} or
+# -> one answer per report: {'ok'} (a repeat, or nothing to hand back), {'ok', 'requeued'} (handed
+# back), {'ok', STATUS, CREATED, STARTED} (finished now: its times in ms, for the metrics;
+# STARTED '' if it never started), {'unknown'}, {'lost'}, {'canceled'} or
 # {'finished', STATUS, ERROR}.
 RESULTS = "#!lua\n" + _HELPERS + """
 local base, idp, wp, now, ttl_ms = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5])
@@ -251,7 +253,7 @@ local out = {}
 for i = 6, #ARGV, 4 do
   local id, lid, kind, payload = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   local key = base .. 'job:' .. id
-  local f = redis.call('HMGET', key, 'st', 'lid', 'out', 'err', 'att')
+  local f = redis.call('HMGET', key, 'st', 'lid', 'out', 'err', 'att', 'cat', 'sat')
   local st = f[1]
   if not st then out[#out + 1] = {'unknown'}
   elseif f[2] ~= lid then out[#out + 1] = {'lost'}
@@ -262,11 +264,13 @@ for i = 6, #ARGV, 4 do
     else out[#out + 1] = {'finished', st, f[4] or ''} end
   elseif kind == 'release' then
     -- (a queued one is back already: its lease expired and that attempt counted)
-    if st == 'running' then requeue(base, wp, id, math.max(0, tonumber(f[5]) - 1)) end
-    out[#out + 1] = {'ok'}
+    if st == 'running' then
+      requeue(base, wp, id, math.max(0, tonumber(f[5]) - 1))
+      out[#out + 1] = {'ok', 'requeued'}
+    else out[#out + 1] = {'ok'} end
   else  -- (a queued job's lease lapsed but nobody took it: the result counts)
     finish(base, idp, wp, id, kind, now, ttl_ms, kind == 'done' and 'out' or 'err', payload)
-    out[#out + 1] = {'ok'}
+    out[#out + 1] = {'ok', kind, f[6] or '0', f[7] or ''}
   end
 end
 flush(base)

@@ -8,10 +8,13 @@ With `--index INDEX_DIR` the worker serves `rag_chat` instead: it retrieves sour
 chat's last user message from the index, puts them numbered in the system prompt and returns
 them with the answer (workers/rag/grounding.py).
 
-The jobs of a batch generate together in one loop of our own (left padding, one KV cache): each
+Chats generate together in one loop of our own, batched continuously: a chat that arrives while
+others generate joins them at the next step (its prompt prefilled, its KV cache merged into
+theirs: workers/llama4/batch.py), and one that ends leaves at once, its result posted then. Each
 row samples with its own seed, temperature, top-k and top-p, stops on its own (end of turn, stop
-string, max_new_tokens, cancel) and streams its text so far. No streamer thread: a failure in the
-model reaches the clients as an error, and cancel is seen at the next token.
+string, max_new_tokens, cancel) and streams its text so far, and gives the tokens it gives
+alone. No streamer thread: a failure in the model reaches the clients as an error, and cancel is
+seen at the next token.
 """
 
 from __future__ import annotations
@@ -26,8 +29,10 @@ from typing import Any
 
 import torch
 
+from workers.llama4 import batch
+from workers.llama4.batch import Rows
 from workers.rag import grounding
-from workers.runtime.model import Job, ModelWorker, Progress
+from workers.runtime.model import Job, JobFeed, ModelWorker, Progress
 
 log = logging.getLogger("jobhive.worker.llama4")
 
@@ -59,6 +64,7 @@ class Chat:
     decoded_upto: int = 0  # tokens of `generated` whose text is in `text`
     context_from: int = 0  # where the few tokens decoded again as context begin
     finish_reason: str | None = None
+    joined_at: float = field(default_factory=time.monotonic)  # when its inputs were checked
     first_token_at: float | None = None
     finished_at: float | None = None
 
@@ -87,10 +93,12 @@ class Llama4Settings:
 
 
 class Llama4Worker(ModelWorker):
-    """Chat with Llama 4 (or any chat model); several chats of a batch generate together."""
+    """Chat with Llama 4 (or any chat model); chats join and leave the running batch at each
+    decoding step (continuous batching)."""
 
     job_type = "llama4_chat"
     stall_s = 60.0  # progress with each streamed token; a long prefill is silent
+    takes_jobs_while_running = True
     settings: Llama4Settings
 
     @classmethod
@@ -205,33 +213,74 @@ class Llama4Worker(ModelWorker):
             )
         return options
 
-    # ----- one batch
+    # ----- the running batch
 
-    def run(self, batch: list[Job], progress: Progress) -> list[dict[str, Any] | Exception]:
-        # 1. Check each job's inputs and build its prompt: a bad job fails alone, before any
-        #    model work.
-        chats: dict[str, Chat] = {}
-        outcomes: dict[str, dict[str, Any] | Exception] = {}
-        for job in batch:
+    def run_continuously(self, feed: JobFeed, progress: Progress) -> None:
+        """Generates the chats of the feed until none is left: each one joins the running
+        batch at the step after it arrived and leaves it, its result posted, when it ends."""
+        rows: Rows | None = None
+        with torch.inference_mode():
+            while True:
+                # 1. The chats that arrived join: inputs checked (a bad job fails alone, before
+                #    any model work), prompts prefilled together, caches merged.
+                arrived = feed.take()
+                if not arrived and rows is None:
+                    return
+                if arrived:
+                    rows = self.join(rows, arrived, feed, progress)
+                # 2. One token for every running row; the rows that ended leave.
+                if rows is not None:
+                    rows = self.advance(rows, feed, progress)
+
+    def join(self, rows: Rows | None, arrived: list[Job], feed: JobFeed,
+             progress: Progress) -> Rows | None:
+        """Checks and prefills the chats that arrived, samples their first tokens and merges
+        those still going into the running rows."""
+        chats = []
+        for job in arrived:
             try:
-                chats[job.id] = self.prepare_chat(job)
+                chats.append(self.prepare_chat(job))
             except InputError as e:
-                outcomes[job.id] = e
-        # 2. Generate all the others together; a failure in the model fails each of them with
-        #    its reason (never a hang: there is no streamer thread to wait on).
-        started = time.monotonic()
-        if chats:
-            try:
-                with torch.inference_mode():
-                    self.generate(list(chats.values()), progress)
-            except Exception as e:
-                log.exception("generation failed")
-                failure = RuntimeError(f"generation failed: {type(e).__name__}: {e}")
-                outcomes.update(dict.fromkeys(chats, failure))
-        # 3. The outputs, in batch order.
-        for job_id, chat in chats.items():
-            outcomes.setdefault(job_id, self.outputs(chat, started))
-        return [outcomes[job.id] for job in batch]
+                feed.finish(job, e)
+        if not chats:
+            return rows
+        try:
+            new, logits = batch.prefill(self.model, chats, self.tokenizer.pad_token_id)
+        except Exception as e:  # the running rows go on; these fail with the reason
+            self.fail(chats, e, feed)
+            return rows
+        new = self.sample_and_leave(new, logits, feed, progress)
+        return rows if new is None else batch.merge(rows, new)
+
+    def advance(self, rows: Rows, feed: JobFeed, progress: Progress) -> Rows | None:
+        """One decoding step of every row; a failure in the model fails each of them with its
+        reason (never a hang: there is no streamer thread to wait on)."""
+        try:
+            logits = batch.decode(self.model, rows)
+        except Exception as e:
+            self.fail(rows.chats, e, feed)
+            return None
+        return self.sample_and_leave(rows, logits, feed, progress)
+
+    def sample_and_leave(self, rows: Rows, logits: torch.Tensor, feed: JobFeed,
+                         progress: Progress) -> Rows | None:
+        """Each row's next token from its logits; the rows that ended leave, their results
+        go (None: none is left)."""
+        next_ids = [self.step(chat, logits[i], progress) for i, chat in enumerate(rows.chats)]
+        rows.last_ids = torch.tensor(next_ids, device=rows.last_ids.device)
+        kept = []
+        for i, chat in enumerate(rows.chats):
+            if chat.finish_reason:
+                feed.finish(chat.job, self.outputs(chat))
+            else:
+                kept.append(i)
+        return batch.keep(rows, kept) if kept else None
+
+    def fail(self, chats: list[Chat], error: Exception, feed: JobFeed) -> None:
+        log.exception("generation failed")
+        failure = RuntimeError(f"generation failed: {type(error).__name__}: {error}")
+        for chat in chats:
+            feed.finish(chat.job, failure)
 
     def prepare_chat(self, job: Job) -> Chat:
         """Checks one job's inputs and tokenizes its chat; raises InputError with the reason."""
@@ -296,44 +345,11 @@ class Llama4Worker(ModelWorker):
         )
         return list(ids)
 
-    # ----- the generation loop
-
-    def generate(self, chats: list[Chat], progress: Progress) -> None:
-        """Generates every chat of the batch to its end, streaming each one's text so far."""
-        # 1. Left-padded prompts, their attention mask and per-row positions.
-        device = self.model.device
-        pad_id = self.tokenizer.pad_token_id
-        width = max(len(c.prompt_ids) for c in chats)
-        input_ids = torch.tensor(
-            [[pad_id] * (width - len(c.prompt_ids)) + c.prompt_ids for c in chats], device=device
-        )
-        mask = torch.tensor(
-            [[0] * (width - len(c.prompt_ids)) + [1] * len(c.prompt_ids) for c in chats],
-            device=device,
-        )
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        # 2. Prefill, then one token per step for every row until each has finished.
-        cache = None
-        while True:
-            out = self.model(
-                input_ids=input_ids, attention_mask=mask, position_ids=positions,
-                past_key_values=cache, use_cache=True, logits_to_keep=1,
-            )
-            cache = out.past_key_values
-            logits = out.logits[:, -1, :].float()
-            # 3. Sample, stop and stream each row on its own.
-            next_ids = [self.step(chat, logits[i], progress) for i, chat in enumerate(chats)]
-            if all(chat.finish_reason for chat in chats):
-                return
-            input_ids = torch.tensor(next_ids, device=device).unsqueeze(-1)
-            mask = torch.cat([mask, mask.new_ones(len(chats), 1)], dim=-1)
-            positions = positions[:, -1:] + 1
+    # ----- one token of one row
 
     def step(self, chat: Chat, logits: torch.Tensor, progress: Progress) -> int:
         """One row's next token: sampled, checked against its stop rules, text streamed.
-        Returns the token to feed back (the pad token once the row has finished)."""
-        if chat.finish_reason:
-            return self.tokenizer.pad_token_id
+        Returns the token to feed back (the pad token when the row has finished)."""
         if chat.job.canceled:
             log.info("job %s canceled after %d tokens", chat.job.id, len(chat.generated))
             return self._finish(chat, "canceled")
@@ -387,8 +403,9 @@ class Llama4Worker(ModelWorker):
         chat.finished_at = time.monotonic()
         return self.tokenizer.pad_token_id
 
-    def outputs(self, chat: Chat, started: float) -> dict[str, Any]:
-        """A finished chat's outputs."""
+    def outputs(self, chat: Chat) -> dict[str, Any]:
+        """A finished chat's outputs (its times counted from when it joined)."""
+        started = chat.joined_at
         elapsed_s = (chat.finished_at or time.monotonic()) - started
         citations = (
             {}

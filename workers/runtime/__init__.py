@@ -1,9 +1,10 @@
 """The worker runtime: the library every model worker uses, and nothing model-specific.
 
-    model.py     ModelWorker, Job, Progress: what a model worker implements and is given
+    model.py     ModelWorker, Job, Progress, JobFeed: what a model worker implements and is given
     runner.py    Runner: polls the server, runs batches, relays progress, delivers results
+    continuous.py  Session: a worker that takes jobs while it runs (continuous batching)
     link.py      ServerLink: JSON posts, what counts as the server being away, backoff
-    delivery.py  results cut into requests the server takes; a refused result fails its job
+    delivery.py  result entries, cut into requests the server takes; a refused one fails its job
     thread.py    ModelThread: where load() and run() execute, off the event loop
     progress.py  ProgressRelay: the model thread's progress reports, coalesced for the runner
     media.py     MediaFile: an image or sound a model returns, uploaded as a file of the job
@@ -12,10 +13,10 @@
 """
 
 from workers.runtime.media import MediaFile
-from workers.runtime.model import Job, ModelWorker, Progress
+from workers.runtime.model import Job, JobFeed, ModelWorker, Progress
 from workers.runtime.runner import ModelStalled, Runner, RunnerSettings, WorkerRefused
 
 __all__ = [
-    "Job", "MediaFile", "ModelStalled", "ModelWorker", "Progress", "Runner", "RunnerSettings",
-    "WorkerRefused",
+    "Job", "JobFeed", "MediaFile", "ModelStalled", "ModelWorker", "Progress", "Runner",
+    "RunnerSettings", "WorkerRefused",
 ]

@@ -1,4 +1,5 @@
-"""How a batch's results are cut into requests the server takes, and what replaces a refused one.
+"""A job's result entry; how results are cut into requests the server takes, and what replaces
+a refused one.
 
 The runner does not know the server's body limit (nor that of a proxy in between, which may be
 smaller): it sends a batch's results in one request and, when that is refused with 413, learns
@@ -10,10 +11,16 @@ that job with the server's reason, so its client sees why; nothing is dropped un
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
+
+from workers.runtime.media import take_files
+from workers.runtime.model import Job
+
+log = logging.getLogger("jobhive.worker")
 
 REFUSED = "result refused by the server"  # the start of a refused result's error
 
@@ -92,3 +99,21 @@ def refused(report: dict[str, Any], status: int, why: str) -> dict[str, Any] | N
         "lease_id": report["lease_id"],
         "error": f"{REFUSED} ({status}): {why}"[:1000],
     }
+
+
+def result_entry(job: Job, outcome: Any) -> dict[str, Any]:
+    """A job's result entry from what the model returned for it (outputs, or an Exception),
+    serialised here, in the model thread, off the event loop: what cannot travel becomes an
+    error; media go apart from the JSON, in `files`, to be uploaded first."""
+    if job.canceled:
+        log.info("job %s was canceled while running", job.id)
+    if isinstance(outcome, Exception):
+        return {"error": str(outcome) or type(outcome).__name__}
+    if not isinstance(outcome, dict):
+        return {"error": f"worker returned {type(outcome).__name__}, not a dict"}
+    try:
+        outputs, files = take_files(outcome)
+        data = orjson.dumps(outputs, option=orjson.OPT_SERIALIZE_NUMPY)
+    except (TypeError, ValueError) as e:  # (ValueError: two files of one name)
+        return {"error": f"outputs cannot travel: {e}"}
+    return {"outputs": orjson.Fragment(data), "files": files}

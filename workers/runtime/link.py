@@ -139,7 +139,11 @@ class ServerLink:
         """Posts, but gives up (None) as soon as `stop` resolves: a poll left hanging would
         hold the shut-down for its whole wait. The server drops a poll whose client left."""
         post = asyncio.ensure_future(self.post(path, body, timeout_s))
-        await asyncio.wait({post, stop}, return_when=asyncio.FIRST_COMPLETED)
+        try:
+            await asyncio.wait({post, stop}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:  # (a continuous batch's poller, when its model stalled)
+            post.cancel()
+            raise
         if not post.done():
             post.cancel()
             return None

@@ -9,6 +9,25 @@ Its settings are a frozen dataclass that `settings_from` builds from its command
 
         def run(self, batch, progress):
             return [{"text": job.inputs["text"].upper()} for job in batch]
+
+A worker that works in steps (a decoding loop) may instead take jobs while it runs: it sets
+`takes_jobs_while_running` and implements `run_continuously(feed, progress)`, which takes the
+jobs that arrived from `feed.take()` between two steps and hands each job's outcome to
+`feed.finish(job, outcome)` as soon as that job ends. The runner keeps polling meanwhile, for
+as many jobs as --max-batch leaves room for, and posts each result at once.
+
+    class Counter(ModelWorker):
+        job_type = "count"
+        takes_jobs_while_running = True
+
+        def run_continuously(self, feed, progress):
+            running = {}
+            while (arrived := feed.take()) or running:
+                running.update((job, 0) for job in arrived)
+                for job in list(running):
+                    running[job] += 1  # one step of every running job
+                    if running[job] == job.inputs["steps"]:
+                        feed.finish(job, {"steps": running.pop(job)})
 """
 
 from __future__ import annotations
@@ -58,6 +77,41 @@ class Progress(Protocol):
         ...
 
 
+class JobFeed(Protocol):
+    """The jobs of a worker that takes jobs while it runs (`run_continuously`); both calls are
+    made from the model thread.
+
+    `feed.take()`: the jobs that arrived since the last call (the runner polls for at most
+    --max-batch running in all); [] when none did. Once it returned [] while none of the jobs
+    taken is still running, the feed is closed: `run_continuously` returns, and the runner's
+    next poll starts it again.
+    `feed.finish(job, outcome)`: the job ended: its outputs (a dict) or an Exception that fails
+    it, posted at once. Every job taken is finished once.
+    """
+
+    def take(self) -> list[Job]:
+        ...
+
+    def finish(self, job: Job, outcome: dict[str, Any] | Exception) -> None:
+        ...
+
+
+class BatchFeed:
+    """A JobFeed of one fixed batch: what `run` gives `run_continuously` (tests, and the
+    result a job has alone)."""
+
+    def __init__(self, batch: list[Job]) -> None:
+        self._arrived = list(batch)
+        self.outcomes: dict[str, dict[str, Any] | Exception] = {}
+
+    def take(self) -> list[Job]:
+        arrived, self._arrived = self._arrived, []
+        return arrived
+
+    def finish(self, job: Job, outcome: dict[str, Any] | Exception) -> None:
+        self.outcomes[job.id] = outcome
+
+
 class ModelWorker:
     """Base class of every model worker.
 
@@ -73,6 +127,9 @@ class ModelWorker:
     # leases, fails the batch's jobs with "model stalled for N s" and exits with status 3 for
     # its supervisor to start a fresh process (a thread cannot be killed). --stall-s overrides.
     stall_s: ClassVar[float] = 60.0
+    # Continuous batching: the runner feeds jobs to a running `run_continuously` between its
+    # steps and posts each result as soon as its job ends, instead of calling `run` per batch.
+    takes_jobs_while_running: ClassVar[bool] = False
 
     def __init__(self, settings: Any = None) -> None:
         self.settings = settings
@@ -117,5 +174,26 @@ class ModelWorker:
             list[dict[str, Any] | Exception]: one entry per job, in batch order: the job's
             outputs, or an exception to fail that job alone (its message is what the client
             sees). Raising fails the whole batch.
+
+        A worker with `takes_jobs_while_running` has this from `run_continuously`: the batch
+        joins at once, and none later.
+        """
+        if not self.takes_jobs_while_running:
+            raise NotImplementedError
+        feed = BatchFeed(batch)
+        self.run_continuously(feed, progress)
+        missing = RuntimeError("the worker ended without a result for this job")
+        return [feed.outcomes.get(job.id, missing) for job in batch]
+
+    def run_continuously(self, feed: JobFeed, progress: Progress) -> None:
+        """Does the work of jobs that join while others run (with `takes_jobs_while_running`).
+
+        Args:
+            feed (JobFeed): `feed.take()` between two steps gives the jobs that arrived;
+                `feed.finish(job, outcome)` as each job ends (outputs or an Exception).
+            progress (Progress): as for `run`; check `job.canceled` between steps.
+
+        Returns once `feed.take()` gave no job while none was running. Raising fails every
+        job taken and not finished yet.
         """
         raise NotImplementedError

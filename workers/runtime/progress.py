@@ -20,6 +20,8 @@ class ProgressRelay:
 
     `send` (the runner's sending loop) starts on the first report, or when `start` is called
     for a heartbeat: a batch that finishes quickly and reports nothing costs no task at all.
+    A job's first report also sets `first`, so that the runner sends it without waiting out
+    its progress interval (a chat's first token is its time to first token).
     The relay also watches the batch's life: `stalled` resolves (to the seconds of silence)
     once neither a report nor `alive()` came for stall_s; a timer, not a task.
 
@@ -39,8 +41,10 @@ class ProgressRelay:
         self._send = send
         self._lock = threading.Lock()
         self._latest: dict[str, tuple[float, dict[str, Any] | None]] = {}
+        self._reported: set[str] = set()  # the jobs that reported (until forgotten)
         self._task: asyncio.Task[None] | None = None
         self.wake = asyncio.Event()
+        self.first = asyncio.Event()  # a job reported for the first time
         self.stall_s = stall_s
         # Written by the model thread, read by the loop: a float store is atomic in CPython.
         self.alive_at = time.monotonic()
@@ -52,7 +56,9 @@ class ProgressRelay:
         self.alive_at = time.monotonic()
         with self._lock:
             self._latest[job.id] = (max(0.0, min(100.0, float(percent))), outputs)
-        self._loop.call_soon_threadsafe(self._wake)
+            first = job.id not in self._reported
+            self._reported.add(job.id)
+        self._loop.call_soon_threadsafe(self._wake, first)
 
     def alive(self) -> None:
         """What a model calls (from its thread) to show it works, with nothing to report."""
@@ -70,8 +76,16 @@ class ProgressRelay:
         else:
             self._watch = self._loop.call_later(self.stall_s - silent_s, self._check_life)
 
-    def _wake(self) -> None:
+    def forget(self, job_id: str) -> None:
+        """The job ended (continuous batching): a report still waiting for it is dropped."""
+        with self._lock:
+            self._latest.pop(job_id, None)
+            self._reported.discard(job_id)
+
+    def _wake(self, first: bool = False) -> None:
         self.wake.set()
+        if first:
+            self.first.set()
         self.start()
 
     def start(self) -> None:

@@ -8,6 +8,10 @@ that is not the server's JSON (a proxy's HTML error page while the server restar
 several servers sharing one queue, such a failure moves the worker on to the next server at
 once, and it backs off only after all of them failed in a row (workers/runtime/link.py).
 
+A worker that takes jobs while it runs (continuous batching: `takes_jobs_while_running`) is
+served by workers/runtime/continuous.py instead: the runner keeps polling while it runs, for
+the room --max-batch leaves, feeds it the jobs that come, and posts each result at once.
+
 A model silent for `stall_s` (no progress report, no `progress.alive()`) is taken for hung: the
 leases are no longer renewed, the batch's jobs fail with "model stalled for N s", and `serve`
 raises ModelStalled (the CLI exits with status 3) so that a supervisor starts a fresh process.
@@ -40,10 +44,10 @@ from jobhive.protocol import (
     Grant,
     ProtocolError,
 )
-from workers.runtime import delivery
+from workers.runtime import continuous, delivery
 from workers.runtime.delivery import Chunk
 from workers.runtime.link import RETRYABLE, ServerLink, maybe_taken
-from workers.runtime.media import MediaFile, take_files
+from workers.runtime.media import MediaFile
 from workers.runtime.model import Job, ModelWorker
 from workers.runtime.progress import ProgressRelay
 from workers.runtime.thread import ModelThread
@@ -176,7 +180,9 @@ class Runner:
     async def _serve_batches(self) -> None:
         jobs = await self._poll()
         while jobs is not None:  # None: stopping
-            if jobs:
+            if jobs and self.model.takes_jobs_while_running:
+                jobs = await continuous.Session(self, jobs).run()  # its last poll's jobs
+            elif jobs:
                 jobs = await self._run_batch(jobs)  # its results post brings the next batch
             elif self.settings.burst:
                 log.info("queue empty: exiting (burst mode)")
@@ -197,12 +203,12 @@ class Runner:
         at_most_s = None if deadline is None else deadline - time.monotonic()
         await self._link.retry_later(problem, *wake, at_most_s=at_most_s, moves=moves)
 
-    def _poll_body(self) -> dict[str, Any]:
+    def _poll_body(self, max_batch: int | None = None) -> dict[str, Any]:
         settings = self.settings
         return {
             "worker_id": settings.worker_id,
             "job_types": [self.model.serves],
-            "max_batch": settings.max_batch,
+            "max_batch": max_batch or settings.max_batch,
             "wait_s": min(settings.poll_wait_s, 1.0) if settings.burst else settings.poll_wait_s,
             "info": self.model.info(),
         }
@@ -229,9 +235,10 @@ class Runner:
                             lease_id=g.lease_id, attempt=g.attempt, lease_s=g.lease_s))
         return jobs
 
-    async def _poll(self) -> list[Job] | None:
-        """The next batch ([] when none came in time); None when stopping."""
-        body = self._poll_body()
+    async def _poll(self, max_batch: int | None = None) -> list[Job] | None:
+        """The next batch ([] when none came in time) of up to max_batch jobs (None:
+        --max-batch); None when stopping."""
+        body = self._poll_body(max_batch)
         while not self._stopping.done():
             try:
                 reply = await self._link.post_unless(
@@ -272,8 +279,9 @@ class Runner:
         started = time.monotonic()
         heartbeat_s = min(job.lease_s for job in jobs) / 3
         stall_s = self.model.stall_s if self.settings.stall_s is None else self.settings.stall_s
+        sent_at = dict.fromkeys((job.id for job in jobs), started)
         relay = ProgressRelay(
-            loop, lambda r: self._relay_progress(jobs, r, started, heartbeat_s), stall_s
+            loop, lambda r: self._relay_progress(jobs, r, sent_at, heartbeat_s), stall_s
         )
         heartbeat = loop.call_later(heartbeat_s, relay.start)
         run = self._thread.call(self._run_model, jobs, relay)
@@ -301,7 +309,7 @@ class Runner:
         """Fails a hung model's batch (trying for grace_s), then raises ModelStalled."""
         error = f"model stalled for {stall_s:g} s"
         log.error("%s (no progress from its batch of %d %s jobs: %s): failing them and "
-                  "exiting for a fresh process", error, len(jobs), jobs[0].endpoint,
+                  "exiting for a fresh process", error, len(jobs), self.model.serves,
                   ", ".join(job.id for job in jobs))
         await self._send_results(jobs, [{"error": error}] * len(jobs), self.settings.grace_s)
         raise ModelStalled(f"{error}; its jobs failed")
@@ -315,22 +323,8 @@ class Runner:
         except Exception as e:  # the whole batch failed: every job says why
             log.exception("batch of %d jobs failed", len(jobs))
             outcomes = [e] * len(jobs)
-        entries = []
-        for job, outcome in zip(jobs, outcomes, strict=True):
-            if isinstance(outcome, Exception):
-                entries.append({"error": str(outcome) or type(outcome).__name__})
-            elif not isinstance(outcome, dict):
-                entries.append({"error": f"worker returned {type(outcome).__name__}, not a dict"})
-            else:
-                try:  # serialised here, off the event loop; what cannot travel becomes an error
-                    outputs, files = take_files(outcome)  # media go as files, not in the JSON
-                    data = orjson.dumps(outputs, option=orjson.OPT_SERIALIZE_NUMPY)
-                    entries.append({"outputs": orjson.Fragment(data), "files": files})
-                except (TypeError, ValueError) as e:  # (ValueError: two files of one name)
-                    entries.append({"error": f"outputs cannot travel: {e}"})
-            if job.canceled:
-                log.info("job %s was canceled while running", job.id)
-        return entries
+        return [delivery.result_entry(job, outcome)
+                for job, outcome in zip(jobs, outcomes, strict=True)]
 
     async def _finish_or_hand_back(
         self, run: asyncio.Future[Any], jobs: list[Job], stalled: asyncio.Future[float]
@@ -354,13 +348,16 @@ class Runner:
         return run.result()
 
     async def _relay_progress(
-        self, jobs: list[Job], relay: ProgressRelay, started: float, heartbeat_s: float
+        self, jobs: list[Job], relay: ProgressRelay, sent_at: dict[str, float],
+        heartbeat_s: float,
     ) -> None:
-        """Sends the latest progress of each job, at most every progress_interval_s, and a
-        heartbeat for jobs that reported nothing for heartbeat_s (a third of their lease)."""
-        sent_at = dict.fromkeys((job.id for job in jobs), started)
+        """Sends the latest progress of each job, at most every progress_interval_s (a job's
+        first report at once), and a heartbeat for jobs that reported nothing for heartbeat_s
+        (a third of their lease). `jobs` may change as it runs (continuous batching): each
+        job's `sent_at` is set when it joins (a time.monotonic())."""
         while True:
-            due_s = min(sent_at.values()) + heartbeat_s - time.monotonic()
+            due_s = min((sent_at[job.id] for job in jobs), default=time.monotonic())
+            due_s += heartbeat_s - time.monotonic()
             if due_s > 0 and not relay.wake.is_set():
                 # asyncio.timeout, not wait_for: on 3.11 wait_for swallows the cancel that
                 # relay.stop() sends when the wait has just ended, and stop() never returns.
@@ -368,6 +365,7 @@ class Runner:
                     async with asyncio.timeout(due_s):
                         await relay.wake.wait()
             relay.wake.clear()
+            relay.first.clear()  # (set again by a first report from here on)
             latest = relay.take()
             now = time.monotonic()
             reports = []
@@ -386,8 +384,13 @@ class Runner:
                     reports.append({"job_id": job.id, "lease_id": job.lease_id})
             if reports:
                 await self._send_progress(jobs, reports)
-                sent_at.update(dict.fromkeys((r["job_id"] for r in reports), now))
-            await asyncio.sleep(self.settings.progress_interval_s)
+                for report in reports:  # (a job that ended meanwhile is gone from sent_at)
+                    if report["job_id"] in sent_at:
+                        sent_at[report["job_id"]] = now
+            # The interval between two requests, cut short by a job's first report.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.settings.progress_interval_s):
+                    await relay.first.wait()
 
     async def _send_progress(self, jobs: list[Job], reports: list[dict[str, Any]]) -> None:
         moves = self._link.moves
@@ -475,7 +478,8 @@ class Runner:
             await self._retry_later(problem, deadline, moves)
 
     async def _send_results(
-        self, jobs: list[Job], entries: list[dict[str, Any]], give_up_s: float | None = None
+        self, jobs: list[Job], entries: list[dict[str, Any]], give_up_s: float | None = None,
+        poll: bool = True,
     ) -> list[Job] | None:
         """Posts a batch's results in requests that fit the server's limits, the last one also
         polling for the next batch (unless stopping); returns that batch ([] when none came),
@@ -486,7 +490,7 @@ class Runner:
         server may hold already (their request was cut short) once more, and none after a
         second signal: the leases expire and the jobs run again elsewhere, late but not lost.
         With give_up_s (a hand-back, a stalled batch's errors), tries only that long, and
-        without a poll."""
+        without a poll; without `poll` (continuous batching polls on its own), no poll."""
         reports = [
             {"job_id": job.id, "lease_id": job.lease_id, **entry}
             for job, entry in zip(jobs, entries, strict=True)
@@ -496,7 +500,8 @@ class Runner:
         next_jobs: list[Job] | None = None
         while pending:
             chunk = pending[0]
-            polling = give_up_s is None and not self._stopping.done() and len(pending) == 1
+            polling = (poll and give_up_s is None and not self._stopping.done()
+                       and len(pending) == 1)
             self._unsent = sum(len(c.reports) for c in pending) - len(chunk.reports) * polling
             try:
                 status, data, size = await self._post_results(chunk, polling)
@@ -591,3 +596,4 @@ def _answers(data: Any) -> list[dict[str, Any]]:
     runner acts on a server's answers, it does not trust their shape)."""
     answers = data.get("answers") if isinstance(data, dict) else None
     return [a for a in answers if isinstance(a, dict)] if isinstance(answers, list) else []
+

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import queue
 import threading
 from collections.abc import Callable
@@ -31,11 +32,12 @@ class ModelThread:
         while True:
             fn, args, (loop, future) = self._calls.get()
             try:
-                result = fn(*args)
+                result, error = fn(*args), None
             except BaseException as e:  # handed to the awaiting coroutine, not lost here
-                loop.call_soon_threadsafe(_settle, future, None, e)
-            else:
-                loop.call_soon_threadsafe(_settle, future, result, None)
+                result, error = None, e
+            # A closed loop: the call was handed back and has ended since; none waits for it.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(_settle, future, result, error)
 
 
 def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:

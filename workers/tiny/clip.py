@@ -41,14 +41,15 @@ def _image_processor():
     )
 
 
-def build_tiny_clip(folder: Path, seed: int = 0, projection_dim: int = 32) -> Path:
+def build_tiny_clip(folder: Path | None = None, seed: int = 0, projection_dim: int = 32) -> Path:
     """Builds the tiny CLIP (model, tokenizer, image processor) into `folder` unless it is there.
 
     The folder is written beside its final place and renamed, so two processes building at once
     never see half a model.
 
     Args:
-        folder (Path): where save_pretrained writes (created if missing).
+        folder (Path | None, default ~/.cache/jobhive/tiny-clip): where save_pretrained
+            writes (created if missing).
         seed (int, default 0): the seed of the random weights.
         projection_dim (int, default 32): the size of its embeddings.
 

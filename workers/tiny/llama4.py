@@ -1,21 +1,25 @@
 """A tiny random-weight Llama 4 built offline, for the tests, the demo and the benchmark.
 
-`build_tiny_llama4(folder)` trains a small byte-level BPE tokenizer in-process (with the
-`tokenizers` library), wraps it as a PreTrainedTokenizerFast with Llama-4-style special tokens and
-a chat template, builds a Llama4ForCausalLM from a Llama4TextConfig with a few experts and a tiny
-hidden size, and saves both with save_pretrained. The worker then loads the folder through the
-same from_pretrained path as real weights. Its text is gibberish: the weights are random.
+`build_tiny_llama4(folder)` makes a word-level tokenizer in-process (with the `tokenizers`
+library: every word and punctuation mark of a small built-in text is one token), wraps it as a
+PreTrainedTokenizerFast with Llama-4-style special tokens and a chat template, builds a
+Llama4ForCausalLM from a Llama4TextConfig with a few experts and a tiny hidden size, and saves
+both with save_pretrained. The worker then loads the folder through the same from_pretrained
+path as real weights. The weights are random, so the text is random words; but every token is a
+whole word or mark (no byte pieces), so it is never half a character. Words the tokenizer does
+not know read as <unk>.
 
 Token ids come from tokenizer training and are not fixed: nothing should hard-code them.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from workers.tiny.build import ensure_built
 
-VERSION = 1  # bump when what is built changes (workers/tiny/build.py: the one rule)
+VERSION = 2  # bump when what is built changes (workers/tiny/build.py: the one rule)
 
 SPECIAL_TOKENS = [
     "<|begin_of_text|>",
@@ -41,30 +45,40 @@ _CORPUS = (
     "model and posts the result back. Hello, how are you today? I am fine, thank you. "
     "Tokens stream to the client as progress, and the final text arrives with the result. "
     "Once upon a time there was a small model that only knew a few hundred words. "
-    "0123456789 !?.,;:'\"()[]{}<>+-*/=_ system user assistant\n"
+    "It lived in a server by the sea, where the bread was warm and the boots were dry. "
+    "Every morning it read the news, made a cup of tea and answered questions about camping, "
+    "shoes, tents, rain, mountains, rivers, recipes and the weather. Some days were long; "
+    "others were short. Would you like to know more? Yes! No. Maybe: it depends on the light, "
+    "the time and what the people want. They asked, it answered; they laughed, it learned. "
+    "First, second, third and last: one, two, three, four, five, six, seven, eight, nine, ten. "
+    "system user assistant"
 )
+_PUNCTUATION = ".,;:!?'\"()-"
 
 
 def _train_tokenizer(vocab_size: int):
-    """A byte-level BPE tokenizer trained on a small built-in corpus, as PreTrainedTokenizerFast."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    """A word-level tokenizer over _CORPUS's words and marks (at most vocab_size entries), as
+    PreTrainedTokenizerFast: spaces become "▁" at the start of the word after them (Metaspace),
+    so decoding puts them back and marks stay attached to their word."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=SPECIAL_TOKENS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tokenizer.train_from_iterator([_CORPUS] * 20, trainer=trainer)
+    tokenizer = Tokenizer(models.WordLevel(unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(r"\n+"), behavior="isolated"),
+        pre_tokenizers.Metaspace(),
+        pre_tokenizers.Split(Regex(f"[{re.escape(_PUNCTUATION)}]"), behavior="isolated"),
+    ])
+    tokenizer.decoder = decoders.Metaspace()
+    trainer = trainers.WordLevelTrainer(
+        vocab_size=vocab_size, special_tokens=[*SPECIAL_TOKENS, "<unk>"], show_progress=False)
+    tokenizer.train_from_iterator([_CORPUS, "\n", "\n\n"], trainer=trainer)
     return PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,
         bos_token="<|begin_of_text|>",
         eos_token="<|eot|>",
         pad_token="<|finetune_right_pad|>",
+        unk_token="<unk>",
         additional_special_tokens=["<|header_start|>", "<|header_end|>", "<|end_of_text|>"],
         chat_template=CHAT_TEMPLATE,
         padding_side="left",
