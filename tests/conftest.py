@@ -30,6 +30,9 @@ if TYPE_CHECKING:
 
 REPO = Path(__file__).resolve().parents[1]
 ECHO_WORKER_KEY = "echo-worker-key"
+# One torch thread in this process and every worker it starts: the models are tiny, and the
+# suite's processes already share the cores (more threads only spin waiting for each other).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 _LISTENING = re.compile(r"listening on (http://\S+)")
 
 
