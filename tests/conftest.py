@@ -396,3 +396,21 @@ def held_port() -> Iterator[int]:
 def refused_url(held_port: int) -> str:
     """`http://127.0.0.1:PORT` where nobody answers: a connect is refused at once."""
     return f"http://127.0.0.1:{held_port}"
+
+
+# The slowest test files first (seconds of setup and calls, measured with --durations=0): the two
+# test processes (--dist loadfile) each take the next whole file, so a long file taken last
+# leaves the other process idle at the end. The rest keep their order.
+SLOWEST_FIRST = (
+    "test_resilience.py", "test_browser_pages.py", "test_worker_supervisor.py",
+    "test_client.py", "test_browser_rag.py", "test_browser_sd3.py", "test_worker_runtime.py",
+    "test_multi_server.py", "test_worker_protocol.py", "test_llama4.py", "test_rag.py",
+    "test_api.py", "test_fuzz_api.py", "test_browser_chat.py", "test_sd3.py",
+    "test_rag_index.py", "test_connections.py", "test_openai.py", "test_nginx.py",
+    "test_browser_files.py", "test_sentinel.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(SLOWEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # (stable: a file's order)
