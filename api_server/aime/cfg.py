@@ -399,9 +399,7 @@ class _Reader:
             if key in _COMMON_FIELD_KEYS:
                 out[key] = value
             elif key == "format":
-                if "supported" in sub:
-                    out["formats"] = self.formats(sub, f"{here}.format", media.IMAGE_FORMATS)
-                out["auto_convert"] = out.get("auto_convert") or bool(sub.get("auto_convert"))
+                self.format_table(sub, f"{here}.format", media.IMAGE_FORMATS, out)
             elif key == "size":
                 self.image_size(sub, here, out)
             elif key == "color_space":
@@ -440,9 +438,7 @@ class _Reader:
             if key in _COMMON_FIELD_KEYS:
                 out[key] = value
             elif key == "format":
-                if "supported" in sub:
-                    out["formats"] = self.formats(sub, f"{here}.format", None)
-                out["auto_convert"] = out.get("auto_convert") or bool(sub.get("auto_convert"))
+                self.format_table(sub, f"{here}.format", None, out)
             elif key == "sample_rate" and isinstance(sub.get("default"), int):
                 out["sample_rate"] = sub["default"]
                 out["auto_convert"] = out.get("auto_convert") or bool(sub.get("auto_convert"))
@@ -453,6 +449,13 @@ class _Reader:
             elif key != "type":
                 self.note(f"{here}.{key}", "not supported; ignored")
         return _required_rule(out)
+
+    def format_table(self, table: dict, here: str, known: tuple[str, ...] | None,
+                     out: dict[str, Any]) -> None:
+        """An image's or audio's `format` table into `out`: its formats, and auto_convert."""
+        if "supported" in table:
+            out["formats"] = self.formats(table, here, known)
+        out["auto_convert"] = out.get("auto_convert") or bool(table.get("auto_convert"))
 
     def formats(self, table: dict, here: str, known: tuple[str, ...] | None) -> list[str]:
         """AIME's `format = {supported, default}` as jobhive's formats: lower case, the
