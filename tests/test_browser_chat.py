@@ -59,6 +59,16 @@ def chat_server(tmp_path_factory: pytest.TempPathFactory, tiny_llama4_dir: Path)
         yield pair
 
 
+async def settings_open(page: Page, want: bool) -> None:
+    """Opens (or closes) the settings panel with a click on its summary, unless it already is
+    (a click on an open panel would close it), and waits until it is."""
+    panel = page.locator("#settings-panel")
+    await expect(panel).to_be_visible()
+    if await panel.evaluate("el => el.open") != want:
+        await panel.locator("summary").click()
+    await expect(panel).to_have_js_property("open", want)
+
+
 async def set_setting(page: Page, name: str, value: str | bool) -> None:
     control = page.locator(f"#input-{name}")
     if isinstance(value, bool):
@@ -88,7 +98,7 @@ async def test_a_reply_streams_stops_and_the_chat_survives_a_reload(chat_server,
     await expect(page.locator("h1")).to_have_text("Llama 4 chat")
     await page.locator("#system-panel summary").click()
     await page.locator("#system").fill("You are terse.")
-    await page.locator("#settings-panel summary").click()
+    await settings_open(page, True)
     await set_setting(page, "max_new_tokens", "2000")
     await set_setting(page, "ignore_eos", True)
     await set_setting(page, "temperature", "1")
@@ -141,10 +151,10 @@ async def test_a_reply_streams_stops_and_the_chat_survives_a_reload(chat_server,
 async def test_regenerate_replaces_the_last_reply_and_new_chat_clears(chat_server, browser):
     server, _ = chat_server
     page = await browser.open(f"{server.url}/llama4_chat", phone=True)
-    await page.locator("#settings-panel summary").click()
+    await settings_open(page, True)
     await set_setting(page, "max_new_tokens", "6")
     await set_setting(page, "ignore_eos", True)
-    await page.locator("#settings-panel summary").click()
+    await settings_open(page, False)
     await page.locator("#prompt").fill("First line")
     await page.locator("#prompt").press("Shift+Enter")  # a new line, not a send
     await page.locator("#prompt").type("second line")
