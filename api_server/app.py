@@ -118,7 +118,8 @@ def store_for(
         store = RedisStore(endpoints, redis, config.redis_prefix, config.durability,
                            worker_seen_ttl_s=config.worker_seen_ttl_s,
                            sweep_interval_s=config.sweep_interval_s,
-                           replication_wait_ms=config.replication_wait_ms)
+                           replication_wait_ms=config.replication_wait_ms,
+                           max_progress_chars=config.max_body_bytes)
         return store, RedisRateLimiter(redis, config.redis_prefix)
     if journal is None:
         path = sqlite_path(config.store)
@@ -126,7 +127,8 @@ def store_for(
             raise ConfigError([f"store: {config.store!r} is not a store URL (use sqlite:PATH "
                                "or redis://HOST:PORT/DB)"])
         journal = SqliteJournal(path)
-    store = JobStore(endpoints, journal, worker_seen_ttl_s=config.worker_seen_ttl_s)
+    store = JobStore(endpoints, journal, worker_seen_ttl_s=config.worker_seen_ttl_s,
+                     max_progress_chars=config.max_body_bytes)
     return store, RateLimiter()
 
 

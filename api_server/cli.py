@@ -21,6 +21,7 @@ from api_server.demo import demo_workers
 from api_server.state import CONFIG, CONNECTIONS, ENDPOINTS, STORE
 from api_server.store.model import StoreConfigError
 from jobhive.aio import run_loop
+from jobhive.logs import LOG_FORMATS, formatter, json_line
 
 log = logging.getLogger("jobhive.server")
 
@@ -57,6 +58,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--log-level", choices=LOG_LEVELS)
     parser.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        help="text (default) or json: one JSON object per line, with the fields of job lines "
+        "(job_id, endpoint, worker, attempt, waited_s...) for log shippers; the demo's workers "
+        "log the same way",
+    )
+    parser.add_argument(
         "--demo",
         action="store_true",
         help="also start a demo worker (offline, tiny models) for each endpoint that has one",
@@ -81,14 +89,15 @@ def main(argv: list[str] | None = None) -> None:
             store=args.store,
             aime_endpoints_dir=args.aime_endpoints_dir,
             log_level="DEBUG" if args.dev else args.log_level,
+            log_format=args.log_format,
         )
         endpoints, aime = load_with_aime(config)
     except ConfigError as e:
-        print(f"jobhive-server: {e}", file=sys.stderr)
+        say_on_stderr(str(e), args.log_format or "text", "ERROR")
         raise SystemExit(2) from e
     for line in aime.unsupported:  # AIME config keys jobhive does not support (ignored)
-        print(f"jobhive-server: AIME config key not supported: {line}", file=sys.stderr)
-    log_buffer = buffered_logging(config.log_level)
+        say_on_stderr(f"AIME config key not supported: {line}", config.log_format, "WARNING")
+    log_buffer = buffered_logging(config.log_level, config.log_format)
     app = create_app(config, endpoints, aime_infos=aime.infos)
     print(
         f"jobhive-server: endpoints {', '.join(endpoints) or 'none'}; store {config.store}",
@@ -96,24 +105,33 @@ def main(argv: list[str] | None = None) -> None:
     )
     try:
         run_loop(serve(app, config.host, config.port, access_log=args.dev, demo=args.demo,
-                       log_buffer=log_buffer), debug=args.dev)
+                       log_buffer=log_buffer, log_format=config.log_format), debug=args.dev)
     except StoreConfigError as e:  # a Redis that is away, or would lose jobs
         log_buffer.flush()
-        print(f"jobhive-server: {e}", file=sys.stderr)
+        say_on_stderr(str(e), config.log_format, "ERROR")
         raise SystemExit(2) from e
     finally:
         log_buffer.flush()
 
 
-def buffered_logging(level: str) -> logging.handlers.MemoryHandler:
+def say_on_stderr(message: str, log_format: str, level: str) -> None:
+    """A message of the server's own, before or after its logs: `jobhive-server: MESSAGE`, or
+    a JSON line in the json format."""
+    print(json_line(level, "jobhive.server", message) if log_format == "json"
+          else f"jobhive-server: {message}", file=sys.stderr)
+
+
+def buffered_logging(level: str, log_format: str = "text") -> logging.handlers.MemoryHandler:
     """Logs to stderr through a buffer: a line per job state change is thousands of lines a
     second under load, and one write() each costs the server more than the job itself. The
     buffer is written every LOG_FLUSH_S (by `serve`), every 256 lines, and at once for warnings.
-    """
+    In the json format, Python's warnings are logged too (one JSON line each, not two lines of
+    text)."""
     stream = logging.StreamHandler()
-    stream.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    stream.setFormatter(formatter(log_format))
     buffer = logging.handlers.MemoryHandler(256, flushLevel=logging.WARNING, target=stream)
     logging.basicConfig(level=level, handlers=[buffer])
+    logging.captureWarnings(log_format == "json")
     return buffer
 
 
@@ -130,9 +148,10 @@ async def serve(
     access_log: bool,
     demo: bool = False,
     log_buffer: logging.handlers.MemoryHandler | None = None,
+    log_format: str = "text",
 ) -> None:
     """Serves until SIGINT or SIGTERM, then shuts down cleanly (the store flushes). With demo,
-    also runs a demo worker for each endpoint that has one."""
+    also runs a demo worker for each endpoint that has one (logging in `log_format`)."""
     runner = web.AppRunner(
         app,
         handler_cancellation=True,  # a client that hangs up ends its long-poll at once
@@ -157,7 +176,9 @@ async def serve(
                 stack.callback(flusher.cancel)
             if demo:
                 served = await stack.enter_async_context(
-                    demo_workers(url, app[ENDPOINTS], app[STORE], stop))
+                    demo_workers(url, app[ENDPOINTS], app[STORE], stop, log_format))
+                if log_buffer is not None:  # the workers' `connected` lines before the ready line
+                    log_buffer.flush()
                 print(f"jobhive-server: demo workers for {', '.join(served) or 'nothing'} ready "
                       f"in {loop.time() - started_s:.0f} s; open {url}/ in a browser, or try\n"
                       f"  curl -X POST '{url}/api/v1/endpoints/echo/jobs?wait=10' "

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from api_server.fields import FIELD_TYPES, MEDIA_TYPE_NAMES, FieldError, FieldSpec
+from jobhive.logs import LOG_FORMATS
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 # A demo page's route: one or more /segments, none empty or starting with a dot.
@@ -54,6 +55,7 @@ class ServerConfig:
         worker_seen_ttl_s (float): a worker unseen this long drops out of `/api/v1/status`.
         sse_keepalive_s (float): how often an idle event stream gets a comment line.
         log_level (str): DEBUG, INFO, WARNING or ERROR.
+        log_format (str): "text" (default) or "json": one JSON object per line (jobhive/logs.py).
         max_json_depth (int): the deepest nesting of lists and objects a request body may have.
         admin_keys (tuple[str, ...]): keys that see worker addresses in `/api/v1/status`.
         allowed_hosts (tuple[str, ...]): Host header values served (with or without a port);
@@ -108,6 +110,7 @@ class ServerConfig:
     worker_seen_ttl_s: float = 120.0
     sse_keepalive_s: float = 15.0
     log_level: str = "INFO"
+    log_format: str = "text"
     max_json_depth: int = 64
     admin_keys: tuple[str, ...] = ()
     allowed_hosts: tuple[str, ...] = ()
@@ -648,6 +651,9 @@ def _check_server(config: ServerConfig, where: str, problems: list[str]) -> None
         problems.append(
             f"{where}.log_level: must be one of {', '.join(LOG_LEVELS)} (got {config.log_level!r})"
         )
+    if config.log_format not in LOG_FORMATS:
+        problems.append(f"{where}.log_format: must be one of {', '.join(LOG_FORMATS)} "
+                        f"(got {config.log_format!r})")
     if sqlite_path(config.store) is None and not is_redis_url(config.store):
         problems.append(f"{where}.store: must be sqlite:PATH, redis://HOST:PORT/DB, rediss://... "
                         f"or redis+sentinel://HOST:PORT,.../MASTER/DB (got {config.store!r})")

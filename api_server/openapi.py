@@ -80,6 +80,13 @@ _JOB_SCHEMA: dict[str, Any] = {
         "progress": _nullable({"type": "number", "minimum": 0, "maximum": 100}),
         "queue_position": _nullable({"type": "integer", "minimum": 0}),
         "progress_outputs": _nullable({"type": "object"}),
+        protocol.PROGRESS_OFFSETS_KEY: {
+            "type": "object",
+            "additionalProperties": {"type": "integer", "minimum": 0},
+            "description": "Only in later events of a stream, and in a long-poll with "
+            "`progress_from`: each progress text it names is only its new part, starting at "
+            "this offset (in Unicode code points) of the whole text.",
+        },
         "outputs": _nullable({"type": "object"}),
         "error": _nullable({"type": "string"}),
         "attempts": {"type": "integer", "minimum": 0},
@@ -93,6 +100,12 @@ _REPORT_PROPERTIES: dict[str, Any] = {
     "lease_id": {"type": "string", "minLength": 1, "maxLength": 128},
     "progress": _nullable({"type": "number", "minimum": 0, "maximum": 100}),
     "outputs": _nullable({"type": "object"}),
+    "offsets": {
+        "type": "object",
+        "additionalProperties": {"type": "integer", "minimum": 0},
+        "description": "Progress only: each string output it names is the new part of a text "
+        "the server holds, starting at this offset (the answer's `offsets` give the lengths).",
+    },
     "error": _nullable({"type": "string"}),
     "release": {
         "type": "boolean",
@@ -153,9 +166,28 @@ _SCHEMAS: dict[str, Any] = {
                         "queued": {"type": "integer", "minimum": 0},
                         "running": {"type": "integer", "minimum": 0},
                         "workers": {"type": "integer", "minimum": 0},
+                        "models": {
+                            "type": "array",
+                            "description": "The models the workers online serve, each once.",
+                            "items": _ref("schemas", "ModelServed"),
+                        },
                     },
                 },
             }
+        },
+    },
+    "ModelServed": {
+        "type": "object",
+        "description": "A model workers online have loaded (their poll's info.loaded_models).",
+        "required": ["name", "dtype", "device", "random", "workers"],
+        "properties": {
+            "name": {"type": "string", "description": "tiny-NAME for the demo's tiny models, "
+                     "else the folder (or model name) it was loaded from."},
+            "dtype": {"type": ["string", "null"], "description": "bfloat16, float32, nf4..."},
+            "device": {"type": ["string", "null"], "description": "cpu, cuda:0..."},
+            "random": {"type": "boolean", "description": "Random weights (the demo's tiny "
+                       "models): its text is gibberish, its images noise."},
+            "workers": {"type": "integer", "minimum": 1, "description": "Workers serving it."},
         },
     },
     "Status": {
@@ -184,7 +216,8 @@ _SCHEMAS: dict[str, Any] = {
             "worker_id": {"type": "string", "minLength": 1, "maxLength": 128},
             "job_types": {"type": "array", "minItems": 1, "items": {"type": "string"}},
             "max_batch": {"type": "integer", "minimum": 1, "maximum": 1024, "default": 1},
-            "info": {"type": "object", "description": "Shown in /api/v1/status."},
+            "info": {"type": "object", "description": "Shown in /api/v1/status; its "
+                     "`loaded_models` ([{name, dtype, device, random}]) in /api/v1/endpoints."},
             "wait_s": {
                 "type": "number",
                 "minimum": 0,
@@ -355,6 +388,14 @@ _SINCE = {
     "description": "With `wait`: wait for a version past this one (default: the version now).",
     "schema": {"type": "integer", "minimum": 0},
 }
+_PROGRESS_FROM = {
+    "name": protocol.PROGRESS_FROM_PARAM,
+    "in": "query",
+    "required": False,
+    "description": "With `since`: `KEY:N[,KEY:N]`, the characters of each progress text held "
+    "as of that version; the reply then carries only the rest, with `progress_offsets`.",
+    "schema": {"type": "string"},
+}
 _INLINE = {
     "name": protocol.INLINE_PARAM,
     "in": "query",
@@ -434,7 +475,7 @@ def _operations(wait_max_s: float) -> dict[tuple[str, str], dict[str, Any]]:
             "responses": {"200": _json({"type": "object"}, "This document.")},
         },
         ("GET", "/api/v1/endpoints"): {
-            "summary": "The endpoints, with their queue lengths and workers online.",
+            "summary": "The endpoints, with their queue lengths, workers online and models.",
             "security": _OPEN,
             "responses": {"200": _json(_ref("schemas", "EndpointList"))},
         },
@@ -456,7 +497,8 @@ def _operations(wait_max_s: float) -> dict[tuple[str, str], dict[str, Any]]:
         },
         ("GET", "/api/v1/jobs/{job_id}"): {
             "security": _KEY_IF_ASKED,
-            "parameters": [_wait_parameter(wait_max_s, "until the job changes"), _SINCE, _INLINE],
+            "parameters": [_wait_parameter(wait_max_s, "until the job changes"), _SINCE,
+                           _PROGRESS_FROM, _INLINE],
             "responses": {"200": job, **dict.fromkeys(["400", *job_errors])},
         },
         ("DELETE", "/api/v1/jobs/{job_id}"): {

@@ -5,7 +5,10 @@ so); an instruction count of the same work repeats to about 0.3%. This runs a `j
 under callgrind and drives it in lockstep rounds: each round, --batch clients submit an echo job
 with `?wait=`, then one worker poll takes the whole batch and one results post finishes it. Those
 are the requests of bench/queue.py's batch-8 scenario, without the timing that decides its batch
-sizes. Counters are zeroed after warm-up rounds and read after the measured ones.
+sizes. With --handover the worker polls as `workers.cli noop` does (its poll waits on the
+server and rides on its results post, so the submit that queues a job hands it over): the
+requests of the 1-client scenario with --batch 1. Counters are zeroed after warm-up rounds and
+read after the measured ones.
 
 It measures the SQLite store, or with --store redis the Redis store (on a fresh redis-server
 with an append-only file). It counts the server's own instructions in user space (Python,
@@ -16,6 +19,7 @@ the server's code, while bench/queue.py gives the CPU seconds and jobs/s. Needs 
     python bench/instructions.py                        # this version
     python bench/instructions.py --against d8342ed      # and an earlier one, side by side
     python bench/instructions.py --store redis --against HEAD
+    python bench/instructions.py --store redis --handover --batch 1 --rounds 60
 """
 
 from __future__ import annotations
@@ -76,8 +80,54 @@ async def rounds(url: str, count: int, batch: int, settle_s: float) -> None:
             await asyncio.gather(*submits)
 
 
-def measure(tree: Path, count: int, batch: int, settle_s: float, store: str) -> int:
-    """The instructions the server of `tree` executes over `count` rounds."""
+async def handover_rounds(url: str, count: int, batch: int, settle_s: float) -> None:
+    """`count` rounds of `batch` jobs as `workers.cli noop` runs them: the worker's poll waits
+    on the server and rides on its results post, so each job is handed over by the submit
+    that queues it (bench/queue.py's scenarios); the worker stops polling after the last."""
+    worker = {**JSON, "Authorization": f"Bearer {WORKER_KEY}"}
+    poll = {"worker_id": "bench", "job_types": ["echo"], "max_batch": batch, "wait_s": 20}
+    body = b'{"inputs": {"text": "benchmark"}}'
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
+
+        async def submit() -> None:
+            url_ = f"{url}/api/v1/endpoints/echo/jobs?wait=60"
+            async with http.post(url_, data=body, headers=JSON) as reply:
+                await reply.read()
+                if reply.status != 200:
+                    raise RuntimeError(f"job not finished: {reply.status}")
+
+        async def work() -> None:
+            done, jobs = 0, []
+            while done < count * batch:
+                if not jobs:
+                    async with http.post(f"{url}/api/v1/worker/jobs", json=poll,
+                                         headers=worker) as r:
+                        if r.status not in (200, 204):
+                            raise RuntimeError(f"poll refused: {r.status} {await r.text()}")
+                        jobs = (await r.json())["jobs"] if r.status == 200 else []
+                    continue
+                done += len(jobs)
+                reports = [{"job_id": j["job_id"], "lease_id": j["lease_id"],
+                            "outputs": {"text": "benchmark", "worker_id": "bench"}}
+                           for j in jobs]
+                sent = {"reports": reports, **({"poll": poll} if done < count * batch else {})}
+                async with http.post(f"{url}/api/v1/worker/results", json=sent,
+                                     headers=worker) as r:
+                    if r.status != 200:
+                        raise RuntimeError(f"results refused: {r.status} {await r.text()}")
+                    jobs = (await r.json()).get("jobs", [])
+
+        working = asyncio.ensure_future(work())
+        await asyncio.sleep(settle_s)  # (its poll waiting on the server)
+        for _ in range(count):
+            await asyncio.gather(*(submit() for _ in range(batch)))
+        await working
+
+
+def measure(tree: Path, count: int, batch: int, settle_s: float, store: str,
+            handover: bool = False) -> int:
+    """The instructions the server of `tree` executes over `count` rounds (of
+    `handover_rounds` when handover, else of `rounds`)."""
     with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
         out = Path(tmp) / "callgrind.out"
         config = Path(tmp) / "server.toml"  # (a Redis store's files: not in the tree)
@@ -95,10 +145,11 @@ def measure(tree: Path, count: int, batch: int, settle_s: float, store: str) -> 
         )
         try:
             url = wait_for_line(server, r"listening on (http://\S+)").group(1)
-            run_loop(rounds(url, 3, batch, settle_s))  # warm: imports, connections, caches
+            drive = handover_rounds if handover else rounds
+            run_loop(drive(url, 3, batch, settle_s))  # warm: imports, connections, caches
             pid = str(server.pid)
             subprocess.run(["callgrind_control", "--zero", pid], check=True, capture_output=True)
-            run_loop(rounds(url, count, batch, settle_s))
+            run_loop(drive(url, count, batch, settle_s))
             subprocess.run(["callgrind_control", "--dump=measured", pid], check=True,
                            capture_output=True)
             return _dumped_total(out)
@@ -131,16 +182,23 @@ def main() -> None:
                         help="pause between a round's submits and its poll")
     parser.add_argument("--against", metavar="REV", help="also measure this git revision")
     parser.add_argument("--store", choices=("sqlite", "redis"), default="sqlite")
+    parser.add_argument("--handover", action="store_true",
+                        help="the worker's poll waits and rides on its results post, as "
+                        "workers.cli noop's does (try with --batch 1)")
     args = parser.parse_args()
     if shutil.which("valgrind") is None:
         sys.exit("valgrind is not installed (apt-get install valgrind)")
     jobs = args.rounds * args.batch
+    flow = ("submits with ?wait=, handed over to the worker's waiting poll, results with "
+            "the next poll" if args.handover else
+            "submits with ?wait=, one poll, one results post")
     print(f"{'version':>9} {'instructions per job':>21}   ({args.rounds} rounds of {args.batch}"
-          " jobs: submits with ?wait=, one poll, one results post)", flush=True)
+          f" jobs: {flow})", flush=True)
     with source_tree(args.against) as previous:
         versions = [(REPO, "this")] + ([(previous, args.against[:9])] if args.against else [])
         for tree, version in versions:
-            total = measure(tree, args.rounds, args.batch, args.settle_s, args.store)
+            total = measure(tree, args.rounds, args.batch, args.settle_s, args.store,
+                            args.handover)
             print(f"{version:>9} {total / jobs:>21,.0f}", flush=True)
 
 

@@ -25,6 +25,11 @@ static batching's wait for the running batch), and the TTFT of a chat alone on t
     python bench/llama.py --clients 16 --max-new-tokens 256
     python bench/llama.py --model /models/Llama-4-Scout-17B-16E-Instruct --quantize 4bit
     python bench/llama.py --arrivals --against 4b8fa7e       # static (4b8fa7e) vs continuous
+    python bench/llama.py --wire --against e8b700a           # whole texts vs their new parts
+
+With --wire, one chat at a time of 250, 500, 1,000 and 2,000 tokens, each followed by one SSE
+client: the bytes that client received, its progress events, and the bytes the worker wrote
+(its /proc io, sockets and logs), for this tree and, with --against REV, that revision's.
 """
 
 from __future__ import annotations
@@ -145,6 +150,35 @@ async def measure_arrivals(url: str, clients: int, max_new_tokens: int,
     }
 
 
+async def followed_bytes(http: aiohttp.ClientSession, url: str, max_new_tokens: int,
+                         worker_pid: int) -> dict[str, float]:
+    """--wire: one chat followed over SSE; the bytes its client read and the worker wrote."""
+    inputs = {"chat_context": [{"role": "user", "content": PROMPT}], "seed": 7,
+              "max_new_tokens": max_new_tokens, "temperature": 0.8, "ignore_eos": True}
+    written_before = _written_bytes(worker_pid)
+    async with http.post(f"{url}/api/v1/endpoints/llama4_chat/jobs",
+                         json={"inputs": inputs}) as reply:
+        job = await reply.json()
+    read, events = 0, 0
+    async with http.get(f"{url}/api/v1/jobs/{job['job_id']}/events") as stream:
+        async for raw in stream.content:
+            read += len(raw)
+            events += raw.startswith(b"event: progress")
+    async with http.get(f"{url}/api/v1/jobs/{job['job_id']}") as reply:
+        outputs = (await reply.json())["outputs"]
+    await asyncio.sleep(0.2)  # (the worker's last writes: its result's answer read, its log)
+    return {"tokens": outputs["generated_tokens"], "chars": len(outputs["text"]),
+            "sse_bytes": read, "events": events,
+            "worker_bytes": _written_bytes(worker_pid) - written_before}
+
+
+def _written_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/io").read_text().splitlines():
+        if line.startswith("wchar:"):
+            return int(line.split()[1])
+    return 0
+
+
 def run(args: argparse.Namespace, max_batch: int, tree: Path = REPO) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp:
         server, url = start_server(Path(tmp) / "bench.sqlite3", tree=tree)
@@ -154,6 +188,8 @@ def run(args: argparse.Namespace, max_batch: int, tree: Path = REPO) -> dict[str
                         "--dtype", args.dtype, "--max-batch", str(max_batch)], tree)
         try:
             wait_for_line(worker, r"loaded in")
+            if args.wire:
+                return asyncio.run(measure_wire(url, worker.pid))
             if args.arrivals:
                 return asyncio.run(measure_arrivals(url, args.clients, args.max_new_tokens,
                                                     args.every_s))
@@ -184,6 +220,31 @@ def compare_arrivals(args: argparse.Namespace) -> None:
             print_arrivals(name, {key: statistics.median(r[key] for r in runs) for key in runs[0]})
 
 
+WIRE_TOKENS = (250, 500, 1000, 2000)
+
+
+async def measure_wire(url: str, worker_pid: int) -> dict[str, Any]:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=3600)) as http:
+        await chat(http, url, 8, 0)  # warm-up
+        return {n: await followed_bytes(http, url, n, worker_pid) for n in WIRE_TOKENS}
+
+
+def compare_wire(args: argparse.Namespace) -> None:
+    """--wire: the bytes of one followed chat per length, --against's tree first."""
+    print(f"model {args.model or 'tiny random Llama 4'}, one chat at a time followed by one "
+          "SSE client", flush=True)
+    print(f"{'server and worker':>22} {'tokens':>6} {'chars':>6} {'events':>6} "
+          f"{'SSE bytes':>10} {'per char':>8} {'worker bytes':>12} {'per char':>8}", flush=True)
+    for name, rev in ([(args.against, args.against)] if args.against else []) + \
+            [("this tree", None)]:
+        with source_tree(rev) as tree:
+            for r in run(args, 1, tree).values():
+                print(f"{name:>22} {r['tokens']:>6} {r['chars']:>6} {r['events']:>6} "
+                      f"{r['sse_bytes']:>10,} {r['sse_bytes'] / r['chars']:>8.1f} "
+                      f"{r['worker_bytes']:>12,} {r['worker_bytes'] / r['chars']:>8.1f}",
+                      flush=True)
+
+
 def print_arrivals(name: str, r: dict[str, float]) -> None:
     print(f"{name:>22} {r['idle_ttft_ms']:>12.1f} {r['p50_ttft_ms']:>11.1f} "
           f"{r['p99_ttft_ms']:>11.1f} {r['tok_s']:>9.1f} {r['longest_wait_ms']:>15.1f} "
@@ -209,11 +270,16 @@ def main() -> None:
     parser.add_argument("--every-s", type=float, default=0.25,
                         help="with --arrivals, the gap between two chats (default 0.25)")
     parser.add_argument("--against", metavar="REV",
-                        help="with --arrivals, also run the worker of git revision REV first")
+                        help="with --arrivals or --wire, also run git revision REV first")
     parser.add_argument("--rounds", type=int, default=1,
                         help="with --arrivals, runs of each worker, alternating; then the "
                         "medians (default 1)")
+    parser.add_argument("--wire", action="store_true",
+                        help="bytes on the wire of one followed chat of 250 to 2,000 tokens")
     args = parser.parse_args()
+    if args.wire:
+        compare_wire(args)
+        return
     if args.arrivals:
         args.clients = args.clients or 16
         args.max_new_tokens = args.max_new_tokens or 256

@@ -232,8 +232,8 @@ function drawWorkers(workers) {
     "tr", {"data-worker": w.worker_id},
     el("th", {scope: "row"}, w.worker_id),
     el("td", {}, w.job_types.join(", ")),
-    el("td", {}, String(w.info?.model ?? "–")),
-    el("td", {}, String(w.info?.device ?? "–")),
+    el("td", {}, modelsOf(w.info)),
+    el("td", {}, String(w.info?.device ?? w.info?.loaded_models?.[0]?.device ?? "–")),
     el("td", {}, String(w.jobs_done)),
     el("td", {}, String(w.jobs_failed)),
     el("td", {}, String(w.running)),
@@ -241,6 +241,16 @@ function drawWorkers(workers) {
   ));
   if (!rows.length) rows.push(el("tr", {}, el("td", {colSpan: 8}, "No worker seen lately.")));
   document.querySelector("#workers-table tbody").replaceChildren(...rows);
+}
+
+/** A worker's models: those it says it loaded ("tiny-llama4 (random weights) · float32"), else
+ * its older `model` string. */
+function modelsOf(info) {
+  const loaded = Array.isArray(info?.loaded_models) ? info.loaded_models : [];
+  if (!loaded.length) return String(info?.model ?? "–");
+  return loaded
+    .map((m) => `${m.name}${m.random ? " (random weights)" : ""}${m.dtype ? ` · ${m.dtype}` : ""}`)
+    .join(", ");
 }
 
 /** The endpoints with anything going on in the history (jobs, a queue, workers), else all:

@@ -1,12 +1,14 @@
-// The index page: every endpoint with its title, description, queue and workers online, and a
-// link to its demo page; refreshed every few seconds.
+// The index page: every endpoint with its title, description, queue, workers online and the
+// models they serve, and a link to its demo page; refreshed every few seconds. A warning above
+// the list names the models with random weights (the demo's tiny ones).
 
 import * as jobhive from "./jobhive.js";
-import {el, plural} from "./ui.js";
+import {el, modelText, plural, randomWarning} from "./ui.js";
 
 const REFRESH_MS = 3000;
 const list = document.getElementById("endpoints");
 const error = document.getElementById("error");
+const warning = document.getElementById("random-weights");
 const cards = new Map(); // endpoint name -> {card, update(endpoint)}
 
 function makeCard(endpoint) {
@@ -16,12 +18,16 @@ function makeCard(endpoint) {
   const running = el("span", {"data-stat": "running"});
   const workers = el("span", {"data-stat": "workers"});
   const key = el("span", {className: "badge", hidden: true}, "client key");
+  const model = el("p", {className: "model-line", hidden: true});
+  const random = el("span", {className: "badge warn", "data-random-weights": "", hidden: true},
+    "random weights");
   const card = el(
     "li",
     {className: "card", "data-endpoint": endpoint.name},
     el("h2", {}, title),
     description,
-    el("p", {className: "stats"}, workers, queued, running, key),
+    model,
+    el("p", {className: "stats"}, workers, queued, running, random, key),
     el(
       "p",
       {className: "stats"},
@@ -38,6 +44,12 @@ function makeCard(endpoint) {
     workers.textContent = e.workers ? `${plural(e.workers, "worker")} online` : "no worker online";
     workers.className = `badge ${e.workers ? "ok" : "warn"}`;
     key.hidden = !e.client_auth;
+    const models = e.models || [];
+    model.replaceChildren(el("span", {className: "label"}, "Model: "),
+      models.map(modelText).join("; "));
+    model.dataset.models = models.map((m) => m.name).join(" ");
+    model.hidden = !models.length;
+    random.hidden = !models.some((m) => m.random);
   };
   update(endpoint);
   return {card, update};
@@ -66,6 +78,8 @@ async function refresh() {
         list.insertBefore(entry.card, list.children[i] || null); // the server's order
       }
     });
+    warning.textContent = randomWarning(endpoints.flatMap((e) => e.models || []));
+    warning.hidden = !warning.textContent;
     if (!endpoints.length) {
       error.textContent = "This server has no endpoints.";
       error.hidden = false;

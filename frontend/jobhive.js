@@ -43,6 +43,8 @@
  *                                         3, each wait at most 30 s; onRetry(seconds, error) is
  *                                         told), then thrown with error.retryAfterS
  *   getJob(job, {waitS, since, signal})  the job now (or once its version passes `since`)
+ *                                         (with `held`, a job of version `since`: only the new
+ *                                         parts of its progress texts travel, joined here)
  *   follow(job, {onUpdate, onQueued, onProgress, onResult, onError, onTransport, signal,
  *                transport})             calls onUpdate(job, event) and the handler of the event
  *                                         (queued, progress, result, error) for each change;
@@ -354,13 +356,62 @@ export async function getJob(job, options = {}) {
   const params = new URLSearchParams();
   if (options.waitS) params.set("wait", String(options.waitS));
   if (options.since !== undefined && options.since !== null) params.set("since", options.since);
+  const held = options.held && options.held.version === options.since ? options.held : null;
+  const lengths = textLengths(held);
+  if (lengths) params.set("progress_from", lengths);
   const query = params.toString() ? `?${params}` : "";
-  return withKey(endpoint, () =>
-    request("GET", `${API}/jobs/${encodeURIComponent(id)}${query}`, {
-      endpoint,
-      signal: options.signal,
-    }),
-  );
+  const read = () =>
+    withKey(endpoint, () =>
+      request("GET", `${API}/jobs/${encodeURIComponent(id)}${query}`, {
+        endpoint,
+        signal: options.signal,
+      }),
+    );
+  const answer = rebuilt(await read(), held);
+  return answer ?? getJob(id, {endpoint, signal: options.signal}); // (parts we lack: whole)
+}
+
+// ----- progress texts as parts: a token stream's events carry only each text's new part, with
+// `progress_offsets` (where it starts, in code points of the whole text; see jobhive/protocol.py)
+
+/** The job with its progress texts whole: each part joined to the text of `held`; null when a
+ * part's start is not there (ask for the job whole). */
+function rebuilt(job, held) {
+  const offsets = job?.progress_offsets;
+  if (!offsets) return job;
+  const outputs = {...job.progress_outputs};
+  const before = held?.progress_outputs ?? {};
+  for (const [key, offset] of Object.entries(offsets)) {
+    if (typeof outputs[key] !== "string") return null;
+    if (offset === 0) continue;
+    const text = before[key];
+    if (typeof text !== "string") return null;
+    const length = codePoints(text);
+    if (offset > length) return null;
+    const start = offset === length ? text : Array.from(text).slice(0, offset).join("");
+    outputs[key] = start + outputs[key];
+  }
+  const {progress_offsets: _, ...whole} = job;
+  return {...whole, progress_outputs: outputs};
+}
+
+/** The length of a string in code points (the server's offsets), not UTF-16 units. */
+function codePoints(text) {
+  let pairs = 0;
+  for (let i = 0; i < text.length; i++) {
+    const unit = text.charCodeAt(i);
+    if (unit >= 0xd800 && unit <= 0xdbff) pairs++;
+  }
+  return text.length - pairs;
+}
+
+/** `?progress_from=` for a long-poll past a running job: "KEY:LENGTH,..." of its texts. */
+function textLengths(job) {
+  if (!job || job.status !== "running" || !job.progress_outputs) return "";
+  return Object.entries(job.progress_outputs)
+    .filter(([key, text]) => typeof text === "string" && !/[:,]/.test(key))
+    .map(([key, text]) => `${key}:${codePoints(text)}`)
+    .join(",");
 }
 
 export async function cancel(job, options = {}) {
@@ -389,7 +440,7 @@ export async function follow(job, options = {}) {
     }[event];
     handler?.(next);
   };
-  const follower = {id, endpoint, emit, signal: options.signal, lastEventId: ""};
+  const follower = {id, endpoint, emit, signal: options.signal, lastEventId: "", held: null};
   if (transport !== "poll") {
     options.onTransport?.("sse");
     const final = await withKey(endpoint, () => followEvents(follower));
@@ -445,8 +496,13 @@ async function followEvents(follower) {
       for await (const event of readEvents(response.body, onBytes)) {
         gotEvents = true;
         reconnects = 0;
+        const job = rebuilt(JSON.parse(event.data), follower.held);
+        if (!job) {
+          follower.lastEventId = ""; // the next connection starts whole
+          throw new Error("a text's part came without its start");
+        }
         if (event.id) follower.lastEventId = event.id;
-        const job = JSON.parse(event.data);
+        follower.held = job;
         emit(job);
         if (isFinished(job)) {
           final = job; // the server ends the stream now; read to its end (no aborted request)
@@ -514,6 +570,7 @@ async function followPolls(follower, last) {
       if (job) {
         options.waitS = job.status === "queued" ? POLL_QUEUED_WAIT_S : POLL_WAIT_S;
         options.since = job.version;
+        options.held = job; // only the new parts of its texts travel
       }
       job = await getJob(id, options);
       failures = 0;

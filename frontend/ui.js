@@ -41,10 +41,22 @@
  *                                          ...". Fills element (else a new <p class="muted
  *                                          workers-note">) and returns it. All the notes of a
  *                                          page share one request
+ *   modelNote(names, {element})            the models serving the endpoints `names` (one or
+ *                                          more), from the same poll as workersNote: a line
+ *                                          "Model: tiny-llama4 (random weights) · float32 ·
+ *                                          cpu" per endpoint (data-models holds the names) and,
+ *                                          while any of them has random weights, a plain warning
+ *                                          (data-random-weights). Hidden while no worker is
+ *                                          online; shows a worker that connects later. Fills
+ *                                          element (else a new <div class="model-note">)
+ *   modelText(model)                       "tiny-llama4 (random weights) · float32 · cpu", of
+ *                                          an entry of the endpoint listing's `models`
+ *   randomWarning(models)                  the warning's text for the random ones of models
  *   siteHeader(), siteFooter()             the header and footer every page shows
  *   plural(count, noun)                    "1 worker", "2 workers"
  *
- * keyNote and workersNote read the key store and /api/v1/endpoints through jobhive.js.
+ * keyNote, workersNote and modelNote read the key store and /api/v1/endpoints through
+ * jobhive.js.
  */
 
 import {forgetKey, getKey, isFileRef, listEndpoints} from "./jobhive.js";
@@ -128,7 +140,7 @@ function pollWorkers() {
 
 export function workersNote(name, {element = null, what = null} = {}) {
   const note = element || el("p", {className: "muted workers-note", hidden: true});
-  workersNotes.push((endpoints) => {
+  watchEndpoints((endpoints) => {
     const endpoint = endpoints?.find((e) => e.name === name);
     if (!endpoint || (what && endpoint.workers > 0)) {
       note.hidden = true;
@@ -145,10 +157,60 @@ export function workersNote(name, {element = null, what = null} = {}) {
     }
     note.hidden = false;
   });
+  return note;
+}
+
+function watchEndpoints(draw) {
+  workersNotes.push(draw);
   pollWorkers();
   if (workersNotes.length === 1) {
     setInterval(() => document.hidden || pollWorkers(), WORKERS_REFRESH_MS);
   }
+}
+
+// ----- the models serving an endpoint
+
+/** "tiny-llama4 (random weights) · float32 · cpu" (and the workers serving it, if several). */
+export function modelText(model) {
+  const name = model.random ? `${model.name} (random weights)` : model.name;
+  const text = [name, model.dtype, model.device].filter(Boolean).join(" · ");
+  return model.workers > 1 ? `${text} (${model.workers} workers)` : text;
+}
+
+/** The warning for the models of `models` that have random weights ("" when none has). */
+export function randomWarning(models) {
+  const names = [...new Set(models.filter((m) => m.random).map((m) => m.name))];
+  if (!names.length) return "";
+  const [which, its] = names.length === 1
+    ? [`${names[0]} has random weights (the demo's tiny model)`, "its"]
+    : [`${names.join(" and ")} have random weights (the demo's tiny models)`, "their"];
+  return `${which}: ${its} text is gibberish, ${its} images noise, ${its} search results ` +
+    "arbitrary. Start a worker with real weights for real answers; see the README, " +
+    "\"Starting workers\".";
+}
+
+export function modelNote(names, {element = null} = {}) {
+  const note = element || el("div", {className: "model-note", hidden: true});
+  const lines = el("div", {className: "model-lines"});
+  const warning = el("p", {className: "warning-banner", role: "note", "data-random-weights": "",
+    hidden: true});
+  note.replaceChildren(lines, warning);
+  note.hidden = true;
+  watchEndpoints((endpoints) => {
+    if (!endpoints) return; // none could be had now: keep what is shown
+    const shown = names
+      .map((name) => endpoints.find((e) => e.name === name))
+      .filter((e) => e && Array.isArray(e.models) && e.models.length);
+    lines.replaceChildren(...shown.map((e) => el(
+      "p",
+      {className: "model-line", "data-models": e.models.map((m) => m.name).join(" ")},
+      el("span", {className: "label"}, names.length > 1 ? `${e.title || e.name}: ` : "Model: "),
+      e.models.map(modelText).join("; "),
+    )));
+    warning.textContent = randomWarning(shown.flatMap((e) => e.models));
+    warning.hidden = !warning.textContent;
+    note.hidden = !shown.length;
+  });
   return note;
 }
 

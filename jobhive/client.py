@@ -41,6 +41,8 @@ from jobhive.protocol import (
     EVENT_PROGRESS,
     FINISHED_STATUSES,
     INLINE_PARAM,
+    PROGRESS_FROM_PARAM,
+    PROGRESS_OFFSETS_KEY,
     FileRef,
     JobStatus,
     ProtocolError,
@@ -50,6 +52,7 @@ from jobhive.protocol import (
     job_file_path,
     job_path,
     new_job_id,
+    rebuild_progress,
     server_urls,
     submit_path,
 )
@@ -93,6 +96,28 @@ class Job:
 
 
 _JOB_FIELDS = [f.name for f in fields(Job)]
+
+
+def _rebuilt(data: dict[str, Any], held: Job | None) -> Job | None:
+    """The Job of an event or long-poll whose progress texts may come as new parts
+    (`progress_offsets`), joined to the texts of `held`; None when a part's start is not
+    there (the server thought we held more: ask again for the whole)."""
+    offsets = data.get(PROGRESS_OFFSETS_KEY)
+    if offsets:
+        held_outputs = held.progress_outputs if held is not None else None
+        whole, missing = rebuild_progress(held_outputs, data.get("progress_outputs") or {},
+                                          offsets)
+        if missing:
+            return None
+        data["progress_outputs"] = whole
+    return Job.from_json(data)
+
+
+def _texts_held(job: Job | None) -> str:
+    """PROGRESS_FROM_PARAM for a long-poll past this job: the length of each of its texts."""
+    outputs = job.progress_outputs if job is not None and not job.finished else None
+    return ",".join(f"{key}:{len(text)}" for key, text in (outputs or {}).items()
+                    if isinstance(text, str) and ":" not in key and "," not in key)
 
 
 @dataclass(frozen=True, slots=True)
@@ -508,9 +533,22 @@ class AsyncClient:
             wait_s = LONG_POLL_S if deadline is None else min(LONG_POLL_S, deadline - loop.time())
             if wait_s <= 0:
                 raise WaitTimeout(current, timeout_s or 0.0)
-            current = await self.get(current.job_id, wait_s=wait_s, since=current.version)
+            current = await self._next(current, wait_s)
         # The data URLs once, for the finished job: not with every long-poll on the way.
         return await self.get(current.job_id, inline=True) if inline else current
+
+    async def _next(self, job: Job, wait_s: float, since: int | None = None) -> Job:
+        """The job once it changes past `since` (default its version): a long-poll that asks
+        for only the new parts of the progress texts `job` holds, and joins them to those."""
+        since = job.version if since is None else since
+        params = {"wait": f"{wait_s:g}", "since": str(since)}
+        if since == job.version and (held := _texts_held(job)):  # (its texts are of `since`)
+            params[PROGRESS_FROM_PARAM] = held
+        path = job_path(job.job_id)
+        data = await self._request("GET", path, params=params, wait_s=wait_s)
+        if isinstance(data, dict) and (rebuilt := _rebuilt(data, job)) is not None:
+            return rebuilt
+        return await self.get(job.job_id)  # (parts of texts we do not hold: read it whole)
 
     async def result(
         self, job: str | Job, timeout_s: float | None = None, *, inline: bool = False
@@ -615,6 +653,7 @@ class AsyncClient:
             total=None, sock_connect=self.timeout_s, sock_read=max(self.timeout_s, 60.0)
         )
         last_id, failures = "", 0
+        held: Job | None = None  # the last event's job, its progress texts whole
         while True:
             index = self._current
             url = self.server_urls[index] + path
@@ -630,14 +669,17 @@ class AsyncClient:
                         raise error_for(response.status, await _decode(response), response.headers)
                     if response.status < 400 and response.content_type != "text/event-stream":
                         return
+                    problem = f"HTTP {response.status}" if response.status >= 400 else "ended"
                     async with contextlib.aclosing(_sse_messages(response.content)) as messages:
                         async for name, event_id, data in messages:
-                            event = Event(name, Job.from_json(orjson.loads(data)))
-                            last_id, delivered = event_id or last_id, True
-                            yield event
-                            if event.job.finished:
+                            job = _rebuilt(orjson.loads(data), held)
+                            if job is None:  # a part of a text we lack: start afresh, whole
+                                problem, last_id = "a text's part came without its start", ""
+                                break
+                            held, last_id, delivered = job, event_id or last_id, True
+                            yield Event(name, job)
+                            if job.finished:
                                 return
-                    problem = f"HTTP {response.status}" if response.status >= 400 else "ended"
             except _CONNECTION_ERRORS as e:
                 problem = _describe(e)
             failures = 1 if delivered else failures + 1  # counts failures in a row
@@ -659,7 +701,7 @@ class AsyncClient:
                 since = current.version
             if current.finished:
                 return
-            current = await self.get(job_id, wait_s=LONG_POLL_S, since=since)
+            current = await self._next(current, LONG_POLL_S, since)
 
 
 class Client:

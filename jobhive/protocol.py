@@ -169,6 +169,9 @@ LEASE_PARAM = "lease_id"  # the query parameter of a file upload that names its 
 # `?inline=1` on a job read (GET job, a submit with ?wait=, the event stream): each file
 # reference in the outputs comes as a data URL instead (as before files; megabytes of JSON).
 INLINE_PARAM = "inline"
+# `?progress_from=text:1234` on a long-poll (with `?since=`): the client holds that much of each
+# named progress text (see "text progress as deltas" below).
+PROGRESS_FROM_PARAM = "progress_from"
 
 
 def _segment(value: str) -> str:
@@ -212,7 +215,7 @@ def job_file_path(job_id: str, name: str) -> str:
 # The body of a poll (WORKER_POLL_PATH, or "poll" beside a batch's results).
 POLL_KEYS = ("worker_id", "job_types", "max_batch", "info", "wait_s")
 # One entry of a progress or result report (one-job routes take the job_id from the URL).
-REPORT_KEYS = ("job_id", "lease_id", "progress", "outputs", "error", "release")
+REPORT_KEYS = ("job_id", "lease_id", "progress", "outputs", "offsets", "error", "release")
 # The body of WORKER_GOODBYE_PATH.
 GOODBYE_KEYS = ("worker_id",)
 
@@ -295,6 +298,117 @@ class Grant(NamedTuple):
 
 
 GRANT_KEYS = tuple(_GRANT_CHECKS)
+
+# ----- text progress as deltas
+#
+# A token stream's progress text grows by a few characters per report; sending it whole each
+# time costs bytes that grow with the square of its length. So each hop sends only what the
+# other side lacks: a progress output that extends the text the receiver holds travels as its
+# new part, and `offsets` (in a worker's report; `progress_offsets` in what clients read) says
+# where that part starts, in characters (Unicode code points) of the whole text. A receiver
+# rebuilds the whole as `held[:offset] + part`. Outputs without an offset are whole (a text that
+# does not extend the held one, a preview image, any output of an older worker or server).
+# The worker learns what the server holds from its answer (`offsets` there: the whole texts'
+# lengths), so a server that restarted or lost a report gets the whole text at the next one;
+# an event stream sends its first event whole, and a long-poll (`?since=V&progress_from=K:N`)
+# gets a delta only if no text was replaced since version V.
+
+PROGRESS_OFFSETS_KEY = "progress_offsets"  # in a job as clients read it: where each part starts
+
+
+def progress_delta(
+    held: Mapping[str, Any] | None, outputs: Mapping[str, Any]
+) -> tuple[dict[str, Any], dict[str, int]]:
+    """What to send of `outputs` to a receiver holding `held`: each string output that extends
+    the held one cut to its new part, and the offsets of those parts.
+
+    Returns:
+        tuple[dict[str, Any], dict[str, int]]: the outputs to send, and {key: offset} for each
+        one sent as a part (empty when everything goes whole).
+    """
+    sent, offsets = dict(outputs), {}
+    for key, value in outputs.items():
+        before = held.get(key) if held else None
+        if isinstance(value, str) and isinstance(before, str) and before \
+                and value.startswith(before):
+            sent[key], offsets[key] = value[len(before):], len(before)
+    return sent, offsets
+
+
+def rebuild_progress(
+    held: Mapping[str, Any] | None,
+    outputs: Mapping[str, Any],
+    offsets: Mapping[str, int],
+    max_chars: int | None = None,
+) -> tuple[dict[str, Any], list[str]]:
+    """The whole outputs of a report or event whose `offsets` name parts of texts in `held`.
+
+    Args:
+        max_chars (int | None): the longest a whole text may grow (a server's bound on what
+            parts can build); None: no bound.
+
+    Returns:
+        tuple[dict[str, Any], list[str]]: the outputs, each part joined to the held text before
+        its offset; and the keys that could not be (no held text that long: the sender
+        thought the receiver held more; or past max_chars). Those keep the held text, if any.
+    """
+    whole, missing = dict(outputs), []
+    for key, offset in offsets.items():
+        before = held.get(key) if held else None
+        part = outputs.get(key)
+        fits = isinstance(part, str) and (max_chars is None or offset + len(part) <= max_chars)
+        if fits and offset == 0:
+            continue
+        if fits and isinstance(before, str) and offset <= len(before):
+            whole[key] = before[:offset] + part
+            continue
+        missing.append(key)
+        if isinstance(before, str):
+            whole[key] = before
+        else:
+            whole.pop(key, None)
+    return whole, missing
+
+
+def held_lengths(
+    sent: Mapping[str, Any] | None, held: Mapping[str, Any] | None
+) -> dict[str, int] | None:
+    """A receiver's answer to a report: for each string output it was sent, the length of the
+    whole text it now holds (0 where it holds none); None when no string was sent. A sender
+    sends parts only of texts whose length the last answer gave."""
+    lengths = {}
+    for key, value in (sent or {}).items():
+        if isinstance(value, str):
+            whole = held.get(key) if held else None
+            lengths[key] = len(whole) if isinstance(whole, str) else 0
+    return lengths or None
+
+
+def texts_extend(held: Mapping[str, Any] | None, outputs: Mapping[str, Any] | None) -> bool:
+    """Whether every text of `held` is the start of the same output's text in `outputs` (so a
+    client holding `held` can be sent parts)."""
+    for key, before in (held or {}).items():
+        if isinstance(before, str) and before:
+            after = outputs.get(key) if outputs else None
+            if not isinstance(after, str) or not after.startswith(before):
+                return False
+    return True
+
+
+def parse_progress_from(value: str) -> dict[str, int]:
+    """`KEY:OFFSET[,KEY:OFFSET]` of PROGRESS_FROM_PARAM as {key: offset}.
+
+    Raises:
+        ValueError: not of that form, or an offset that is not a whole number.
+    """
+    found: dict[str, int] = {}
+    for item in value.split(","):
+        key, colon, offset = item.rpartition(":")
+        if not colon or not key or not (offset.isascii() and offset.isdigit()) or len(offset) > 12:
+            raise ValueError(f"must be KEY:OFFSET[,KEY:OFFSET...] (got {item[:40]!r})")
+        found[key] = int(offset)
+    return found
+
 
 # ----- binary values: base64 data URLs
 

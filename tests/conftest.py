@@ -20,7 +20,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
@@ -81,16 +81,18 @@ class Process:
         if self.proc.stdout is not None and not self.proc.stdout.closed:
             self.proc.stdout.close()
 
-    def wait_for_output(self, pattern: str, timeout_s: float = 10.0) -> str:
-        """Waits for a line of output matching the regex and returns it."""
+    def wait_for_output(self, pattern: str, timeout_s: float = 10.0, since: int = 0) -> str:
+        """Waits for a line of output matching the regex and returns it; with `since` (a
+        len(output) taken before), only among the lines that came after."""
         deadline = time.monotonic() + timeout_s
         regex = re.compile(pattern)
-        seen = 0
+        seen = since
         while time.monotonic() < deadline:
-            for line in self.output[seen:]:
+            lines = self.output[seen:]  # (a line appended meanwhile is read next time round)
+            for line in lines:
                 if regex.search(line):
                     return line
-            seen = len(self.output)
+            seen += len(lines)
             if self.proc.poll() is not None and seen == len(self.output):
                 break
             time.sleep(0.02)
@@ -186,15 +188,19 @@ SD3_WORKER_KEY = "sd3-worker-key"
 
 
 @pytest.fixture(scope="module")
-def sd3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Process, Process]]:
+def sd3(request: pytest.FixtureRequest,
+        tmp_path_factory: pytest.TempPathFactory) -> tuple[Process, Process]:
     """(server, worker): the repository's endpoints and one tiny-model SD3 worker on the CPU
-    (max batch 4), shared by the tests of a module."""
-    folder = tmp_path_factory.mktemp("sd3")
-    with serving(REPO / "endpoints", folder / "jobs.db", "--tiny", "--tiny-dir",
-                 str(folder / "tiny-sd3"), "--device", "cpu", "--max-batch", "4",
-                 "--poll-wait-s", "2", "--preview-size", "64", kind="sd3",
-                 key=SD3_WORKER_KEY) as pair:
-        yield pair
+    (max batch 4), shared by test_sd3.py and test_browser_sd3.py (started_for_files)."""
+
+    def start() -> contextlib.AbstractContextManager[tuple[Process, Process]]:
+        folder = tmp_path_factory.mktemp("sd3")
+        return serving(REPO / "endpoints", folder / "jobs.db", "--tiny", "--tiny-dir",
+                       str(folder / "tiny-sd3"), "--device", "cpu", "--max-batch", "4",
+                       "--poll-wait-s", "2", "--preview-size", "64", kind="sd3",
+                       key=SD3_WORKER_KEY)
+
+    return started_for_files(request, start)
 
 
 # One torch thread (the models are tiny; more threads only spin) and no Hugging Face downloads.
@@ -212,6 +218,96 @@ def build_index(source: Path, out: Path) -> Path:
     )
     assert built.returncode == 0, built.stderr
     return out
+
+
+# The retrieval tests' corpus (test_rag.py, test_browser_rag.py): each text file is one chunk,
+# each on its own topic, so a query has one right answer; two drawn images (rag_corpus).
+RAG_DOCS = {
+    "shoes.md": (
+        "# Running shoes\n\n"
+        "The Ember Sprint is a red running sneaker with a foam sole that returns energy on every "
+        "stride; runners who train on roads love its light mesh upper.\n\n"
+        "Trail shoes need deep lugs: on mud and loose rock the grip matters more than the weight."
+    ),
+    "bread.txt": (
+        "Sourdough starts with a starter of flour and water, fed daily until it bubbles.\n\n"
+        "Bake the loaf in a covered pot at a high heat so the crust crackles and the crumb opens."
+    ),
+    "stars.html": (
+        "<html><head><title>Night sky</title><style>p {color: red}</style></head><body>"
+        "<p>Orion is easy to find in winter: three bright stars in a row make its belt.</p>"
+        "<script>var hidden = 'never indexed';</script></body></html>"
+    ),
+    "bikes.md": (
+        "# Bicycle care\n\n"
+        "Oil the chain every few hundred kilometres and wipe off what it does not soak up; a "
+        "squeaking chain wears its cogs.\n\n"
+        "Pump the tyres before each ride: soft tyres pinch the tube on a kerb."
+    ),
+}
+
+
+def draw(path: Path, color: tuple[int, int, int], shape: str) -> None:
+    """A 96x96 picture of a box or a ball in `color` on a light background."""
+    from PIL import Image, ImageDraw
+
+    image = Image.new("RGB", (96, 96), (250, 250, 245))
+    pen = ImageDraw.Draw(image)
+    if shape == "box":
+        pen.rectangle((12, 30, 84, 70), fill=color)
+    else:
+        pen.ellipse((20, 20, 76, 76), fill=color)
+    image.save(path)
+
+
+@pytest.fixture(scope="session")
+def rag_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder with RAG_DOCS, red-box.png and blue-ball.jpg."""
+    root = tmp_path_factory.mktemp("corpus")
+    for name, text in RAG_DOCS.items():
+        (root / name).write_text(text)
+    draw(root / "red-box.png", (220, 30, 30), "box")
+    draw(root / "blue-ball.jpg", (30, 60, 220), "ball")
+    return root
+
+
+@pytest.fixture(scope="module")
+def rag_server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, rag_corpus: Path,
+    tiny_llama4_dir: Path,
+) -> tuple[Process, Process, Process]:
+    """(server, search_worker, chat_worker): an index of rag_corpus built by the real
+    `jobhive-index build`, a server with rag_search and rag_chat, a rag worker and a tiny llama4
+    --index worker (batches of up to 2); shared by test_rag.py and test_browser_rag.py."""
+
+    def start() -> contextlib.AbstractContextManager[tuple[Process, Process, Process]]:
+        folder = tmp_path_factory.mktemp("rag-server")
+        index = build_index(rag_corpus, folder / "index")
+        return serving_rag(folder, index, tiny_llama4_dir, "--max-batch", "2")
+
+    return started_for_files(request, start)
+
+
+LLAMA4_WORKER_KEY = "llama4-worker-key"
+
+
+@pytest.fixture(scope="module")
+def chat_server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
+    tiny_llama4_dir: Path,
+) -> tuple[Process, Process]:
+    """(server, worker): a server with only the llama4_chat endpoint (and its page) and one
+    tiny llama4 worker (batches of up to 4, one torch thread); shared by test_llama4.py and
+    test_browser_chat.py."""
+
+    def start() -> contextlib.AbstractContextManager[tuple[Process, Process]]:
+        tmp = tmp_path_factory.mktemp("llama4-server")
+        shutil.copytree(REPO / "endpoints" / "llama4_chat", tmp / "endpoints" / "llama4_chat")
+        return serving(tmp / "endpoints", tmp / "jobs.sqlite3", "--tiny",
+                       "--tiny-dir", str(tiny_llama4_dir), "--max-batch", "4",
+                       kind="llama4", key=LLAMA4_WORKER_KEY, env={"OMP_NUM_THREADS": "1"})
+
+    return started_for_files(request, start)
 
 
 @contextlib.contextmanager
@@ -398,19 +494,96 @@ def refused_url(held_port: int) -> str:
     return f"http://127.0.0.1:{held_port}"
 
 
-# The slowest test files first (seconds of setup and calls, measured with --durations=0): the two
-# test processes (--dist loadfile) each take the next whole file, so a long file taken last
-# leaves the other process idle at the end. The rest keep their order.
+# ----- test files that run together, and the order the files run in
+
+# A test file named here runs in the same test process as the file it maps to, next to it: the
+# two share the model servers their fixtures start (started_for_files; a model worker costs
+# seconds of CPU to start, a retrieval index more), or the model libraries both import.
+RUNS_WITH = {
+    "test_browser_rag.py": "test_rag.py",
+    "test_browser_sd3.py": "test_sd3.py",
+    "test_browser_chat.py": "test_llama4.py",
+    "test_rag_recall.py": "test_rag_index.py",  # torch, sentence-transformers, FAISS, in-process
+}
+# Per file group: what started_for_files entered, by fixture name, and the stack that leaves it.
+_STARTED = pytest.StashKey[dict[str, tuple[contextlib.ExitStack, dict[str, object]]]]()
+
+
+def file_group(path: Path) -> str:
+    """The name of the test file the test file at `path` runs with (RUNS_WITH), else its own."""
+    return RUNS_WITH.get(path.name, path.name)
+
+
+def started_for_files(request: pytest.FixtureRequest, start: Callable[[], Any]) -> Any:
+    """For a module fixture: enters the context manager that `start()` returns once for the
+    requesting file's group (file_group), under the fixture's name, and returns what it gave;
+    the group's other file gets the same. It is left after the group's last test, or when the
+    session ends first (a stop at the first failure, say)."""
+    groups = request.config.stash.setdefault(_STARTED, {})
+    group = file_group(request.path)
+    if group not in groups:
+        groups[group] = (contextlib.ExitStack(), {})
+        request.session.addfinalizer(groups[group][0].close)  # (a second close does nothing)
+    stack, entered = groups[group]
+    if request.fixturename not in entered:
+        entered[request.fixturename] = stack.enter_context(start())
+    return entered[request.fixturename]
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    """After the last test of a file group: stops what started_for_files started for it."""
+    try:
+        return (yield)
+    finally:
+        group = file_group(item.path)
+        if nextitem is None or file_group(nextitem.path) != group:
+            stack, _ = item.config.stash.get(_STARTED, {}).pop(group, (None, None))
+            if stack is not None:
+                stack.close()
+
+
+@pytest.hookimpl(tryfirst=True, optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """--dist loadfile with a file group (file_group) handed out as one, and the groups handed
+    out in the order collected (pytest_collection_modifyitems): pytest-xdist would reorder them
+    by their number of tests, most first, and hand out the slow files with a few tests last."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class FileGroupScheduling(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = Path(super()._split_scope(nodeid))
+            return str(path.with_name(file_group(path)))
+
+    config.option.loadscopereorder = False
+    return FileGroupScheduling(config, log)
+
+
+# The slowest file groups first (seconds of setup, calls and teardowns, measured with
+# --durations=0 on 2 cores; a group goes by the name of the file the others run with, RUNS_WITH):
+# the two test processes (--dist loadfile) each take the next whole group, so a long one taken
+# last leaves the other process idle at the end. The rest keep their order.
 SLOWEST_FIRST = (
-    "test_resilience.py", "test_browser_pages.py", "test_worker_supervisor.py",
-    "test_client.py", "test_browser_rag.py", "test_browser_sd3.py", "test_worker_runtime.py",
-    "test_multi_server.py", "test_worker_protocol.py", "test_llama4.py", "test_rag.py",
-    "test_api.py", "test_fuzz_api.py", "test_browser_chat.py", "test_sd3.py",
-    "test_rag_index.py", "test_connections.py", "test_openai.py", "test_nginx.py",
-    "test_browser_files.py", "test_sentinel.py",
+    "test_client.py", "test_worker_supervisor.py", "test_resilience.py", "test_browser_pages.py",
+    "test_worker_runtime.py", "test_multi_server.py", "test_llama4.py", "test_sd3.py",
+    "test_rag.py", "test_api.py", "test_worker_protocol.py", "test_fuzz_api.py",
+    "test_rag_index.py", "test_openai.py", "test_connections.py", "test_browser_firefox.py",
+    "test_browser_files.py", "test_nginx.py", "test_text_parts.py", "test_sentinel.py",
 )
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Orders the tests by file group: SLOWEST_FIRST's first, a group's files next to each
+    other, the rest as collected (a file's tests keep their order)."""
     rank = {name: i for i, name in enumerate(SLOWEST_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # (stable: a file's order)
+    seen: dict[str, int] = {}
+    for item in items:
+        seen.setdefault(file_group(item.path), len(seen))
+
+    def order(item: pytest.Item) -> tuple[int, int]:
+        group = file_group(item.path)
+        return rank.get(group, len(rank)), seen[group]
+
+    items.sort(key=order)

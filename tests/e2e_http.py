@@ -93,6 +93,20 @@ def parse_events(lines: Iterable[str]) -> Iterator[Event]:
             fields = {}
 
 
+def whole_progress(events: Iterable[Event]) -> list[dict[str, Any]]:
+    """The progress outputs of each `progress` event that has some, its texts whole: after a
+    stream's first event, a text comes as its new part from `progress_offsets`."""
+    held: dict[str, Any] = {}
+    wholes = []
+    for event in events:
+        if event.event == "progress" and event.data["progress_outputs"]:
+            offsets = event.data.get("progress_offsets", {})
+            held = {key: held[key][:offsets[key]] + value if key in offsets else value
+                    for key, value in event.data["progress_outputs"].items()}
+            wholes.append(held)
+    return wholes
+
+
 def read_events(
     url: str,
     headers: dict[str, str] | None = None,

@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
-from conftest import wait_until
+from conftest import ECHO_WORKER_KEY, wait_until
 from e2e_http import (
     Event,
     RawWorker,
@@ -100,6 +100,42 @@ def test_status_shows_queues_and_workers(start_server, http):
     assert 0 <= seen["last_seen_s_ago"] < 30
 
 
+def test_endpoint_list_names_the_models_its_workers_serve(start_server, http, endpoints_dir):
+    echo_variant(endpoints_dir, "other", WORKER={"job_type": "other"})
+    server = start_server()
+    tiny = {"name": "tiny-llama4", "dtype": "float32", "device": "cpu", "random": True}
+    real = {"name": "Llama-4-Scout", "dtype": "nf4", "device": "cuda:0", "random": False}
+
+    def poll(worker_id: str, info: Any, job_types: tuple[str, ...] = ("echo",)) -> None:
+        body = {"worker_id": worker_id, "job_types": list(job_types), "wait_s": 0, "info": info}
+        reply = http.post(f"{server.url}/api/v1/worker/jobs", json=body,
+                          headers={"Authorization": f"Bearer {ECHO_WORKER_KEY}"})
+        assert reply.status_code == 204, reply.text  # no job: seen all the same
+
+    def models() -> dict[str, list[dict[str, Any]]]:
+        listing = http.get(f"{server.url}/api/v1/endpoints").json()["endpoints"]
+        return {e["name"]: e["models"] for e in listing}
+
+    assert models()["echo"] == []  # no worker online: no model
+    poll("a", {"loaded_models": [tiny]})
+    poll("b", {"loaded_models": [tiny, tiny, real]})  # a model twice counts once
+    poll("c", {"model": "raw", "dtype": "float16"})  # an older worker: its `model` name
+    poll("d", {"loaded_models": [{"name": 5}, "x", {"name": "odd", "random": "yes", "dtype": 7,
+                                                    "device": "x" * 500}]})
+    poll("e", {"loaded_models": [real]}, job_types=("other",))
+    listed = models()
+    assert listed["echo"] == [
+        {**tiny, "workers": 2},
+        {**real, "workers": 1},
+        {"name": "raw", "dtype": "float16", "device": None, "random": False, "workers": 1},
+        # what is not of its type is left out; only `true` is random; long text is cut
+        {"name": "odd", "dtype": None, "device": "x" * 200, "random": False, "workers": 1},
+    ]
+    assert listed["other"] == [{**real, "workers": 1}]
+    status = http.get(f"{server.url}/api/v1/status").json()  # /status shows the info as sent
+    assert {w["worker_id"]: w["info"] for w in status["workers"]}["a"] == {"loaded_models": [tiny]}
+
+
 def test_endpoint_list_and_schema(start_server, http, endpoints_dir):
     echo_variant(
         endpoints_dir,
@@ -120,6 +156,7 @@ def test_endpoint_list_and_schema(start_server, http, endpoints_dir):
     assert by_name["echo"]["route"] == "/echo"  # its demo page
     assert (by_name["echo"]["queued"], by_name["echo"]["running"]) == (1, 0)
     assert by_name["echo"]["workers"] == 0
+    assert by_name["echo"]["models"] == []  # those of the workers online
     assert by_name["private"]["title"] == "Private echo"
     assert by_name["private"]["client_auth"] is True
 

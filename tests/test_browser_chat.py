@@ -1,5 +1,6 @@
 """The llama4_chat page (endpoints/llama4_chat/page.html, frontend/pages/chat.js) in real headless
-Chromium, against the real server and a real `jobhive-worker llama4 --tiny` on the CPU.
+Chromium, against the real server and a real `jobhive-worker llama4 --tiny` (conftest's
+chat_server, shared with test_llama4.py).
 
 The tiny model's text is gibberish, but it streams like a real one: with ignore_eos and a large
 max_new_tokens a reply lasts long enough to watch it grow and to stop it. Being random, the text
@@ -12,16 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
-from pathlib import Path
 
 import httpx
-import pytest
-from conftest import REPO, serving
 from playwright.async_api import Page, expect
 
-KEY = "llama4-worker-key"
-WORKER_ENV = {"OMP_NUM_THREADS": "1"}
 TIMEOUT_MS = 20_000
 
 # Records the reply being written as the page draws it: a snapshot of its raw text, its meta
@@ -46,17 +41,6 @@ WATCH_REPLY = """() => {
 STREAMED_COUNTS = """() => window.replySeen
   .filter((s) => s.status === 'streaming' && /^\\d+ tokens$/.test(s.meta))
   .map((s) => parseInt(s.meta, 10))"""
-
-
-@pytest.fixture(scope="module")
-def chat_server(tmp_path_factory: pytest.TempPathFactory, tiny_llama4_dir: Path):
-    """A server with the llama4_chat endpoint (and its page) and one tiny llama4 worker."""
-    tmp = tmp_path_factory.mktemp("chat-page")
-    shutil.copytree(REPO / "endpoints" / "llama4_chat", tmp / "endpoints" / "llama4_chat")
-    with serving(tmp / "endpoints", tmp / "jobs.sqlite3", "--tiny",
-                 "--tiny-dir", str(tiny_llama4_dir), "--device", "cpu",
-                 kind="llama4", key=KEY, env=WORKER_ENV) as pair:
-        yield pair
 
 
 async def settings_open(page: Page, want: bool) -> None:

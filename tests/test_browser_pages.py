@@ -85,6 +85,60 @@ async def test_index_lists_every_endpoint_with_queue_and_workers(
     await expect(page.locator("h1")).to_have_text("Echo")
 
 
+async def test_pages_show_their_model_and_warn_of_random_weights(start_server, start_worker,
+                                                                 browser):
+    server = start_server()
+    # The echo page, opened before its worker connects: no model yet.
+    echo = await browser.open(server.url + "/echo")
+    await expect(echo.locator("[data-workers]")).to_have_attribute("data-workers", "0")
+    await expect(echo.locator(".model-note")).to_be_hidden()
+    start_worker(server.url)  # noop: no weights, none random
+    # A worker with random weights, as the demo's tiny models report them (the real tiny
+    # workers: test_browser_chat.py and test_browser_rag.py).
+    tiny = {"name": "tiny-sd3", "dtype": "float32", "device": "cpu", "random": True}
+    async with httpx.AsyncClient() as client:
+        reply = await client.post(
+            f"{server.url}/api/v1/worker/jobs",
+            json={"worker_id": "tiny", "job_types": ["echo"], "wait_s": 0,
+                  "info": {"loaded_models": [tiny]}},
+            headers={"Authorization": "Bearer echo-worker-key"},
+        )
+        assert reply.status_code == 204, reply.text
+        listing = (await client.get(f"{server.url}/api/v1/endpoints")).json()["endpoints"]
+    models = {e["name"]: e["models"] for e in listing}
+    assert models["echo"] == [
+        {"name": "noop", "dtype": None, "device": "cpu", "random": False, "workers": 1},
+        {**tiny, "workers": 1},
+    ]
+    assert models["sd3"] == []
+
+    # The index: each card its models, a badge where one is random, the warning above them.
+    index = await browser.open(server.url + "/")
+    card = index.locator('li.card[data-endpoint="echo"]')
+    await expect(card.locator(".model-line")).to_contain_text("Model: noop · cpu; tiny-sd3")
+    await expect(card.locator("[data-random-weights]")).to_be_visible()
+    await expect(index.locator('li.card[data-endpoint="sd3"] .model-line')).to_be_hidden()
+    await expect(index.locator("#random-weights")).to_contain_text("tiny-sd3 has random")
+    await browser.screenshot(index, "index-random-weights")
+
+    # rag_chat's card leads to its chat: the Chat tab of the search page.
+    await index.locator('li.card[data-endpoint="rag_chat"] h2 a').click()
+    await expect(index).to_have_url(f"{server.url}/rag_search#chat")
+    await expect(index.locator("#tab-chat")).to_have_attribute("aria-selected", "true")
+    await expect(index.locator("#panel-chat")).to_be_visible()
+    await expect(index.locator("#panel-search")).to_be_hidden()
+
+    # Meanwhile the echo page has seen both (it checks every 5 s): under its title, with a
+    # warning that names the random one.
+    line = echo.locator("h1 ~ .model-note .model-line")  # near the title
+    await expect(line).to_have_text("Model: noop · cpu; tiny-sd3 (random weights) · float32 · cpu",
+                                    timeout=TIMEOUT_MS)
+    warning = echo.locator("[data-random-weights]")
+    await expect(warning).to_contain_text("tiny-sd3 has random weights (the demo's tiny model)")
+    await expect(warning).to_contain_text("Start a worker with real weights for real answers")
+    await browser.screenshot(echo, "echo-random-weights")
+
+
 async def test_echo_page_submits_shows_progress_and_the_result(start_server, start_worker, browser):
     server = start_server()
     start_worker(server.url)

@@ -1,47 +1,33 @@
 """The retrieval page (endpoints/rag_search/page.html, frontend/pages/rag.js) in real headless
 Chromium, against the real server, `jobhive-worker rag` and `jobhive-worker llama4 --tiny --index`
-over an index of the shipped corpus (examples/corpus) built by the real `jobhive-index` CLI.
+over an index built by the real `jobhive-index` CLI: conftest's rag_server over rag_corpus, the
+ones test_rag.py uses (this file runs next to it, in the same test process, and shares them).
 
-The text side of the index runs the real sentence model, so a shipped question finds its
-paragraph; CLIP is tiny and random, but an image still finds itself. The tiny chat model writes
-gibberish without citations, so the [n] links are checked by rendering a fixed answer with the
-page's own citation linker next to the real source cards.
+The text side of the index runs the real sentence model, so a question finds its paragraph; CLIP
+is tiny and random, but an image still finds itself. The tiny chat model writes gibberish
+without citations, so the [n] links are checked by rendering a fixed answer with the page's own
+citation linker next to the real source cards.
 """
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import pytest
-from conftest import REPO, build_index, serving_rag
 from playwright.async_api import expect
 
-CORPUS = REPO / "examples" / "corpus"
-QUESTIONS = json.loads((REPO / "examples" / "corpus_questions.json").read_text())
 TIMEOUT_MS = 20_000
-
-
-def question_about(source: str) -> dict:
-    return next(q for q in QUESTIONS if q["source"] == source)
-
-
-@pytest.fixture(scope="module")
-def rag_page_server(tmp_path_factory: pytest.TempPathFactory, tiny_llama4_dir: Path):
-    """An index of examples/corpus, a server with rag_search (its page) and rag_chat, a rag
-    worker and a tiny llama4 --index worker. Returns the server."""
-    tmp = tmp_path_factory.mktemp("rag-page")
-    index = build_index(CORPUS, tmp / "index")
-    with serving_rag(tmp, index, tiny_llama4_dir) as (server, _, _):
-        yield server
+# A question about one paragraph of rag_corpus (its file and a phrase of it), in other words.
+SHOE_QUESTION = {"question": "Which running shoe is red and light?", "source": "shoes.md",
+                 "phrase": "Ember Sprint"}
+BREAD_QUESTION = {"question": "How do I bake sourdough with a crackling crust?",
+                  "source": "bread.txt", "phrase": "crust crackles"}
 
 
 @pytest.mark.timeout(120)  # the first test also builds the index and starts both workers
-async def test_a_search_finds_a_shipped_paragraph_and_an_image_finds_itself(
-    rag_page_server, browser
+async def test_a_search_finds_its_paragraph_first_and_an_image_finds_itself(
+    rag_server, rag_corpus, browser
 ):
-    server = rag_page_server
-    wanted = question_about("footwear-guide.md")
+    server = rag_server[0]
+    wanted = SHOE_QUESTION
     page = await browser.open(f"{server.url}/rag_search")
     await expect(page.locator("h1")).to_have_text("Search documents and images")
     await expect(page.locator("#tab-search")).to_have_attribute("aria-selected", "true")
@@ -50,9 +36,8 @@ async def test_a_search_finds_a_shipped_paragraph_and_an_image_finds_itself(
     await page.locator("#query").press("Enter")
     cards = page.locator("#results .source-card")
     await expect(cards.first).to_be_visible(timeout=TIMEOUT_MS)
-    found = cards.filter(has_text=wanted["phrase"])
-    await expect(found).not_to_have_count(0)
-    card = found.first
+    card = page.locator('#results .source-card[data-kind="text"]').first  # the best text hit
+    await expect(card).to_contain_text(wanted["phrase"])
     await expect(card).to_have_attribute("data-kind", "text")
     await expect(card.locator(".where")).to_contain_text(wanted["source"])
     await expect(card.locator(".where")).to_contain_text("bytes")
@@ -63,12 +48,12 @@ async def test_a_search_finds_a_shipped_paragraph_and_an_image_finds_itself(
 
     # An image alone, images only: the same picture comes first, as a thumbnail.
     await page.locator("#query").fill("")
-    await page.locator("#image-file").set_input_files(CORPUS / "images" / "red-sneaker.png")
+    await page.locator("#image-file").set_input_files(rag_corpus / "red-box.png")
     await expect(page.locator("#image-preview")).to_be_visible()
     await page.locator("#input-kinds").select_option(label="image")
     await page.locator("#search").click()
     first = cards.first
-    await expect(first.locator(".where")).to_contain_text("red-sneaker.png", timeout=TIMEOUT_MS)
+    await expect(first.locator(".where")).to_contain_text("red-box.png", timeout=TIMEOUT_MS)
     await expect(first).to_have_attribute("data-kind", "image")
     src = await first.locator("img.thumb").get_attribute("src")
     assert src and src.startswith("data:image/"), src
@@ -77,11 +62,9 @@ async def test_a_search_finds_a_shipped_paragraph_and_an_image_finds_itself(
     await browser.screenshot(page, "image-search")
 
 
-async def test_the_chat_tab_streams_an_answer_with_numbered_linked_sources(
-    rag_page_server, browser
-):
-    server = rag_page_server
-    wanted = question_about("sourdough.md")
+async def test_the_chat_tab_streams_an_answer_with_numbered_linked_sources(rag_server, browser):
+    server = rag_server[0]
+    wanted = BREAD_QUESTION
     page = await browser.open(f"{server.url}/rag_search#chat", phone=True)
     await expect(page.locator("#tab-chat")).to_have_attribute("aria-selected", "true")
     await expect(page.locator("#panel-search")).to_be_hidden()
@@ -96,7 +79,8 @@ async def test_the_chat_tab_streams_an_answer_with_numbered_linked_sources(
     sources = answer.locator(".source-card")
     await expect(sources).to_have_count(4)  # num_sources' default
     assert [await s.get_attribute("data-n") for s in await sources.all()] == ["1", "2", "3", "4"]
-    await expect(sources.filter(has_text=wanted["source"])).not_to_have_count(0)
+    await expect(sources.first).to_contain_text(wanted["source"])  # the best one first
+    await expect(sources.first).to_contain_text(wanted["phrase"])
     await expect(answer.locator(".meta")).to_contain_text("tokens")
 
     # The page's citation linker on an answer that cites: [n] of a listed source is a link to
@@ -127,9 +111,9 @@ async def test_the_chat_tab_streams_an_answer_with_numbered_linked_sources(
     await browser.screenshot(page, "chat-phone")
 
 
-async def test_the_chat_tab_keeps_its_chat_over_a_reload(rag_page_server, browser):
-    server = rag_page_server
-    wanted = question_about("sourdough.md")
+async def test_the_chat_tab_keeps_its_chat_over_a_reload(rag_server, browser):
+    server = rag_server[0]
+    wanted = BREAD_QUESTION
     page = await browser.open(f"{server.url}/rag_search#chat")
     await page.locator("#chat-settings-panel summary").click()
     await page.locator("#input-max_new_tokens").fill("8")

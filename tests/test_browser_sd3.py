@@ -2,9 +2,10 @@
 Chromium, against the real server and a real `jobhive-worker sd3 --tiny --device cpu`.
 
 The tiny model's images are noise, but it runs the real pipeline: previews, seeds, image-to-image
-and cancel behave as with real weights. One server and one worker serve the module; every test
-fails on a console error of its pages (the `browser` fixture, tests/browser.py) and leaves a
-screenshot in artifacts/screenshots/.
+and cancel behave as with real weights. One server and one worker (conftest's sd3) serve the
+module and test_sd3.py, the next file in the same test process; every test fails on a console
+error of its pages (the `browser` fixture, tests/browser.py) and leaves a screenshot in
+artifacts/screenshots/.
 """
 
 from __future__ import annotations
@@ -179,6 +180,7 @@ async def test_img2img_from_a_chosen_file_and_from_a_dropped_one(sd3, browser, t
 
 async def test_cancel_stops_a_long_job(sd3, browser):
     server, worker = sd3
+    since = len(worker.output)  # the worker is shared (conftest's sd3): its lines from here on
     page = await open_page(browser, server.url)
     # 4 images of 768x768 in 100 steps: about a minute on the tiny model on 2 CPU cores, so
     # the job is surely still running when it is canceled (256x256 took 2 s on a fast CI host)
@@ -214,7 +216,7 @@ async def test_cancel_stops_a_long_job(sd3, browser):
     caption = await page.locator("#preview-caption").text_content()
     assert caption is not None
     assert int(re.search(r"\d+", caption).group()) < 100  # type: ignore[union-attr]
-    await asyncio.to_thread(worker.wait_for_output, r"was canceled while running", 30)
+    await asyncio.to_thread(worker.wait_for_output, r"was canceled while running", 30, since)
     await browser.screenshot(page, "canceled")
 
 

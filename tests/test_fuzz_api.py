@@ -595,7 +595,8 @@ def test_the_document_is_openapi_3_1_and_describes_every_operation(fuzz):
     assert {"202", "400", "413", "429", "503", "507"} <= set(echo["responses"])
     # Query parameters, and the error body every error status refers to.
     get_job = document["paths"]["/api/v1/jobs/{job_id}"]["get"]
-    assert [p["name"] for p in get_job["parameters"]] == ["job_id", "wait", "since", "inline"]
+    assert [p["name"] for p in get_job["parameters"]] == ["job_id", "wait", "since",
+                                                          "progress_from", "inline"]
     assert get_job["summary"] == "The job's state."
     error = document["components"]["schemas"]["Error"]
     assert error["required"] == ["error"]

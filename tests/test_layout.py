@@ -1,8 +1,9 @@
 """The worker packages' import rule, read from the source (no imports run, so it is instant).
 
 The runtime imports no model package; a model package imports only the runtime, its own modules
-and, for llama4's rag_chat, rag's grounding. The tiny builders and the two CLIs are where the
-parts are put together, so they may import anything.
+and, for llama4's rag_chat, rag's grounding. The tiny builders, the two CLIs and the demo's
+prefork host (which runs the worker CLI) are where the parts are put together, so they may
+import anything.
 """
 
 from __future__ import annotations
@@ -61,4 +62,4 @@ def test_a_model_package_imports_only_the_runtime_and_itself():
 
 def test_no_worker_module_is_left_at_the_top_level():
     top = {path.name for path in WORKERS.glob("*.py")}
-    assert top == {"__init__.py", "cli.py", "index_cli.py", "noop.py"}
+    assert top == {"__init__.py", "cli.py", "index_cli.py", "noop.py", "prefork.py"}

@@ -1,41 +1,23 @@
 """The llama4_chat endpoint end to end: the real server and a real `jobhive-worker llama4 --tiny`.
 
 The tiny model has random weights: its text is gibberish, but it is deterministic for a seed,
-which is what these tests lean on (stop strings are cut from a reply generated before).
+which is what these tests lean on (stop strings are cut from a reply generated before). Most
+tests share conftest's chat_server with test_browser_chat.py.
 """
 
 from __future__ import annotations
 
 import itertools
 import re
-import shutil
 import threading
-from pathlib import Path
 
 import pytest
-from conftest import REPO, serving, wait_until
-from e2e_http import assert_declared, explained, read_events
+from conftest import LLAMA4_WORKER_KEY, wait_until
+from e2e_http import assert_declared, explained, read_events, whole_progress
 
 from workers.runtime.model import Job
 
-KEY = "llama4-worker-key"
-# One torch thread per worker: the tiny model gains nothing from more, and on a small CI machine
-# shared with other processes, spinning threads made it ten times slower.
-WORKER_ENV = {"OMP_NUM_THREADS": "1"}
 CHAT = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Hello!"}]
-
-
-@pytest.fixture(scope="module")
-def chat_server(tmp_path_factory: pytest.TempPathFactory, tiny_llama4_dir: Path):
-    """One server (with only the llama4_chat endpoint) and one tiny llama4 worker (batches of up
-    to 4), shared by the tests of this module that need nothing else: a worker start costs
-    seconds. Returns (server, worker)."""
-    tmp = tmp_path_factory.mktemp("llama4-server")
-    shutil.copytree(REPO / "endpoints" / "llama4_chat", tmp / "endpoints" / "llama4_chat")
-    with serving(tmp / "endpoints", tmp / "jobs.sqlite3", "--tiny",
-                 "--tiny-dir", str(tiny_llama4_dir),
-                 "--max-batch", "4", kind="llama4", key=KEY, env=WORKER_ENV) as pair:
-        yield pair
 
 
 def submit(http, url, wait_s: float | None = 30, **inputs):
@@ -54,12 +36,14 @@ def test_tokens_stream_in_order_and_add_up_to_the_result(chat_server, http):
         events = read_events(f"{server.url}/api/v1/jobs/{job['job_id']}/events")
         assert events[-1].event == "result", events[-1]
         outputs = events[-1].data["outputs"]
-        progress = [e.data["progress_outputs"] for e in events
-                    if e.event == "progress" and e.data["progress_outputs"]]
+        assert [bool(e.data.get("progress_offsets")) for e in events if e.event == "progress"
+                and e.data["progress_outputs"]][:2] == [False, True]  # whole, then parts
+        progress = whole_progress(events)
         assert len(progress) >= 2, events  # streamed, not only the result
         assert_declared(http, server.url, "llama4_chat", outputs, progress)
-        # Each report is the text so far: a prefix of the next one and of the final text.
-        texts = [p["text"] for p in progress] + [outputs["text"]]
+        # Each text is the text so far: a prefix of the next one and of the final text.
+        texts = [p["text"] for p in progress]
+        texts.append(outputs["text"])
         for before, after in itertools.pairwise(texts):
             assert after.startswith(before)
         tokens = [p["tokens"] for p in progress]
@@ -175,7 +159,7 @@ def test_a_batch_of_chats_runs_together(start_server, start_worker, tiny_llama4_
             for i, seed in enumerate(seeds)]
     worker = start_worker(server.url, "--tiny", "--tiny-dir", str(tiny_llama4_dir),
                           "--max-batch", "4",
-                          kind="llama4", key=KEY)
+                          kind="llama4", key=LLAMA4_WORKER_KEY)
     with explained(server, worker):
         done = [wait_until(lambda j=j: _finished(http, server.url, j), 30) for j in jobs]
         assert [d["status"] for d in done] == ["done"] * 4, done
@@ -198,7 +182,7 @@ def test_4bit_loads_and_serves_the_tiny_model(start_server, start_worker, tiny_l
     server = start_server()
     worker = start_worker(server.url, "--tiny", "--tiny-dir", str(tiny_llama4_dir),
                           "--quantize", "4bit",
-                          kind="llama4", key=KEY)
+                          kind="llama4", key=LLAMA4_WORKER_KEY)
     with explained(server, worker):
         worker.wait_for_output(r"4-bit NF4 in [1-9]\d* layers")
         job = submit(http, server.url, max_new_tokens=8, seed=1, ignore_eos=True)
@@ -228,15 +212,15 @@ def test_concurrent_streams_each_get_their_own_text(chat_server, http):
         finals = [results[i][-1].data["outputs"]["text"] for i in range(2)]
         assert finals[0] != finals[1]
         for i in range(2):
-            streamed = [e.data["progress_outputs"]["text"] for e in results[i]
-                        if e.event == "progress" and e.data["progress_outputs"]]
+            streamed = [p["text"] for p in whole_progress(results[i])]
             assert streamed, results[i]
             assert all(finals[i].startswith(text) for text in streamed)
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def local_worker(tiny_llama4_dir):
-    """The worker class in this process (float32 on CPU), for what HTTP cannot reach."""
+    """The worker class in this process (float32 on CPU), for what HTTP cannot reach; loaded
+    once for the module (a test that patches it does so with monkeypatch, undone after it)."""
     from workers.llama4.worker import Llama4Settings, Llama4Worker
     from workers.tiny.llama4 import build_tiny_llama4
 

@@ -488,3 +488,17 @@ def test_the_embed_worker_checks_its_input():
     for bad in (None, [], [1], {"a": 1}, 3):
         with pytest.raises(ValueError):
             texts_of(bad)
+
+
+def test_the_endpoint_list_names_each_tiny_model_as_random(server, http):
+    listing = http.get(f"{server.url}/api/v1/endpoints").json()["endpoints"]
+    models = {e["name"]: e["models"] for e in listing}
+    on_cpu = {"device": "cpu", "workers": 1}
+    assert models["llama4_chat"] == [
+        {"name": "tiny-llama4", "dtype": "bfloat16", "random": True, **on_cpu}]
+    assert models["sd3"] == [{"name": "tiny-sd3", "dtype": "float32", "random": True, **on_cpu}]
+    assert models["embeddings"] == [
+        {"name": "tiny-clip", "dtype": "float32", "random": True, **on_cpu},
+        {"name": "all-MiniLM-L6-v2", "dtype": "float32", "random": False, **on_cpu},  # real
+    ]
+    assert models["keyed"] == []  # no worker

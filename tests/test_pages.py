@@ -85,3 +85,24 @@ def test_nothing_else_is_served(start_server, http):
         "/echo/../api_server/app.py",
     ):
         assert raw_get(server.url, path) == 404, path
+
+
+def test_an_endpoint_that_is_another_pages_chat_tab_leads_there(start_server, endpoints_dir,
+                                                                 tmp_path, http):
+    # rag_chat has no page of its own; the rag_search page names it as its Chat tab.
+    server = start_server()
+    reply = http.get(server.url + "/rag_chat")
+    assert (reply.status_code, reply.headers["location"]) == (302, "/rag_search#chat")
+    assert reply.headers["cache-control"] == "no-cache"  # the endpoints may change
+    listing = {e["name"]: e for e in http.get(server.url + "/api/v1/endpoints").json()["endpoints"]}
+    assert listing["rag_chat"]["route"] == "/rag_chat"  # the listing is as it was
+    assert http.get(server.url + "/rag_chat", follow_redirects=True).content == (
+        REPO / "endpoints" / "rag_search" / "page.html").read_bytes()
+
+    # Without the search endpoint, rag_chat keeps the generic page.
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    (endpoints_dir / "rag_chat").rename(alone / "rag_chat")
+    server = start_server(endpoints=alone, store=tmp_path / "alone.sqlite3")
+    reply = http.get(server.url + "/rag_chat")
+    assert (reply.status_code, reply.content) == (200, (FRONTEND / "endpoint.html").read_bytes())

@@ -1,5 +1,6 @@
 """rag_search and rag_chat end to end: an index built by the real `jobhive-index` CLI (tiny random
-CLIP, real MiniLM), the real server, `jobhive-worker rag` and `jobhive-worker llama4 --index`.
+CLIP, real MiniLM), the real server, `jobhive-worker rag` and `jobhive-worker llama4 --index`
+(conftest's rag_server, shared with test_browser_rag.py, over conftest's rag_corpus).
 
 With a random CLIP, image-to-image search still works (an image is nearest to itself) but text
 to image does not; the text side runs on the real sentence model, so text queries are real.
@@ -12,64 +13,11 @@ import io
 from pathlib import Path
 
 import pytest
-from conftest import build_index, serving_rag
 from e2e_http import assert_declared, assert_error, explained, read_events
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from workers.rag import grounding as rag
 from workers.runtime.images import data_url
-
-DOCS = {
-    "shoes.md": (
-        "# Running shoes\n\n"
-        "The Ember Sprint is a red running sneaker with a foam sole that returns energy on every "
-        "stride; runners who train on roads love its light mesh upper.\n\n"
-        "Trail shoes need deep lugs: on mud and loose rock the grip matters more than the weight."
-    ),
-    "bread.txt": (
-        "Sourdough starts with a starter of flour and water, fed daily until it bubbles.\n\n"
-        "Bake the loaf in a covered pot at a high heat so the crust crackles and the crumb opens."
-    ),
-    "stars.html": (
-        "<html><head><title>Night sky</title><style>p {color: red}</style></head><body>"
-        "<p>Orion is easy to find in winter: three bright stars in a row make its belt.</p>"
-        "<script>var hidden = 'never indexed';</script></body></html>"
-    ),
-}
-
-
-def draw(path: Path, color: tuple[int, int, int], shape: str) -> None:
-    image = Image.new("RGB", (96, 96), (250, 250, 245))
-    pen = ImageDraw.Draw(image)
-    if shape == "box":
-        pen.rectangle((12, 30, 84, 70), fill=color)
-    else:
-        pen.ellipse((20, 20, 76, 76), fill=color)
-    image.save(path)
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("corpus")
-    for name, text in DOCS.items():
-        (root / name).write_text(text)
-    draw(root / "red-box.png", (220, 30, 30), "box")
-    draw(root / "blue-ball.jpg", (30, 60, 220), "ball")
-    return root
-
-
-@pytest.fixture(scope="module")
-def index_dir(corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_index(corpus, tmp_path_factory.mktemp("index") / "index")
-
-
-@pytest.fixture(scope="module")
-def rag_server(tmp_path_factory: pytest.TempPathFactory, index_dir: Path, tiny_llama4_dir: Path):
-    """One server with rag_search and rag_chat, a rag worker and a tiny llama4 --index worker
-    (batches of up to 2). Returns (server, search_worker, chat_worker)."""
-    with serving_rag(tmp_path_factory.mktemp("rag-server"), index_dir, tiny_llama4_dir,
-                     "--max-batch", "2") as started:
-        yield started
 
 
 def search(http, url, **inputs):
@@ -91,6 +39,7 @@ def image_data_url(path: Path) -> str:
 # ----- rag_search
 
 
+@pytest.mark.timeout(120)  # run alone, this file's first test builds the index, starts both workers
 def test_a_text_query_finds_its_paragraph_first(rag_server, http):
     server, search_worker, _ = rag_server
     with explained(server, search_worker):
@@ -112,19 +61,19 @@ def test_an_html_page_is_indexed_without_its_script(rag_server, http):
     assert not any("never indexed" in (h["text"] or "") for h in hits)
 
 
-def test_an_image_query_finds_the_same_image_first(rag_server, http, corpus):
+def test_an_image_query_finds_the_same_image_first(rag_server, http, rag_corpus):
     server, _, _ = rag_server
-    hits = search(http, server.url, image=image_data_url(corpus / "blue-ball.jpg"),
+    hits = search(http, server.url, image=image_data_url(rag_corpus / "blue-ball.jpg"),
                   kinds="image", top_k=2)["hits"]
     assert hits[0]["source"].endswith("blue-ball.jpg"), hits
     assert hits[0]["thumbnail"].startswith("data:image/")
     assert all(h["kind"] == "image" for h in hits)
 
 
-def test_text_and_image_together_return_both_kinds(rag_server, http, corpus):
+def test_text_and_image_together_return_both_kinds(rag_server, http, rag_corpus):
     server, _, _ = rag_server
     hits = search(http, server.url, text="sourdough loaf", image=image_data_url(
-        corpus / "red-box.png"), top_k=6)["hits"]
+        rag_corpus / "red-box.png"), top_k=6)["hits"]
     assert {h["kind"] for h in hits} == {"text", "image"}
     assert any(h["source"].endswith("bread.txt") for h in hits[:3]), hits
 
@@ -203,3 +152,16 @@ def test_grounded_messages_number_the_sources_in_the_system_prompt():
 def test_cited_lists_the_sources_an_answer_cites_once_in_order():
     assert rag.cited("See [2], and [1][2]; not [7] or [x].", SOURCES) == [2, 1]
     assert rag.cited("no citations", SOURCES) == []
+
+
+def test_the_endpoint_list_names_the_models_behind_search_and_chat(rag_server, http):
+    server = rag_server[0]
+    listing = http.get(f"{server.url}/api/v1/endpoints").json()["endpoints"]
+    models = {e["name"]: e["models"] for e in listing}
+    on_cpu = {"dtype": "float32", "device": "cpu", "workers": 1}
+    clip = {"name": "tiny-clip", "random": True, **on_cpu}  # the index's, built --clip tiny
+    text = {"name": "all-MiniLM-L6-v2", "random": False, **on_cpu}  # real weights: never random
+    assert models["rag_search"] == [clip, text]
+    assert models["rag_chat"] == [
+        {"name": "tiny-llama4", "dtype": "bfloat16", "device": "cpu", "random": True,
+         "workers": 1}, clip, text]

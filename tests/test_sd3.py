@@ -3,7 +3,8 @@
 The tiny model (workers/tiny/sd3.py) has random weights: its images are noise, but it runs the
 real SD3 pipeline classes, so sizes, seeds, batching, previews and cancel behave as with real
 weights. One server and one worker (max batch 4: the `sd3` fixture of conftest.py) serve the
-whole module; the tiny model is built once for it into a temporary folder (--tiny-dir).
+whole module, and test_browser_sd3.py too (a test reads the worker's lines from its own start
+on); the tiny model is built once for them into a temporary folder (--tiny-dir).
 """
 
 from __future__ import annotations
@@ -166,12 +167,14 @@ def _start_long_job(http: httpx.Client, url: str) -> str:
 
 def test_cancel_mid_run_stops_the_job_and_frees_the_worker(sd3, http):
     server, worker = sd3
+    since = len(worker.output)  # the worker is shared (conftest's sd3): its lines from here on
     job_id = _start_long_job(http, server.url)
     canceled_at = time.monotonic()
     assert http.delete(f"{server.url}/api/v1/jobs/{job_id}").status_code == 200
     job = finished(http, server.url, job_id)
     assert job["status"] == "canceled"
-    worker.wait_for_output(r"stopping at step \d+ of 100: every job of the call was canceled")
+    worker.wait_for_output(r"stopping at step \d+ of 100: every job of the call was canceled",
+                           since=since)
     worker.wait_for_output(rf"job {job_id} was canceled while running", timeout_s=10)
     after = submit(http, server.url, wait_s=30, seed=5, **TINY)
     assert after["status"] == "done"
@@ -182,6 +185,7 @@ def test_cancel_mid_run_stops_the_job_and_frees_the_worker(sd3, http):
 
 def test_compatible_jobs_run_as_one_batch(sd3, http):
     server, worker = sd3
+    since = len(worker.output)
     blocker = _start_long_job(http, server.url)  # keeps the worker busy while the others queue
     same = [submit(http, server.url, prompt=f"cat {i}", seed=100 + i, num_images=1 + i,
                    **TINY)["job_id"] for i in range(2)]
@@ -189,7 +193,7 @@ def test_compatible_jobs_run_as_one_batch(sd3, http):
     http.delete(f"{server.url}/api/v1/jobs/{blocker}")
     jobs = [finished(http, server.url, job_id) for job_id in [*same, other]]
     assert all(job["status"] == "done" for job in jobs), jobs
-    worker.wait_for_output(r"batch of 3 sd3 jobs", timeout_s=10)
+    worker.wait_for_output(r"batch of 3 sd3 jobs", timeout_s=10, since=since)
     first, second, wide = (job["outputs"] for job in jobs)
     assert first["seeds"] == [100] and second["seeds"] == [101, 102]
     assert first["timing"]["batch_images"] == second["timing"]["batch_images"] == 3
@@ -204,6 +208,7 @@ def test_compatible_jobs_run_as_one_batch(sd3, http):
 
 def test_a_canceled_job_leaves_its_batch_and_the_others_finish(sd3, http):
     server, worker = sd3
+    since = len(worker.output)
     blocker = _start_long_job(http, server.url)
     stays = _submit_long_job(http, server.url, seed=11, num_images=1)
     leaves = _submit_long_job(http, server.url, seed=12, num_images=4)
@@ -211,7 +216,7 @@ def test_a_canceled_job_leaves_its_batch_and_the_others_finish(sd3, http):
     _wait_running(http, server.url, leaves)
     assert http.delete(f"{server.url}/api/v1/jobs/{leaves}").status_code == 200
     assert finished(http, server.url, leaves)["status"] == "canceled"
-    worker.wait_for_output(r"4 images of canceled jobs leave the batch; 1 go on")
+    worker.wait_for_output(r"4 images of canceled jobs leave the batch; 1 go on", since=since)
     job = finished(http, server.url, stays)
     assert job["status"] == "done", job
     assert job["outputs"]["seeds"] == [11]

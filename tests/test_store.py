@@ -626,3 +626,99 @@ async def test_redis_link_a_caller_that_gives_up_leaves_the_others_their_replies
     finally:
         await link.close()
         await client.aclose()
+
+
+async def test_redis_events_are_followed_again_after_their_connection_is_killed(
+    redis_store, echo, redis_url, caplog
+):
+    """The subscription (its own connection, read with hiredis) lost: it is made again, and
+    changes wake waiters as before."""
+    import redis.asyncio
+
+    async with redis.asyncio.Redis.from_url(redis_url) as client:
+        assert await client.client_kill_filter(_type="pubsub") == 1
+    await until(lambda: "Redis events followed again" in caplog.text)  # (after 0.1 s)
+    job = await submit(redis_store, echo)
+    waiting = asyncio.ensure_future(redis_store.wait_for_change(job.id, job.version, 5))
+    await asyncio.sleep(0.2)  # (its first read done: it waits for the event)
+    await claim(redis_store, echo)
+    changed = await asyncio.wait_for(waiting, 2)  # (woken by the event, not the timeout)
+    assert changed.status is JobStatus.RUNNING
+
+
+async def test_redis_link_a_silent_redis_is_an_error_within_the_timeout():
+    """Redis silent (hung) while a command waits: the caller gets a TimeoutError after the
+    client's socket timeout, and the connection is closed."""
+    import redis.exceptions
+
+    from api_server.store.redis_link import RedisLink
+
+    async def swallow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()  # (reads every command, answers none)
+        writer.close()
+
+    server = await asyncio.start_server(swallow, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    client = connect(f"redis://127.0.0.1:{port}/0", timeout_s=0.3)
+    link = RedisLink(client)
+    try:
+        started = asyncio.get_running_loop().time()
+        calls = [asyncio.ensure_future(link.run(("PING",))) for _ in range(2)]
+        replies = await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), 3)
+        assert all(isinstance(r, redis.exceptions.TimeoutError) for r in replies), replies
+        assert 0.25 < asyncio.get_running_loop().time() - started < 1.5
+    finally:
+        await link.close()
+        await client.aclose()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_redis_a_claim_that_empties_the_queue_spares_the_next_poll_a_script(
+    redis_store, echo, redis_url
+):
+    """A claim that took the queue's last job tells the server it is empty (even when it took
+    as many as it asked for): the worker's next poll waits without running a claim."""
+    import redis.asyncio
+
+    job = await submit(redis_store, echo)  # (queued: its wake heard, the queue not known empty)
+    await until(lambda: job.id in redis_store._events._unclaimed["echo"])
+    (grant,) = await claim(redis_store, echo)
+    assert grant.job_id == job.id
+    async with redis.asyncio.Redis.from_url(redis_url) as client:
+        before = (await client.info("commandstats"))["cmdstat_evalsha"]["calls"]
+        waiting = asyncio.ensure_future(redis_store.claim([echo], 1, "w", timeout_s=5))
+        await until(lambda: redis_store._parked)
+        second = await submit(redis_store, echo)
+        (grant,) = await asyncio.wait_for(waiting, 2)
+        after = (await client.info("commandstats"))["cmdstat_evalsha"]["calls"]
+    assert grant.job_id == second.id
+    assert after - before == 1  # the submit's script alone: the poll waited without a claim
+
+
+async def test_redis_results_with_a_poll_take_the_next_jobs_in_the_same_script(
+    redis_store, echo, redis_url
+):
+    """A worker's results post that carries a poll: its results recorded and its next job
+    leased in one script (one round trip); an empty queue known takes nothing, and the
+    results alone run."""
+    import redis.asyncio
+
+    first, second = await submit(redis_store, echo), await submit(redis_store, echo, text="2")
+    (grant,) = await claim(redis_store, echo)
+    async with redis.asyncio.Redis.from_url(redis_url) as client:
+        async def scripts() -> int:
+            return (await client.info("commandstats"))["cmdstat_evalsha"]["calls"]
+
+        before = await scripts()
+        answers, taken = await redis_store.report_results_and_take(
+            [result(grant, outputs=b'{"text":"1"}')], [echo], 1, "w")
+        assert await scripts() - before == 1
+        assert [a.ok for a in answers] == [True] and [g.job_id for g in taken] == [second.id]
+        assert (await redis_store.get(first.id)).status is JobStatus.DONE
+        assert (await redis_store.get(second.id)).status is JobStatus.RUNNING
+        before = await scripts()  # (the queue emptied by that claim: known empty)
+        answers, taken = await redis_store.report_results_and_take(
+            [result(taken[0], outputs=b'{"text":"2"}')], [echo], 1, "w")
+        assert await scripts() - before == 1 and taken == [] and answers[0].ok
+    assert (await redis_store.get(second.id)).status is JobStatus.DONE

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from jobhive.aio import run_loop
+from jobhive.logs import LOG_FORMATS, formatter, json_line
 from jobhive.protocol import DEFAULT_SERVER_URL, server_urls
 from workers.runtime import ModelStalled, ModelWorker, Runner, RunnerSettings, WorkerRefused
 from workers.runtime.quiet import drop_unactionable_warnings
@@ -117,6 +118,9 @@ def parse_args(argv: list[str] | None) -> tuple[type[ModelWorker], Any, argparse
             f"{(worker_cls or ModelWorker).stall_s:g})",
         )
         p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+        p.add_argument("--log-format", default="text", choices=LOG_FORMATS,
+                       help="text (default) or json: one JSON object per line, for log "
+                       "shippers (model libraries' progress bars off)")
         host = p.add_mutually_exclusive_group()
         host.add_argument(
             "--gpus",
@@ -169,17 +173,38 @@ def parse_args(argv: list[str] | None) -> tuple[type[ModelWorker], Any, argparse
     return worker_cls, settings, args
 
 
+def setup_logging(level: str, log_format: str) -> None:
+    """Logs to stderr in `log_format` (jobhive/logs.py), from `level` up."""
+    root = logging.getLogger()
+    if not root.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(formatter(log_format))
+        root.addHandler(handler)
+    root.setLevel(level)
+
+
+def _wants_json_logs(argv: list[str]) -> bool:
+    """Whether the command line asks for --log-format json (parse_args checks it again)."""
+    early = argparse.ArgumentParser(add_help=False)
+    early.add_argument("--log-format")
+    return early.parse_known_args(argv)[0].log_format == "json"
+
+
 def main(argv: list[str] | None = None) -> None:
     drop_unactionable_warnings()  # (before parse_args imports the worker's libraries)
     argv = sys.argv[1:] if argv is None else argv
+    if _wants_json_logs(argv):
+        # Before parse_args imports the worker's libraries (and builds a --tiny model): their
+        # warnings as JSON lines, and no progress bars (they are not JSON).
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        logging.captureWarnings(True)
+        setup_logging("WARNING", "json")
     worker_cls, model_settings, args = parse_args(argv)
     if args._children:  # --gpus/--processes: this process supervises, the children serve
         tiny_model = args.model if getattr(args, "tiny", False) else None
         command = child_command(argv, tiny_model)
-        raise SystemExit(supervise(args._worker, command, args._children))
-    logging.basicConfig(
-        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+        raise SystemExit(supervise(args._worker, command, args._children, args.log_format))
+    setup_logging(args.log_level, args.log_format)
     settings = RunnerSettings(
         server_url=args.server,
         key=args.key,
@@ -194,11 +219,16 @@ def main(argv: list[str] | None = None) -> None:
     try:
         run_loop(runner.serve())
     except WorkerRefused as e:
-        print(f"jobhive-worker: {e}", file=sys.stderr)
+        _say_error(str(e), args.log_format)
         raise SystemExit(EXIT_REFUSED) from e
     except ModelStalled as e:
-        print(f"jobhive-worker: {e}", file=sys.stderr)
+        _say_error(str(e), args.log_format)
         raise SystemExit(EXIT_STALLED) from e
+
+
+def _say_error(message: str, log_format: str) -> None:
+    print(json_line("ERROR", "jobhive.worker", message) if log_format == "json"
+          else f"jobhive-worker: {message}", file=sys.stderr)
 
 
 if __name__ == "__main__":

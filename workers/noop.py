@@ -65,6 +65,8 @@ class NoopWorker(ModelWorker):
     def __init__(self, settings: NoopSettings) -> None:
         super().__init__(settings)
         self.batches = 0  # batches begun; touched by the model thread only
+        # No weights: it echoes its inputs (its entry says so on the echo page).
+        self.loaded_models = [{"name": "noop", "dtype": None, "device": "cpu", "random": False}]
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
@@ -82,7 +84,7 @@ class NoopWorker(ModelWorker):
         return NoopSettings(worker_id=args.worker_id, hang_after=args.hang_after)
 
     def info(self) -> dict[str, Any]:
-        return {"model": "noop"}
+        return {"model": "noop", **super().info()}
 
     def run(self, batch: list[Job], progress: Progress) -> list[dict[str, Any] | Exception]:
         self.batches += 1

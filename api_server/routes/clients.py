@@ -16,6 +16,7 @@ from api_server.ratelimit import retry_after_header
 from api_server.routes.jobs import shown, wants_inline
 from api_server.state import CALLER, CONFIG, ENDPOINTS, MEDIA_POOL, RATE_LIMITER, STORE
 from api_server.store import JobView
+from api_server.store.workers import models_served
 from jobhive import protocol
 
 routes = web.RouteTableDef()
@@ -32,9 +33,10 @@ def endpoint_of(request: web.Request) -> Endpoint:
 
 @routes.get(protocol.ENDPOINTS_PATH)
 async def list_endpoints(request: web.Request) -> web.Response:
-    """Every endpoint with its title, page route, whether it needs a key, its queue and
-    workers online."""
-    stats = (await request.app[STORE].stats())["endpoints"]
+    """Every endpoint with its title, page route, whether it needs a key, its queue, workers
+    online and the models they serve."""
+    stats = await request.app[STORE].stats()
+    queues, workers = stats["endpoints"], stats["workers"]
     return json_response(
         {
             "endpoints": [
@@ -45,7 +47,8 @@ async def list_endpoints(request: web.Request) -> web.Response:
                     "version": e.endpoint.version,
                     "route": e.endpoint.route,
                     "client_auth": bool(e.clients.auth_keys),
-                    **stats[e.name],
+                    **queues[e.name],
+                    "models": models_served(workers, e.job_type),
                 }
                 for e in request.app[ENDPOINTS].values()
             ]

@@ -73,16 +73,47 @@ async def shown(request: web.Request, job: JobView, inline: bool) -> dict[str, A
 async def get_job(request: web.Request) -> web.Response:
     """The job's state. `?wait=S` holds the request until the job changes (past the version
     given by `?since=V`, or past its version now) or S seconds pass. `?inline=1`: data URLs
-    in place of file references."""
+    in place of file references. `?progress_from=text:N` (with `since`): the client holds N
+    characters of that progress text, as of version `since`; the reply then carries only the
+    rest, with `progress_offsets`, unless the text was replaced since (then it comes whole)."""
     wait_s = query_seconds(request, "wait", request.app[CONFIG].client_wait_max_s)
     since = request.query.get("since")
     since_version = None if since is None else query_int(since, "since")
+    held = _progress_held(request)
     inline = wants_inline(request)
     job = await job_of(request)
     if wait_s and not job.status.finished:
-        since_version = job.version if since_version is None else since_version
-        job = await request.app[STORE].wait_for_change(job.id, since_version, wait_s) or job
-    return json_response(await shown(request, job, inline))
+        until = job.version if since_version is None else since_version
+        job = await request.app[STORE].wait_for_change(job.id, until, wait_s) or job
+    data = await shown(request, job, inline)
+    if held and since_version is not None and job.status is protocol.JobStatus.RUNNING \
+            and job.texts_since <= since_version <= job.version:
+        # The client's texts (of version `since`) start the job's texts: their new parts do.
+        outputs = data["progress_outputs"] or {}
+        offsets = {key: held[key] for key, text in outputs.items()
+                   if isinstance(text, str) and key in held and held[key] <= len(text)}
+        _as_parts(data, {key: text[offsets[key]:] if key in offsets else text
+                         for key, text in outputs.items()}, offsets)
+    return json_response(data)
+
+
+def _progress_held(request: web.Request) -> dict[str, int]:
+    """`?progress_from=KEY:OFFSET,...`: how much of each progress text the client holds."""
+    raw = request.query.get(protocol.PROGRESS_FROM_PARAM)
+    if not raw:
+        return {}
+    try:
+        return protocol.parse_progress_from(raw)
+    except ValueError as e:
+        raise ApiError(400, f"invalid query parameter {protocol.PROGRESS_FROM_PARAM!r}",
+                       {protocol.PROGRESS_FROM_PARAM: str(e)}) from None
+
+
+def _as_parts(data: dict[str, Any], parts: dict[str, Any], offsets: dict[str, int]) -> None:
+    """Puts the parts of the progress texts in a job's JSON, with their offsets (if any)."""
+    if offsets:
+        data["progress_outputs"] = parts
+        data[protocol.PROGRESS_OFFSETS_KEY] = offsets
 
 
 @routes.delete(protocol.JOB_ROUTE)
@@ -97,6 +128,8 @@ async def job_events(request: web.Request) -> web.StreamResponse:
     """Server-Sent Events of one job until it finishes: `queued`, `progress`, then `result` or
     `error`. Each event's id is the job's version; a client reconnecting with Last-Event-ID gets
     the current state at once if it changed since, so it misses nothing that still matters.
+    The first event carries the job whole; later `progress` events carry only the new part of
+    each progress text that grew, with `progress_offsets` (protocol.progress_delta).
     `?inline=1`: data URLs in place of file references (in every event)."""
     last_id = request.headers.get("Last-Event-ID", "")
     sent_version = query_int(last_id, "Last-Event-ID") if last_id else 0
@@ -132,15 +165,19 @@ async def _stream(
     keepalive_s = request.app[CONFIG].sse_keepalive_s
     loop = asyncio.get_running_loop()
     sent_position: int | None = None
+    sent_outputs = None  # the progress outputs (whole) the client has: later events send parts
     quiet_since = loop.time()
     with contextlib.suppress(ConnectionResetError):
         while True:
             if job.version > sent_version or job.queue_position != sent_position:
                 event = protocol.EVENT_OF_STATUS[job.status]
-                data = orjson.dumps(await shown(request, job, inline))
-                await response.write(
-                    b"event: %s\nid: %d\ndata: %s\n\n" % (event.encode(), job.version, data)
-                )
+                data = await shown(request, job, inline)
+                outputs = data["progress_outputs"]
+                if job.status is protocol.JobStatus.RUNNING and outputs and sent_outputs:
+                    _as_parts(data, *protocol.progress_delta(sent_outputs, outputs))
+                sent_outputs = outputs
+                await response.write(b"event: %s\nid: %d\ndata: %s\n\n" % (
+                    event.encode(), job.version, orjson.dumps(data)))
                 sent_version, sent_position = job.version, job.queue_position
                 quiet_since = loop.time()
                 if job.status.finished:

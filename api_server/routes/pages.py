@@ -2,14 +2,18 @@
 route, and frontend/'s files under `/static/`.
 
 An endpoint's page is its own `[STATIC] page` (one HTML file in its folder, checked by the config
-loader) or else the generic page, frontend/endpoint.html, which builds its form from the
-endpoint's schema. The files are found once, when the app is built: each gets a route of its own,
-so nothing else (a listing, a path out of frontend/, a hidden file) can be asked for.
+loader); else, where another endpoint's page has it as its chat tab (that page names it in
+`<meta name="jobhive-chat-endpoint" content="NAME">`, as the rag_search page names rag_chat),
+its route redirects to that tab (`/rag_chat` to `/rag_search#chat`); else the generic page,
+frontend/endpoint.html, which builds its form from the endpoint's schema. The files are found
+once, when the app is built: each gets a route of its own, so nothing else (a listing, a path
+out of frontend/, a hidden file) can be asked for.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Mapping
 from functools import partial
 from pathlib import Path
@@ -61,6 +65,10 @@ async def _file(root: Path, path: Path, request: web.Request) -> web.StreamRespo
     return web.FileResponse(real, headers=headers)
 
 
+async def _redirect(location: str, request: web.Request) -> web.StreamResponse:
+    raise web.HTTPFound(location, headers=_HEADERS)
+
+
 def _inside(root: Path, path: Path) -> Path | None:
     real = path.resolve()
     return real if real.is_relative_to(root) and real.is_file() else None
@@ -79,10 +87,40 @@ def static_files(folder: Path = FRONTEND) -> dict[str, Path]:
     }
 
 
+# How a custom page names the endpoint its Chat tab asks (frontend/pages/rag.js reads it too).
+_CHAT_META = re.compile(
+    r"""<meta\s+name=["']jobhive-chat-endpoint["']\s+content=["']([^"']+)["']""", re.IGNORECASE
+)
+
+
+def chat_tabs(endpoints: Mapping[str, Endpoint]) -> dict[str, str]:
+    """The endpoints that are the Chat tab of another endpoint's own page, and that tab's URL.
+
+    Args:
+        endpoints (Mapping[str, Endpoint]): the loaded endpoints, by name.
+
+    Returns:
+        dict[str, str]: endpoint name -> "ROUTE#chat" of the page whose
+        `<meta name="jobhive-chat-endpoint">` names it (a page that cannot be read names none).
+    """
+    tabs: dict[str, str] = {}
+    for e in endpoints.values():
+        if not e.static.page:
+            continue
+        try:
+            html = (e.folder / e.static.page).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            continue
+        if (match := _CHAT_META.search(html)) and match.group(1) in endpoints:
+            tabs.setdefault(match.group(1), f"{e.endpoint.route}#chat")
+    return tabs
+
+
 def page_routes(endpoints: Mapping[str, Endpoint]) -> list[web.RouteDef]:
     """The index, the dashboard, frontend/'s files, and one page per endpoint at its
-    `[ENDPOINT] route`."""
+    `[ENDPOINT] route` (its own, a redirect to the chat tab of another's, or the generic one)."""
     generic = FRONTEND / "endpoint.html"
+    tabs = chat_tabs(endpoints)
     return [
         web.get("/", partial(_file, FRONTEND, FRONTEND / "index.html")),
         web.get("/favicon.ico", partial(_file, FRONTEND, FRONTEND / "favicon.svg")),
@@ -94,6 +132,8 @@ def page_routes(endpoints: Mapping[str, Endpoint]) -> list[web.RouteDef]:
         *(
             web.get(e.endpoint.route, partial(_file, e.folder.resolve(), e.folder / e.static.page))
             if e.static.page
+            else web.get(e.endpoint.route, partial(_redirect, tabs[e.name]))
+            if e.name in tabs
             else web.get(e.endpoint.route, partial(_file, FRONTEND, generic))
             for e in endpoints.values()
         ),

@@ -9,9 +9,9 @@ report is taken only for jobs of endpoints that key serves.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import orjson
 from aiohttp import web
@@ -22,6 +22,7 @@ from api_server.httputil import ApiError, json_response, read_json, read_object
 from api_server.metrics import MODEL_OUTPUTS
 from api_server.state import CALLER, CONFIG, ENDPOINTS, FILES, METRICS, OUTPUT_FILTER, STORE
 from api_server.store import ReportAnswer, WorkerReport
+from api_server.store.base import TakesWithResults
 from jobhive import protocol
 
 routes = web.RouteTableDef()
@@ -67,7 +68,9 @@ def _check(errors: dict[str, str], name: str, ok: bool, reason: str) -> None:
         errors[name] = reason
 
 
-def _parse_report(entry: Any, where: str, errors: dict[str, str]) -> WorkerReport | None:
+def _parse_report(
+    entry: Any, where: str, errors: dict[str, str], results: bool
+) -> WorkerReport | None:
     """One progress/result entry; adds `where.key: reason` errors instead of raising."""
     if not isinstance(entry, dict):
         errors[where or "body"] = "must be a JSON object"
@@ -103,6 +106,9 @@ def _parse_report(entry: Any, where: str, errors: dict[str, str]) -> WorkerRepor
         entry.get("outputs") is None or isinstance(entry["outputs"], dict),
         "must be a JSON object",
     )
+    offsets = entry.get("offsets")
+    if offsets is not None:
+        _check_offsets(errors, prefix + "offsets", offsets, entry.get("outputs"), results)
     _check(
         errors,
         prefix + "error",
@@ -124,15 +130,35 @@ def _parse_report(entry: Any, where: str, errors: dict[str, str]) -> WorkerRepor
         outputs=entry.get("outputs"),
         error=entry.get("error"),
         release=entry.get("release", False),
+        offsets=offsets or None,
     )
 
 
-def _parse_reports(entries: Any) -> list[WorkerReport]:
+def _check_offsets(
+    errors: dict[str, str], where: str, offsets: Any, outputs: Any, results: bool
+) -> None:
+    """A progress report's `offsets` (protocol.progress_delta): {output: offset}, each naming a
+    string output of the report; a result is always whole."""
+    if results:
+        errors[where] = "only a progress report sends text as parts; a result is whole"
+    elif not isinstance(offsets, dict):
+        errors[where] = "must be a JSON object of output names and offsets"
+    else:
+        for key, offset in offsets.items():
+            if not (isinstance(outputs, dict) and isinstance(outputs.get(key), str)):
+                errors[f"{where}.{key[:80]}"] = "names no string output of this report"
+            elif not (isinstance(offset, int) and not isinstance(offset, bool)
+                      and 0 <= offset <= 2**53):
+                errors[f"{where}.{key[:80]}"] = "must be a whole number of characters"
+
+
+def _parse_reports(entries: Any, results: bool) -> list[WorkerReport]:
     """The entries of a batch route's `reports` list; 400 naming each bad entry's key."""
     if not isinstance(entries, list) or not entries:
         raise ApiError(400, "invalid reports", {"reports": "must be a non-empty list"})
     errors: dict[str, str] = {}
-    reports = [_parse_report(e, f"reports[{i}]", errors) for i, e in enumerate(entries)]
+    reports = [_parse_report(e, f"reports[{i}]", errors, results)
+               for i, e in enumerate(entries)]
     first_of: dict[str, int] = {}  # one answer per job: a job twice in a batch is ambiguous
     for i, report in enumerate(reports):
         if report is not None and first_of.setdefault(report.job_id, i) != i:
@@ -147,16 +173,18 @@ async def _read_body(request: web.Request) -> Any:
     return await read_json(request, config.max_body_bytes, config.max_json_depth)
 
 
-async def _read_reports(request: web.Request, batch: bool) -> list[WorkerReport]:
+async def _read_reports(
+    request: web.Request, batch: bool, results: bool
+) -> list[WorkerReport]:
     """The reports of a request: `{"reports": [...]}` for a batch, the entry itself for one job
     (its job_id taken from the URL)."""
     data = await _read_body(request)
     if batch:
-        return _parse_reports(read_object(data, ("reports",)).get("reports"))
+        return _parse_reports(read_object(data, ("reports",)).get("reports"), results)
     if isinstance(data, dict):
         data = {**data, "job_id": request.match_info["job_id"]}
     errors: dict[str, str] = {}
-    report = _parse_report(data, "", errors)
+    report = _parse_report(data, "", errors, results)
     if errors or report is None:
         raise ApiError(400, "invalid worker report", errors)
     return [report]
@@ -200,8 +228,11 @@ async def _authorized(
                 if not MODEL_OUTPUTS.isdisjoint(outputs):  # (what model workers measure)
                     outputs_of[report.job_id] = (endpoint.name, outputs)
             else:
+                offsets = report.offsets and {
+                    key: offset for key, offset in report.offsets.items() if key in outputs
+                }
                 allowed.append(WorkerReport(report.job_id, report.lease_id, report.progress,
-                                            outputs=outputs))
+                                            outputs=outputs, offsets=offsets or None))
     return allowed, refused, outputs_of
 
 
@@ -210,13 +241,15 @@ async def record_reports(
     reports: list[WorkerReport],
     results: bool,
     worker: str = "",
+    record: Callable[[list[WorkerReport]], Awaitable[list[ReportAnswer]]] | None = None,
 ) -> list[ReportAnswer]:
-    """Records the reports the worker's key may make; answers all of them, in their order
-    (507/503 for the whole request when the store cannot write them)."""
+    """Records the reports the worker's key may make (with `record` when given, else the
+    store's report_results or report_progress); answers all of them, in their order (507/503
+    for the whole request when the store cannot write them)."""
     store = request.app[STORE]
     worker = worker or f"with key {request[CALLER].owner[:8]}"
     allowed, refused, outputs_of = await _authorized(request, reports, results, worker)
-    record = store.report_results if results else store.report_progress
+    record = record or (store.report_results if results else store.report_progress)
     answers = await record(allowed) if allowed else []  # (a StoreError: the app's edge)
     if outputs_of:
         metrics = request.app[METRICS]
@@ -291,7 +324,8 @@ async def poll_jobs(request: web.Request) -> web.Response:
 
 async def _report(request: web.Request, batch: bool, results: bool) -> web.Response:
     _require_worker_key(request)
-    answers = await record_reports(request, await _read_reports(request, batch), results)
+    answers = await record_reports(request, await _read_reports(request, batch, results),
+                                   results)
     if batch:
         return json_response({"answers": [a.to_json() for a in answers]})
     return _single_answer(answers)
@@ -323,15 +357,33 @@ async def batch_results(request: web.Request) -> web.Response:
     config = request.app[CONFIG]
     _require_worker_key(request)
     body = read_object(await _read_body(request), ("reports", "poll"))
-    reports = _parse_reports(body.get("reports"))
+    reports = _parse_reports(body.get("reports"), results=True)
     if "poll" not in body:
         answers = await record_reports(request, reports, True)
         return json_response({"answers": [a.to_json() for a in answers]})
     poll = _parse_poll(body["poll"], config.worker_poll_max_s, prefix="poll.")
     endpoints = worker_endpoints(request, poll.job_types, "poll.job_types")
-    answers = await record_reports(request, reports, True, poll.worker_id)
-    jobs = await _grant(request, poll, endpoints)
-    return json_response({"answers": [a.to_json() for a in answers], "jobs": jobs})
+    if not hasattr(request.app[STORE], "report_results_and_take"):  # (TakesWithResults)
+        answers = await record_reports(request, reports, True, poll.worker_id)
+        jobs = await _grant(request, poll, endpoints)
+        return json_response({"answers": [a.to_json() for a in answers], "jobs": jobs})
+    store = cast(TakesWithResults, request.app[STORE])
+    # The results and a first look for the next jobs in one step (the Redis store: one
+    # script); the worker is recorded first, so that nothing fails once jobs are taken.
+    await store.worker_seen(poll.worker_id, request[CALLER].owner,
+                            [e.job_type for e in endpoints], request.remote or "", poll.info)
+    taken: list[protocol.Grant] = []
+
+    async def record_and_take(allowed: list[WorkerReport]) -> list[ReportAnswer]:
+        answers, grants = await store.report_results_and_take(
+            allowed, endpoints, poll.max_batch, poll.worker_id)
+        taken.extend(grants)
+        return answers
+
+    answers = await record_reports(request, reports, True, poll.worker_id, record_and_take)
+    grants = taken or await store.claim(endpoints, poll.max_batch, poll.worker_id, poll.wait_s)
+    return json_response({"answers": [a.to_json() for a in answers],
+                          "jobs": [grant.to_json() for grant in grants]})
 
 
 @routes.post(protocol.WORKER_GOODBYE_PATH)

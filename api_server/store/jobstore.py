@@ -43,7 +43,14 @@ from api_server.store.model import (
 )
 from api_server.store.queue import JobQueue
 from api_server.store.workers import WorkerRegistry
-from jobhive.protocol import Grant, JobStatus, new_job_id
+from jobhive.protocol import (
+    Grant,
+    JobStatus,
+    held_lengths,
+    new_job_id,
+    rebuild_progress,
+    texts_extend,
+)
 
 log = logging.getLogger("jobhive.jobs")
 
@@ -58,6 +65,8 @@ class JobStore:
         journal (Journal): where every change is made durable.
         clock (Clock, default now_ms): wall-clock milliseconds (tests pass a fake one).
         worker_seen_ttl_s (float, default 120): a worker unseen this long leaves the status.
+        max_progress_chars (int, default 32 Mi): the longest a progress text may grow from a
+            worker's parts (the server's max_body_bytes: what one whole report could carry).
     """
 
     def __init__(
@@ -66,7 +75,9 @@ class JobStore:
         journal: Journal,
         clock: Clock = now_ms,
         worker_seen_ttl_s: float = 120.0,
+        max_progress_chars: int = 32 * 1024 * 1024,
     ) -> None:
+        self._max_progress_chars = max_progress_chars
         self._endpoints = endpoints
         self._journal = journal
         self._clock = clock
@@ -103,7 +114,7 @@ class JobStore:
         for job in await self._journal.open(started_ms):
             # Versions are not stored: starting them at the clock keeps them growing across
             # restarts, so a client's Last-Event-ID or ?since= from before is always behind.
-            job.version = started_ms
+            job.version = job.texts_since = started_ms
             self._jobs[job.id] = job
             if job.status.finished:
                 job.inputs_json = None
@@ -465,10 +476,19 @@ class JobStore:
             job.lease_expires_at_ms = self._clock() + round(self._lease_s(job) * 1000)
             if report.progress is not None:
                 job.progress = report.progress
+            held = None
             if report.outputs is not None:
-                job.progress_outputs = report.outputs
+                held = job.progress_outputs or {}
+                outputs = report.outputs
+                if report.offsets:  # parts of texts: joined to those held
+                    outputs, _ = rebuild_progress(held, outputs, report.offsets,
+                                                  self._max_progress_chars)
+                job.progress_outputs = outputs
             self._changed(job)
-            answers.append(ReportAnswer(job.id, ok=True))
+            if held is not None and not texts_extend(held, job.progress_outputs):
+                job.texts_since = job.version
+            lengths = held_lengths(report.outputs, job.progress_outputs)
+            answers.append(ReportAnswer(job.id, ok=True, offsets=lengths))
         return answers
 
     async def _resume(self, job: Job, report: WorkerReport) -> ReportAnswer:
@@ -774,6 +794,7 @@ class JobStore:
         self.workers.ended(job.worker_id, job.id, None)
         self._queues[job.endpoint].push_front(job)
         self._changed(job)
+        job.texts_since = job.version  # (its progress texts are gone: the next attempt's start)
         self._wake_worker(job.endpoint)
         log.warning(
             "job %s requeued endpoint=%s attempt=%d: %s", job.id, job.endpoint, job.attempts, reason
@@ -842,6 +863,7 @@ class JobStore:
             created_at_ms=job.created_at_ms,
             started_at_ms=job.started_at_ms,
             finished_at_ms=job.finished_at_ms,
+            texts_since=job.texts_since,
         )
 
     def _dequeue(self, job: Job) -> None:

@@ -50,6 +50,7 @@ class Job:
     expires_at_ms: int | None = None  # when a finished job is forgotten
     progress: float = 0.0
     progress_outputs: dict[str, Any] | None = None  # in memory only, while it runs
+    texts_since: int = 0  # the version from which its progress texts only grew (see JobView)
     outputs_json: bytes | None = None
     outputs_bytes: int = 0  # 0: no outputs
     error: str | None = None
@@ -79,6 +80,9 @@ class JobView(NamedTuple):
     created_at_ms: int
     started_at_ms: int | None
     finished_at_ms: int | None
+    # Each progress text now extends the one the job had at any version from this one on: a
+    # client holding the texts of such a version may be sent only their new parts.
+    texts_since: int = 0
 
     def to_json(self) -> dict[str, Any]:
         """The job as clients see it (`GET /api/v1/jobs/{id}`)."""
@@ -110,6 +114,7 @@ class WorkerReport(NamedTuple):
     outputs_json: bytes | None = None
     error: str | None = None
     release: bool = False  # hand the job back to the queue (worker shutting down)
+    offsets: dict[str, int] | None = None  # outputs sent as parts of texts (progress_delta)
 
 
 class ReportAnswer(NamedTuple):
@@ -121,11 +126,14 @@ class ReportAnswer(NamedTuple):
     canceled: bool = False
     error: str | None = None
     status: int = 200
+    offsets: dict[str, int] | None = None  # the whole texts' lengths after a report's parts
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"job_id": self.job_id, "ok": self.ok, "canceled": self.canceled}
         if self.error:
             out["error"] = self.error
+        if self.offsets is not None:
+            out["offsets"] = self.offsets
         return out
 
     # The refusals both stores answer (their words and statuses, in one place).

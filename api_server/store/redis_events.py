@@ -22,14 +22,14 @@ import contextlib
 import logging
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
-import redis.asyncio as aioredis
 import redis.exceptions
 
 from api_server.store.model import JobView
-from jobhive.protocol import JobStatus
+from api_server.store.redis_link import RedisLink
+from jobhive.protocol import JobStatus, rebuild_progress, texts_extend
 
 log = logging.getLogger("jobhive.jobs")
 
@@ -47,21 +47,31 @@ class RedisEvents:
     """The endpoints' channels followed, and this server's waiters woken by them.
 
     Args:
-        redis (redis.asyncio.Redis): the store's Redis.
+        link (RedisLink): the store's link to Redis (the subscription gets its own connection).
         prefix (str): the store's key prefix, with its colon ("jobhive:").
         endpoints (Iterable[str]): the endpoints whose channels to follow.
+        max_progress_chars (int): the longest a progress text may grow from parts (JobStore).
     """
 
-    def __init__(self, redis: aioredis.Redis, prefix: str, endpoints: Iterable[str]) -> None:
-        self._redis = redis
+    def __init__(
+        self,
+        link: RedisLink,
+        prefix: str,
+        endpoints: Iterable[str],
+        max_progress_chars: int = 32 * 1024 * 1024,
+    ) -> None:
+        self._link = link
+        self._max_progress_chars = max_progress_chars  # (see JobStore)
         self._p = prefix
         self._endpoints = list(endpoints)
         self.closing = False  # set by stop_waiting: waits answer at once
         self._jobs: Waiters = {}  # job id -> its long-polls and event streams
         self._finishes: Waiters = {}  # job id -> its ?wait= submits (woken only at the end)
         self._workers: dict[str, list[asyncio.Future[Any]]] = {e: [] for e in self._endpoints}
-        self._previews: dict[str, bytes] = {}  # job id -> its latest progress outputs (JSON)
+        self._previews: dict[str, _Previews] = {}  # job id -> its latest progress outputs
         self._previews_bytes = 0
+        self._wanted: set[str] = set()  # jobs whose next previews another server wants whole
+        self._asking: set[asyncio.Task[None]] = set()
         self._endpoint_of: dict[str, str] = {}  # unfinished job id -> endpoint
         # The queues as far as the events tell (see known_empty): endpoints a claim drained,
         # jobs queued since (their wakes heard) not yet seen claimed, wakes heard.
@@ -97,13 +107,12 @@ class RedisEvents:
 
     async def _listen(self, started: asyncio.Future[None]) -> None:
         channels = [f"{self._p}{{{e}}}:{kind}" for e in self._endpoints for kind in ("ev", "wake")]
-        loop = asyncio.get_running_loop()
         backoff_s = 0.1
         while True:
-            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+            subscription = None
             try:
                 try:
-                    await pubsub.subscribe(*channels)
+                    subscription = await self._link.subscribe(channels, self._dispatch_safely)
                 except redis.exceptions.ResponseError as e:  # (refused: no retry helps)
                     if not started.done():
                         started.set_exception(e)
@@ -115,17 +124,7 @@ class RedisEvents:
                 else:
                     started.set_result(None)
                 backoff_s = 0.1
-                heard = loop.time()
-                while True:
-                    message = await pubsub.get_message(timeout=PING_EVERY_S)
-                    if message is not None:
-                        heard = loop.time()
-                        if message["type"] == "message":
-                            self._dispatch_safely(message["channel"], message["data"])
-                    elif loop.time() - heard > 3 * PING_EVERY_S:  # (a Redis stopped, say)
-                        raise redis.exceptions.ConnectionError("no answer to pings")
-                    else:
-                        await pubsub.ping()  # a quiet channel: is the connection alive?
+                await subscription.follow(PING_EVERY_S)  # (messages: to _dispatch_safely)
             except redis.exceptions.RedisError as e:
                 log.warning("Redis events lost (%s): following again in %.1f s", e, backoff_s)
                 if not started.done():  # (the store opens all the same: waits re-check)
@@ -134,14 +133,16 @@ class RedisEvents:
                 await asyncio.sleep(backoff_s)
                 backoff_s = min(5.0, backoff_s * 2)
             finally:
-                with contextlib.suppress(Exception):
-                    await pubsub.aclose()
+                if subscription is not None:
+                    subscription.close(redis.exceptions.ConnectionError("unsubscribed"))
 
     def _forget_what_was_heard(self) -> None:
         """Messages may have been missed: what they told is unknown, every waiter re-reads.
         (The wake counts move on too, so that a claim under way marks nothing drained.)"""
         self._drained.clear()
         self._endpoint_of.clear()
+        for job_id in list(self._previews):  # (a text's missed part would go unnoticed)
+            self._drop_previews(job_id)
         for endpoint in self._wakes:
             self._wakes[endpoint] += 1
         self.wake_all()
@@ -182,9 +183,13 @@ class RedisEvents:
                  ) -> None:
         """One change of a job heard: what it tells kept, then its waiters woken (a ?wait=
         submit with the finished job itself when the event carries it)."""
-        if status == "progress":  # (published by a server after its script: may come late)
-            if rest:  # previews: kept before anyone wakes to read them
-                self.keep_previews(job_id, rest)
+        if status == "want":  # another server lacks a text's start: send the next one whole
+            if len(self._wanted) < PREVIEW_CACHE:
+                self._wanted.add(job_id)
+            return
+        if status == "progress" or status == "parts":  # (published after the script: may
+            if rest:  # come late) previews: kept before anyone wakes to read them
+                self._heard_previews(endpoint, job_id, version, status == "parts", rest)
         elif status != "queued" and endpoint in self._unclaimed:
             self._unclaimed[endpoint].discard(job_id)  # claimed (or ended): no longer queued
         if status == "queued" or status == "done":  # (a failed job keeps its previews)
@@ -193,6 +198,7 @@ class RedisEvents:
             # Only unfinished jobs are remembered: a finished one is forgotten in time, and
             # its id may then name a job of another endpoint.
             self._endpoint_of.pop(job_id, None)
+            self._wanted.discard(job_id)
         _wake(self._jobs.pop(job_id, ()), True)
         if status in _ENDED and job_id in self._finishes:
             view: JobView | bool = True  # (woken: read the job back)
@@ -261,27 +267,82 @@ class RedisEvents:
 
     # ----- what the events tell
 
-    def previews(self, job_id: str, status: JobStatus) -> dict[str, Any] | None:
-        """The job's latest progress outputs heard (none once it is done or queued again)."""
+    def previews(self, job_id: str, status: JobStatus) -> tuple[dict[str, Any] | None, int]:
+        """The job's latest progress outputs heard (none once it is done or queued again),
+        and the version from which its texts only grew (JobView.texts_since; 0: none heard)."""
         if status is JobStatus.DONE or status is JobStatus.QUEUED:
-            return None
+            return None, 0
         previews = self._previews.get(job_id)
-        return None if previews is None else orjson.loads(previews)
+        return (None, 0) if previews is None else (previews.outputs, previews.texts_since)
 
-    def keep_previews(self, job_id: str, previews: bytes) -> None:
-        """Keeps a job's latest previews; past PREVIEW_CACHE jobs or PREVIEW_CACHE_BYTES, the
-        previews heard longest ago go first (their jobs show none until their next report)."""
+    def _heard_previews(
+        self, endpoint: str, job_id: str, version: int, parts: bool, message: bytes
+    ) -> None:
+        """Keeps the previews of a progress event: whole (`progress`: the outputs' JSON) or
+        with parts of texts (`parts`: {"outputs", "offsets"}); a part whose start this server
+        lacks (it started, or lost its subscription, while the job ran) asks the server that
+        hears the job's next report to publish it whole (again at each such part, until a
+        whole one comes: the ask may pass that report on the way)."""
+        data = orjson.loads(message)
+        outputs, offsets = (data["outputs"], data["offsets"]) if parts else (data, None)
+        if self.keep_previews(job_id, version, outputs, offsets, len(message)):
+            channel = f"{self._p}{{{endpoint}}}:ev"
+            asking = asyncio.create_task(self._ask(channel, f"{job_id} 0 want".encode()))
+            self._asking.add(asking)
+            asking.add_done_callback(self._asking.discard)
+
+    async def _ask(self, channel: str, message: bytes) -> None:
+        try:
+            await self._link.run(("PUBLISH", channel, message))
+        except redis.exceptions.RedisError as e:  # (the text shows again at its next copy)
+            log.warning("could not ask for a whole progress text: %s", e)
+
+    def keep_previews(
+        self,
+        job_id: str,
+        version: int,
+        outputs: dict[str, Any],
+        offsets: dict[str, int] | None = None,
+        size: int = 0,
+    ) -> list[str]:
+        """Keeps a job's previews of this version (its texts' parts joined to those held: see
+        protocol.progress_delta; an older version than the one held is skipped). Past
+        PREVIEW_CACHE jobs or PREVIEW_CACHE_BYTES, the previews heard longest ago go first
+        (their jobs show none until their next report).
+
+        Returns:
+            list[str]: the outputs whose parts could not be joined (their start not held).
+        """
+        held = self._previews.get(job_id)
+        if held is not None and version <= held.version:
+            return []  # (this server's own report, heard back; or a late one)
+        missing: list[str] = []
+        if offsets:
+            outputs, missing = rebuild_progress(held and held.outputs, outputs, offsets,
+                                                self._max_progress_chars)
+        grew = held is not None and not missing and texts_extend(held.outputs, outputs)
+        texts_since = held.texts_since if grew and held is not None else version
+        size += held.size if held is not None and offsets else 0
         self._drop_previews(job_id)  # (re-inserted last: the oldest go first)
         while self._previews and (len(self._previews) >= PREVIEW_CACHE or
-                                  self._previews_bytes + len(previews) > PREVIEW_CACHE_BYTES):
+                                  self._previews_bytes + size > PREVIEW_CACHE_BYTES):
             self._drop_previews(next(iter(self._previews)))
-        self._previews[job_id] = previews
-        self._previews_bytes += len(previews)
+        self._previews[job_id] = _Previews(version, outputs, texts_since, size)
+        self._previews_bytes += size
+        return missing
+
+    def want_whole(self, job_id: str) -> bool:
+        """Whether another server asked for this job's next previews whole (asked once)."""
+        if job_id in self._wanted:
+            self._wanted.discard(job_id)
+            return True
+        return False
 
     def _drop_previews(self, job_id: str) -> None:
         dropped = self._previews.pop(job_id, None)
         if dropped is not None:
-            self._previews_bytes -= len(dropped)
+            self._previews_bytes -= dropped.size
+        self._wanted.discard(job_id)
 
     def endpoint_of(self, job_id: str) -> str | None:
         return self._endpoint_of.get(job_id)
@@ -310,6 +371,15 @@ class RedisEvents:
             if self._wakes[endpoint] == mark[endpoint]:
                 self._drained.add(endpoint)
                 self._unclaimed[endpoint].clear()
+
+
+class _Previews(NamedTuple):
+    """A running job's latest previews as heard: its progress outputs, texts whole."""
+
+    version: int  # the job's version they came with
+    outputs: dict[str, Any]
+    texts_since: int  # the version from which its texts only grew (JobView.texts_since)
+    size: int  # the bytes of the messages that made them (what the cache counts)
 
 
 def _wake(waiters: Iterable[asyncio.Future[Any]], result: Any) -> None:

@@ -119,7 +119,8 @@ end
 """
 
 # Leases up to `count` jobs off the front of the endpoint's queue to worker `wid`; publishes
-# their change; returns {{id, lease id, attempt, lease expiry, inputs}, ...}.
+# their change; returns {{id, lease id, attempt, lease expiry, inputs}, ...} and the jobs left
+# in the queue (none: the server knows it empty, and its next poll waits without a claim).
 _TAKE = """
 local function take(base, wp, now_s, lease_ms, timeout_ms, wid, count, nonce)
   local now = tonumber(now_s)
@@ -144,7 +145,7 @@ local function take(base, wp, now_s, lease_ms, timeout_ms, wid, count, nonce)
   if #out > 0 and redis.call('EXISTS', wp .. wid) == 1 then
     redis.call('HINCRBY', wp .. wid, 'running', #out)
   end
-  return out
+  return out, redis.call('ZCARD', base .. 'q')
 end
 """
 
@@ -155,8 +156,8 @@ end
 # now, lease_ms, job_timeout_ms, the waiting worker ('' for none), how many jobs it takes, a
 # nonce, then per job: id, owner, inputs, its submit time.
 # -> {one answer per job: {'created', position} | {'exists'} | {'conflict', what} |
-# {'full', what}, the jobs the worker took (as CLAIM's)}. The ids left queued are published
-# together, a line each, on the wake channel.
+# {'full', what}, the jobs the worker took and the jobs left queued (as CLAIM's; -1 when it
+# took none)}. The ids left queued are published together, a line each, on the wake channel.
 SUBMIT = "#!lua\n" + _MS + _TAKE + """
 local base, idp, ep = ARGV[1], ARGV[2], ARGV[3]
 local max_len, max_bytes = tonumber(ARGV[4]), tonumber(ARGV[5])
@@ -187,9 +188,9 @@ for i = 13, #ARGV, 4 do
     out[#out + 1] = {'created', redis.call('ZRANK', q, id)}
   end
 end
-local taken = {}
+local taken, left = {}, -1
 if ARGV[10] ~= '' and #queued > 0 then
-  taken = take(base, ARGV[6], ARGV[7], tonumber(ARGV[8]), tonumber(ARGV[9]), ARGV[10],
+  taken, left = take(base, ARGV[6], ARGV[7], tonumber(ARGV[8]), tonumber(ARGV[9]), ARGV[10],
                tonumber(ARGV[11]), ARGV[12])
   local gone = {}
   for _, job in ipairs(taken) do gone[job[1]] = true end
@@ -198,15 +199,15 @@ if ARGV[10] ~= '' and #queued > 0 then
   queued = left
 end
 if #queued > 0 then redis.call('PUBLISH', base .. 'wake', table.concat(queued, '\\n')) end
-return {out, taken}
+return {out, taken, left}
 """
 
 # ARGV: base, worker key prefix, now, lease_ms, job_timeout_ms, worker id, how many jobs,
 # a random nonce (the lease ids are its hash with each job's id).
-# -> {{id, lease id, attempt, lease expiry, inputs}, ...}
+# -> {{{id, lease id, attempt, lease expiry, inputs}, ...}, the jobs left queued}
 CLAIM = "#!lua\n" + _MS + _TAKE + """
-return take(ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6],
-            tonumber(ARGV[7]), ARGV[8])
+return {take(ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6],
+             tonumber(ARGV[7]), ARGV[8])}
 """
 
 # ARGV: base, now, lease_ms, job_timeout_ms, then per report: id, lease id, progress ('' for
@@ -241,40 +242,58 @@ end
 return out
 """
 
-# ARGV: base, id key prefix, worker key prefix, now, result_ttl_ms, then per report: id, lease
-# id, kind ('done', 'failed' or 'release'), payload (outputs JSON, error text or '').
+# Records worker results: ARGV from `first` on, per report: id, lease id, kind ('done', 'failed'
+# or 'release'), payload (outputs JSON, error text or ''); publishes the changes.
 # -> one answer per report: {'ok'} (a repeat, or nothing to hand back), {'ok', 'requeued'} (handed
 # back), {'ok', STATUS, CREATED, STARTED} (finished now: its times in ms, for the metrics;
 # STARTED '' if it never started), {'unknown'}, {'lost'}, {'canceled'} or
 # {'finished', STATUS, ERROR}.
-RESULTS = "#!lua\n" + _HELPERS + """
-local base, idp, wp, now, ttl_ms = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5])
-local out = {}
-for i = 6, #ARGV, 4 do
-  local id, lid, kind, payload = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
-  local key = base .. 'job:' .. id
-  local f = redis.call('HMGET', key, 'st', 'lid', 'out', 'err', 'att', 'cat', 'sat')
-  local st = f[1]
-  if not st then out[#out + 1] = {'unknown'}
-  elseif f[2] ~= lid then out[#out + 1] = {'lost'}
-  elseif st == 'canceled' then out[#out + 1] = {'canceled'}
-  elseif st == 'done' or st == 'failed' then  -- a repeat of the result taken is fine
-    if kind == st and (kind == 'done' and f[3] == payload or kind == 'failed' and f[4] == payload)
-    then out[#out + 1] = {'ok'}
-    else out[#out + 1] = {'finished', st, f[4] or ''} end
-  elseif kind == 'release' then
-    -- (a queued one is back already: its lease expired and that attempt counted)
-    if st == 'running' then
-      requeue(base, wp, id, math.max(0, tonumber(f[5]) - 1))
-      out[#out + 1] = {'ok', 'requeued'}
-    else out[#out + 1] = {'ok'} end
-  else  -- (a queued job's lease lapsed but nobody took it: the result counts)
-    finish(base, idp, wp, id, kind, now, ttl_ms, kind == 'done' and 'out' or 'err', payload)
-    out[#out + 1] = {'ok', kind, f[6] or '0', f[7] or ''}
+_RECORD = """
+local function record(base, idp, wp, now, ttl_ms, first)
+  local out = {}
+  for i = first, #ARGV, 4 do
+    local id, lid, kind, payload = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+    local key = base .. 'job:' .. id
+    local f = redis.call('HMGET', key, 'st', 'lid', 'out', 'err', 'att', 'cat', 'sat')
+    local st = f[1]
+    if not st then out[#out + 1] = {'unknown'}
+    elseif f[2] ~= lid then out[#out + 1] = {'lost'}
+    elseif st == 'canceled' then out[#out + 1] = {'canceled'}
+    elseif st == 'done' or st == 'failed' then  -- a repeat of the result taken is fine
+      if kind == st and (kind == 'done' and f[3] == payload or kind == 'failed' and f[4] == payload)
+      then out[#out + 1] = {'ok'}
+      else out[#out + 1] = {'finished', st, f[4] or ''} end
+    elseif kind == 'release' then
+      -- (a queued one is back already: its lease expired and that attempt counted)
+      if st == 'running' then
+        requeue(base, wp, id, math.max(0, tonumber(f[5]) - 1))
+        out[#out + 1] = {'ok', 'requeued'}
+      else out[#out + 1] = {'ok'} end
+    else  -- (a queued job's lease lapsed but nobody took it: the result counts)
+      finish(base, idp, wp, id, kind, now, ttl_ms, kind == 'done' and 'out' or 'err', payload)
+      out[#out + 1] = {'ok', kind, f[6] or '0', f[7] or ''}
+    end
   end
+  flush(base)
+  return out
 end
-flush(base)
-return out
+"""
+
+# ARGV: base, id key prefix, worker key prefix, now, result_ttl_ms, then the reports (see
+# _RECORD). -> their answers.
+RESULTS = "#!lua\n" + _HELPERS + _RECORD + """
+return record(ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5]), 6)
+"""
+
+# A worker's results and its next claim, in one script (its results post carries a poll):
+# ARGV: base, id key prefix, worker key prefix, now, result_ttl_ms, lease_ms, job_timeout_ms,
+# worker id, how many jobs, a nonce, then the reports (see _RECORD).
+# -> {the reports' answers, the jobs taken (as CLAIM's), the jobs left queued}
+RESULTS_CLAIM = "#!lua\n" + _HELPERS + _TAKE + _RECORD + """
+local out = record(ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5]), 11)
+local taken, left = take(ARGV[1], ARGV[3], ARGV[4], tonumber(ARGV[6]), tonumber(ARGV[7]),
+                         ARGV[8], tonumber(ARGV[9]), ARGV[10])
+return {out, taken, left}
 """
 
 # ARGV: base, id key prefix, worker key prefix, now, result_ttl_ms, id.

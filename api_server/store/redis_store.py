@@ -2,9 +2,11 @@
 
 Every change of a job is one Lua script (api_server/store/redis_scripts.py), atomic in Redis:
 a submit checks the queue's limits and an earlier job of the same id, a claim pops jobs and
-writes their leases, a result checks the lease and finishes the job. A server keeps no job in
-memory; it answers only after Redis has taken the change (and, by `durability`, fsynced or
-replicated it), so a server killed at any moment loses nothing it acknowledged.
+writes their leases, a result checks the lease and finishes the job (and when the worker's
+results post carries a poll, leases it its next jobs too: one round trip, not two). A server
+keeps no job in memory; it answers only after Redis has taken the change (and, by
+`durability`, fsynced or replicated it), so a server killed at any moment loses nothing it
+acknowledged.
 
 Each change is also published on its endpoint's channel, and every server follows the channels
 of its endpoints (api_server/store/redis_events.py) to wake its own waiters: a long-polled
@@ -51,7 +53,7 @@ from api_server.store.model import (
 )
 from api_server.store.redis_events import RedisEvents
 from api_server.store.redis_link import RedisLink, Script
-from jobhive.protocol import Grant, JobStatus, new_job_id
+from jobhive.protocol import Grant, JobStatus, held_lengths, new_job_id
 
 log = logging.getLogger("jobhive.jobs")
 
@@ -79,6 +81,8 @@ class RedisStore:
         sweep_interval_s (float): the servers sweep each endpoint at most this often, together.
         replication_wait_ms (int): with "replicated", how long a change waits for a replica
             before it is answered 503.
+        max_progress_chars (int): the longest a progress text may grow from a worker's parts
+            (the server's max_body_bytes, as JobStore's).
     """
 
     def __init__(
@@ -91,6 +95,7 @@ class RedisStore:
         worker_seen_ttl_s: float = 120.0,
         sweep_interval_s: float = 0.5,
         replication_wait_ms: int = 1000,
+        max_progress_chars: int = 32 * 1024 * 1024,
     ) -> None:
         if durability not in DURABILITY:
             raise ValueError(f"durability must be one of {', '.join(DURABILITY)}")
@@ -105,10 +110,10 @@ class RedisStore:
         self._link = RedisLink(redis)  # (the scripts: see redis_link.py for why)
         self._scripts = {
             name: Script(getattr(lua, name))
-            for name in ("SUBMIT", "CLAIM", "PROGRESS", "RESULTS", "CANCEL", "SWEEP", "VIEW",
-                         "STATS", "GOODBYE", "FORGET_WORKERS")
+            for name in ("SUBMIT", "CLAIM", "PROGRESS", "RESULTS", "RESULTS_CLAIM", "CANCEL",
+                         "SWEEP", "VIEW", "STATS", "GOODBYE", "FORGET_WORKERS")
         }
-        self._events = RedisEvents(redis, self._p, endpoints)
+        self._events = RedisEvents(self._link, self._p, endpoints, max_progress_chars)
         self._submitting: dict[str, int] = {}  # submits in flight per endpoint (see _settle)
         self._batches: dict[str, _Batch] = {}  # the submits of this loop turn, per endpoint
         self._sending: set[asyncio.Task[None]] = set()
@@ -214,6 +219,7 @@ class RedisStore:
         endpoint, fields, rank = reply
         own, st, v, pr, out, err, att, cat, sat, fat = fields
         status = JobStatus(st.decode())
+        previews, texts_since = self._events.previews(job_id, status)
         return JobView(
             id=job_id,
             endpoint=endpoint.decode(),
@@ -222,13 +228,14 @@ class RedisStore:
             version=int(v),
             progress=float(pr or 0),
             queue_position=rank,
-            progress_outputs=self._events.previews(job_id, status),
+            progress_outputs=previews,
             outputs_json=out,
             error=err.decode() if err is not None else None,
             attempts=int(att),
             created_at_ms=int(cat),
             started_at_ms=int(sat) if sat is not None else None,
             finished_at_ms=int(fat) if fat is not None else None,
+            texts_since=texts_since or int(v),
         )
 
     async def endpoints_of(self, job_ids: Iterable[str]) -> dict[str, str]:
@@ -375,6 +382,7 @@ class RedisStore:
 
         taker = self._events.take_worker(endpoint.name, among=takes_them)
         worker_id, count = self._parked[taker] if taker else ("", 0)
+        mark = self._events.wakes_heard([endpoint.name])
         args = [self._base(endpoint.name), self._p + "id:", endpoint.name,
                 settings.max_queue_length, settings.max_queue_bytes, self._p + "w:",
                 self._clock(), round(settings.lease_s * 1000),
@@ -383,7 +391,7 @@ class RedisStore:
         for job, _ in batch:
             args += job
         try:
-            answers, taken = await self._run("SUBMIT", args, acknowledged=True)
+            answers, taken, left = await self._run("SUBMIT", args, acknowledged=True)
         except BaseException as e:
             for _, answer in (*batch, (None, taker)):
                 if answer is not None and not answer.done():
@@ -395,6 +403,8 @@ class RedisStore:
         for (_, answer), reply in zip(batch, answers, strict=True):
             if not answer.done():
                 answer.set_result(reply)
+        if left == 0:  # the worker took every job queued: the next poll need not look
+            self._events.drained([endpoint.name], mark)
         if taker is not None:
             grants = self._grants(endpoint, taken, worker_id)
             if taker.done():  # the worker's wait ended meanwhile: the jobs go back
@@ -526,14 +536,14 @@ class RedisStore:
         count = min(max_batch, endpoint.worker.max_batch)
         lease_ms = round(settings.lease_s * 1000)
         try:
-            taken = await self._run("CLAIM", [
+            taken, left = await self._run("CLAIM", [
                 self._base(endpoint.name), self._p + "w:", self._clock(), lease_ms,
                 round(settings.job_timeout_s * 1000), worker_id, count, secrets.token_hex(8),
             ], acknowledged=True)
         except NotReplicated as e:  # (not granted: handed back, without counting an attempt)
-            await asyncio.shield(self._release(endpoint.name, e.result))
+            await asyncio.shield(self._release(endpoint.name, e.result[0]))
             raise
-        if len(taken) < count:  # the queue was emptied by this claim
+        if left == 0:  # the queue was emptied by this claim
             self._events.drained([endpoint.name], mark)
         return self._grants(endpoint, taken, worker_id)
 
@@ -589,13 +599,31 @@ class RedisStore:
                 if outcome == "ok":
                     event = f"{report.job_id} {version} progress".encode()
                     if report.outputs is not None:
-                        previews = orjson.dumps(report.outputs)
-                        self._events.keep_previews(report.job_id, previews)  # (here first)
-                        event += b" " + previews
+                        event = self._previews_event(report, int(version))
+                        held, _ = self._events.previews(report.job_id, JobStatus.RUNNING)
+                        answers[report.job_id] = answers[report.job_id]._replace(
+                            offsets=held_lengths(report.outputs, held))
                     events.append(event)
             if events:
                 await self._publish(self._base(endpoint) + "ev", b"\n".join(events))
         return [answers[r.job_id] for r in reports]
+
+    def _previews_event(self, report: WorkerReport, version: int) -> bytes:
+        """Keeps a report's previews (here first: its answer says what this server holds) and
+        makes its event: "ID VERSION progress OUTPUTS" (whole), or "ID VERSION parts
+        {outputs, offsets}" when its texts came as parts (protocol.progress_delta), unless
+        another server asked for them whole (it lacks their start)."""
+        outputs = report.outputs or {}
+        whole = report.offsets and self._events.want_whole(report.job_id)
+        message = orjson.dumps({"outputs": outputs, "offsets": report.offsets}) \
+            if report.offsets else orjson.dumps(outputs)
+        missing = self._events.keep_previews(report.job_id, version, outputs, report.offsets,
+                                             len(message))
+        if whole and not missing:
+            held, _ = self._events.previews(report.job_id, JobStatus.RUNNING)
+            return b"%s %d progress %s" % (report.job_id.encode(), version, orjson.dumps(held))
+        kind = b"parts" if report.offsets else b"progress"
+        return b"%s %d %s %s" % (report.job_id.encode(), version, kind, message)
 
     async def _publish(self, channel: str, message: bytes) -> None:
         try:
@@ -604,11 +632,46 @@ class RedisStore:
             log.warning("progress not published: %s", e)
 
     async def report_results(self, reports: Sequence[WorkerReport]) -> list[ReportAnswer]:
+        answers, _ = await self._record(reports, None)
+        return answers
+
+    async def report_results_and_take(
+        self, reports: Sequence[WorkerReport], endpoints: Sequence[Endpoint], max_batch: int,
+        worker_id: str,
+    ) -> tuple[list[ReportAnswer], list[Grant]]:
+        """Records a worker's results (as report_results) and, in the same script (one round
+        trip instead of two), leases it up to max_batch more jobs without waiting, when its
+        results post carries a poll: when the poll names one endpoint, the results are of
+        that endpoint's jobs and its queue is not known empty.
+
+        Returns:
+            tuple[list[ReportAnswer], list[Grant]]: the answers, and the jobs taken ([]: none,
+                or not tried; the caller then claims as usual, waiting if it will).
+        """
+        take = None
+        if len(endpoints) == 1 and not self.closing:
+            take = (endpoints[0], max_batch, worker_id)
+        return await self._record(reports, take)
+
+    async def _record(
+        self, reports: Sequence[WorkerReport], take: tuple[Endpoint, int, str] | None
+    ) -> tuple[list[ReportAnswer], list[Grant]]:
+        """Records results, an endpoint's in one script each; with `take` (endpoint, max
+        batch, worker), that endpoint's script also leases the worker its next jobs."""
         answers: dict[str, ReportAnswer] = {}
+        grants: list[Grant] = []
         for endpoint, group in (await self._by_endpoint(reports, answers)).items():
             now = self._clock()
             args: list[Any] = [self._base(endpoint), self._p + "id:", self._p + "w:", now,
                                self._ttl_ms(endpoint)]
+            taker = None
+            if (take is not None and take[0].name == endpoint
+                    and not self._events.known_empty([endpoint])):
+                taker, max_batch, worker_id = take
+                mark = self._events.wakes_heard([endpoint])
+                args += [round(taker.endpoint.lease_s * 1000),
+                         round(taker.endpoint.job_timeout_s * 1000), worker_id,
+                         min(max_batch, taker.worker.max_batch), secrets.token_hex(8)]
             for r in group:
                 if r.release:
                     args += [r.job_id, r.lease_id, "release", ""]
@@ -616,7 +679,18 @@ class RedisStore:
                     args += [r.job_id, r.lease_id, "failed", r.error]
                 else:
                     args += [r.job_id, r.lease_id, "done", r.outputs_json or b"{}"]
-            outcomes = await self._run("RESULTS", args, acknowledged=True)
+            if taker is None:
+                outcomes = await self._run("RESULTS", args, acknowledged=True)
+            else:
+                try:
+                    outcomes, taken, left = await self._run("RESULTS_CLAIM", args,
+                                                            acknowledged=True)
+                except NotReplicated as e:  # (not granted: handed back, uncounted)
+                    await asyncio.shield(self._release(endpoint, e.result[1]))
+                    raise
+                if left == 0:  # the queue was emptied by this claim
+                    self._events.drained([endpoint], mark)
+                grants = self._grants(taker, taken, worker_id)
             for report, (outcome, *detail) in zip(group, outcomes, strict=True):
                 outcome = outcome.decode()
                 if outcome == "finished":
@@ -629,7 +703,7 @@ class RedisStore:
                              "handed back" if report.release else
                              "failed" if report.error is not None else "done", endpoint)
                     self._changed_by_result(endpoint, detail, now)
-        return [answers[r.job_id] for r in reports]
+        return [answers[r.job_id] for r in reports], grants
 
     def _changed_by_result(self, endpoint: str, detail: list[bytes], now: int) -> None:
         """Tells the observer what a RESULTS answer 'ok' changed: [] a repeat (nothing),

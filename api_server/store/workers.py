@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -11,6 +11,9 @@ from api_server.store.model import Clock
 from jobhive.protocol import JobStatus
 
 log = logging.getLogger("jobhive.jobs")
+
+MODEL_TEXT_CHARS = 200  # a model's name, dtype or device as a worker reports it is cut here
+MAX_MODELS_LISTED = 16  # models listed per endpoint (workers with others are still counted)
 
 
 @dataclass(slots=True)
@@ -106,3 +109,59 @@ class WorkerRegistry:
             }
             for w in self._workers.values()
         ]
+
+
+def models_served(workers: Iterable[Mapping[str, Any]], job_type: str) -> list[dict[str, Any]]:
+    """The models the workers online for `job_type` have loaded, each once, in the order first
+    seen: what `/api/v1/endpoints` lists per endpoint and the pages show.
+
+    A worker's models are its info's `loaded_models` (workers/runtime/model.py describe_model);
+    a worker without them (an older one) counts with its info's `model` name, never as random.
+    What a worker sent that is not of the right type is left out: a listing never fails on it.
+
+    Args:
+        workers (Iterable[Mapping[str, Any]]): the workers as the store's stats list them
+            (`job_types` and `info` each).
+        job_type (str): the endpoint's job type.
+
+    Returns:
+        list[dict[str, Any]]: {"name": str, "dtype": str | None, "device": str | None,
+        "random": bool, "workers": int}; random is true for the demo's tiny random weights.
+    """
+    served: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for worker in workers:
+        if job_type not in worker.get("job_types", ()):
+            continue
+        for model in _reported_models(worker.get("info")):
+            key = (model["name"], model["dtype"], model["device"], model["random"])
+            if key in served:
+                served[key]["workers"] += 1
+            elif len(served) < MAX_MODELS_LISTED:
+                served[key] = {**model, "workers": 1}
+    return list(served.values())
+
+
+def _reported_models(info: Any) -> list[dict[str, Any]]:
+    """A worker's models from its info: checked, each once."""
+    if not isinstance(info, Mapping):
+        return []
+    reported = info.get("loaded_models")
+    if not isinstance(reported, list):  # an older worker: its `model` name, if any
+        reported = [{"name": info.get("model"), "dtype": info.get("dtype"),
+                     "device": info.get("device")}]
+    models: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for entry in reported[:MAX_MODELS_LISTED]:
+        if not isinstance(entry, Mapping) or not isinstance(entry.get("name"), str):
+            continue
+        model = {
+            "name": entry["name"][:MODEL_TEXT_CHARS],
+            "dtype": _text_or_none(entry.get("dtype")),
+            "device": _text_or_none(entry.get("device")),
+            "random": entry.get("random") is True,
+        }
+        models.setdefault(tuple(model.values()), model)
+    return list(models.values())
+
+
+def _text_or_none(value: Any) -> str | None:
+    return value[:MODEL_TEXT_CHARS] if isinstance(value, str) and value else None

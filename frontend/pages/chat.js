@@ -8,7 +8,15 @@
 // the sampling settings are built from the endpoint's schema (form.js controls).
 
 import * as jobhive from "../jobhive.js";
-import {el, errorBanner, siteFooter, siteHeader, statusText, workersNote} from "../ui.js";
+import {
+  el,
+  errorBanner,
+  modelNote,
+  siteFooter,
+  siteHeader,
+  statusText,
+  workersNote,
+} from "../ui.js";
 import {
   bindComposer,
   liveMarkdown,
@@ -305,6 +313,7 @@ async function start() {
   document.title = `${schema.title} · jobhive`;
   $("title").textContent = schema.title;
   $("description").textContent = schema.description || "";
+  $("description").after(modelNote([schema.name]));
   $("notes").append(workersNote(schema.name, {what: "messages"}));
   store = keptState(`jobhive.chat.${schema.name}`, () => chat);
   const names = Object.keys(schema.inputs).filter((n) => n !== CHAT_INPUT);

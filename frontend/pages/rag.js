@@ -15,6 +15,7 @@ import {
   el,
   errorBanner,
   jobStatus,
+  modelNote,
   plural,
   showFieldErrors,
   siteFooter,
@@ -497,6 +498,7 @@ async function start() {
     document.querySelector('[role="tablist"]').hidden = true;
     $("tab-chat").hidden = true;
   }
+  $("description").after(modelNote([searchSchema.name, chatSchema?.name].filter(Boolean)));
   bindTabs();
   selectTab(location.hash.slice(1));
   page.setAttribute("aria-busy", "false");

@@ -13,6 +13,7 @@ import {
   jobStatus,
   keyNote,
   mediaOf,
+  modelNote,
   showFieldErrors,
   workersNote,
 } from "/static/ui.js";
@@ -485,6 +486,7 @@ function setUp() {
   document.title = `${schema.title || schema.name} · jobhive`;
   $("title").textContent = schema.title || schema.name;
   $("description").textContent = schema.description || "";
+  $("description").after(modelNote([schema.name]));
   const api = document.querySelector("footer.site a");
   api.href = api.textContent = `/api/v1/endpoints/${encodeURIComponent(schema.name)}`;
   setUpControls();

@@ -32,7 +32,7 @@ import torch
 from workers.llama4 import batch
 from workers.llama4.batch import Rows
 from workers.rag import grounding
-from workers.runtime.model import Job, JobFeed, ModelWorker, Progress
+from workers.runtime.model import Job, JobFeed, ModelWorker, Progress, describe_model
 
 log = logging.getLogger("jobhive.worker.llama4")
 
@@ -148,6 +148,7 @@ class Llama4Worker(ModelWorker):
             "device": str(getattr(self.model, "device", self.settings.device)),
             "max_context": self.max_context,
             **({"index": str(self.settings.index.index)} if self.settings.index else {}),
+            **super().info(),
         }
 
     # ----- loading
@@ -187,11 +188,15 @@ class Llama4Worker(ModelWorker):
             self.max_context, "; tiny random weights: its text is gibberish" if self.settings.tiny
             else "",
         )
+        self.loaded_models = [describe_model(
+            self.folder, dtype="nf4" if quantized else self.settings.dtype,
+            device=str(self.model.device))]
         # 5. For rag_chat, the index its sources come from.
         if self.settings.index:
             self.index = grounding.open_index(self.settings.index)
-            log.info("llama4: rag_chat from index %s: %s", self.settings.index.index,
-                     self.index.stats())
+            stats = self.index.stats()
+            log.info("llama4: rag_chat from index %s: %s", self.settings.index.index, stats)
+            self.loaded_models += grounding.index_models(self.settings.index, stats)
 
     def _load_options(self) -> dict[str, Any]:
         """from_pretrained's keyword arguments for --dtype, --quantize and --device."""

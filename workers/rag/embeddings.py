@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from workers.rag.embed import ClipEmbedder, TextEmbedder, load_embedder
+from workers.rag.grounding import encoder_models
 from workers.runtime.model import Job, ModelWorker, Progress
 
 log = logging.getLogger("jobhive.worker.embed")
@@ -78,13 +79,15 @@ class EmbedWorker(ModelWorker):
 
     def info(self) -> dict[str, Any]:
         return {"clip": str(self.settings.clip), "text_model": self.settings.text_model
-                or "bundled:all-MiniLM-L6-v2", "device": self.settings.device}
+                or "bundled:all-MiniLM-L6-v2", "device": self.settings.device, **super().info()}
 
     def load(self) -> None:
         self.encoders = {
             "clip": load_embedder(ClipEmbedder, self.settings.clip, self.settings.device),
             "text": load_embedder(TextEmbedder, self.settings.text_model, self.settings.device),
         }
+        self.loaded_models = encoder_models(self.settings.clip, self.settings.text_model,
+                                            self.settings.device)
         log.info("embed: clip %d-d, text %d-d on %s", self.encoders["clip"].dim,
                  self.encoders["text"].dim, self.settings.device)
 

@@ -14,6 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from workers.rag.embed import BUNDLED_TEXT_MODEL, model_path
+from workers.runtime.model import describe_model
+
 
 def add_index_arguments(parser: argparse.ArgumentParser, *, required: bool) -> None:
     """The options that open an index: shared by `rag` and `llama4 --index`."""
@@ -132,3 +135,44 @@ def cited(text: str, sources: list[dict[str, Any]]) -> list[int]:
     numbers = {s["n"] for s in sources}
     found = (int(m) for m in CITATION.findall(text))
     return list(dict.fromkeys(n for n in found if n in numbers))
+
+
+def encoder_models(clip: str | Path, text_model: str | Path | None,
+                   device: str) -> list[dict[str, Any]]:
+    """The retrieval encoders (CLIP, the sentence model) as `loaded_models` entries.
+
+    Args:
+        clip (str | Path): the CLIP folder (or model name) loaded.
+        text_model (str | Path | None): the sentence-transformers folder; None or
+            BUNDLED_TEXT_MODEL: the bundled all-MiniLM-L6-v2.
+        device (str): where both run; float16 on CUDA, else float32 (workers/rag/embed.py).
+
+    Returns:
+        list[dict[str, Any]]: [CLIP's entry, the sentence model's] (describe_model).
+    """
+    dtype = "float16" if device.startswith("cuda") else "float32"
+    bundled = text_model is None or str(text_model) == BUNDLED_TEXT_MODEL
+    return [
+        describe_model(clip, dtype=dtype, device=device),
+        describe_model(None if bundled else text_model,
+                       name="all-MiniLM-L6-v2" if bundled else None, dtype=dtype, device=device),
+    ]
+
+
+def index_models(options: IndexOptions, stats: dict[str, Any]) -> list[dict[str, Any]]:
+    """The encoders an opened index runs its queries through, as `loaded_models` entries.
+
+    Args:
+        options (IndexOptions): how the index was opened (--clip and --text-model override the
+            models it records).
+        stats (dict[str, Any]): its `stats()`: the recorded models and the device.
+
+    Returns:
+        list[dict[str, Any]]: encoder_models of the models in use.
+    """
+    recorded = stats["models"]
+    return encoder_models(
+        options.clip or model_path(recorded["clip"], options.index),
+        options.text_model or model_path(recorded["text"], options.index),
+        str(stats["device"]),
+    )

@@ -12,7 +12,7 @@ import logging
 import time
 from typing import Any
 
-from workers.rag.grounding import IndexOptions, add_index_arguments, open_index
+from workers.rag.grounding import IndexOptions, add_index_arguments, index_models, open_index
 from workers.runtime.images import decode_image
 from workers.runtime.model import Job, ModelWorker, Progress
 
@@ -45,13 +45,14 @@ class RagWorker(ModelWorker):
         self.stats: dict[str, Any] = {}
 
     def info(self) -> dict[str, Any]:
-        return {"index": str(self.settings.index), **self.stats}
+        return {"index": str(self.settings.index), **self.stats, **super().info()}
 
     def load(self) -> None:
         self.index = open_index(self.settings)
         # Read once: info() goes with every poll (on the runner's event loop), and what this
         # worker searches does not change while it runs (its FAISS files are read at open).
         self.stats = self.index.stats()
+        self.loaded_models = index_models(self.settings, self.stats)
         log.info("rag: index %s: %s", self.settings.index, self.stats)
 
     def run(self, batch: list[Job], progress: Progress) -> list[dict[str, Any] | Exception]:

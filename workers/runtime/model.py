@@ -33,7 +33,9 @@ as many jobs as --max-batch leaves room for, and posts each result at once.
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
 
@@ -49,6 +51,9 @@ class Job:
         attempt (int): 1 for the first try, more when an earlier worker lost the job.
         canceled (bool): set by the runner when the client canceled the job or the lease was
             lost; a model should stop working on the job at its next step.
+        server_texts (dict[str, str]): the runner's: the progress texts the server holds, as
+            its last answer said; later reports send only what it lacks
+            (protocol.progress_delta).
     """
 
     id: str
@@ -58,6 +63,7 @@ class Job:
     attempt: int = 1
     canceled: bool = False
     lease_s: float = 60.0
+    server_texts: dict[str, str] = field(default_factory=dict)
 
 
 class Progress(Protocol):
@@ -133,6 +139,9 @@ class ModelWorker:
 
     def __init__(self, settings: Any = None) -> None:
         self.settings = settings
+        # The models `load` loaded, each as `describe_model` gives it: sent in `info()`, and
+        # what /api/v1/endpoints lists and the pages show as the model serving them.
+        self.loaded_models: list[dict[str, Any]] = []
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
@@ -154,8 +163,15 @@ class ModelWorker:
         return self.job_type
 
     def info(self) -> dict[str, Any]:
-        """What the server's status page shows about this worker (model, device...)."""
-        return {}
+        """What the server shows about this worker: `/api/v1/status` the whole dict, the
+        endpoint listing and the pages its `loaded_models` (filled by `load`). Sent with every
+        poll, from the runner's event loop: return what is at hand, read no file.
+
+        A worker adding its own keys (a model folder, the device...) keeps the base's:
+        `return {"model": ..., **super().info()}`.
+        """
+        # (getattr: a subclass whose __init__ skips the base's still polls, listing no model)
+        return {"loaded_models": getattr(self, "loaded_models", [])}
 
     def load(self) -> None:
         """Loads the model. Called once, before the first poll."""
@@ -197,3 +213,61 @@ class ModelWorker:
         job taken and not finished yet.
         """
         raise NotImplementedError
+
+
+# In a model folder built by workers/tiny (tiny random weights): {"model": NAME, ...}.
+TINY_STAMP = "jobhive-tiny.json"
+
+
+def tiny_stamp(folder: Path | str) -> dict[str, Any] | None:
+    """The stamp of the tiny build in `folder`, None where it has none (real weights never do).
+
+    Args:
+        folder (Path | str): a model folder.
+
+    Returns:
+        dict[str, Any] | None: {"model": NAME, "version": ..., **params}: the folder holds the
+        tiny random-weight model NAME; None: it is not a tiny build.
+    """
+    try:
+        stamp = json.loads((Path(folder) / TINY_STAMP).read_text())
+    except (OSError, ValueError):
+        return None
+    return stamp if isinstance(stamp, dict) and isinstance(stamp.get("model"), str) else None
+
+
+def describe_model(
+    folder: Path | str | None,
+    *,
+    name: str | None = None,
+    dtype: str | None = None,
+    device: str | None = None,
+) -> dict[str, Any]:
+    """One entry of a worker's `loaded_models`: what the pages show as the model serving them.
+
+    A folder built by workers/tiny (its stamp says so: tiny_stamp) is named tiny-NAME
+    and marked random; any other folder is named by its last part and never marked random.
+    Reads the stamp: call it from `load`, not from `info`.
+
+    Args:
+        folder (Path | str | None): the folder the weights were loaded from; None for a model
+            that has none (a bundled one: give `name`).
+        name (str | None, default None): the name to show; None: from the folder (a model name
+            that is no folder, as "openai/clip-vit-large-patch14", is shown as given).
+        dtype (str | None, default None): the weights' type as torch names it ("bfloat16"), or
+            how they are quantized ("nf4").
+        device (str | None, default None): where they run ("cuda:0", "cpu").
+
+    Returns:
+        dict[str, Any]: {"name": str, "dtype": str | None, "device": str | None,
+        "random": bool}; random is true only for a tiny build.
+    """
+    stamp = tiny_stamp(folder) if folder is not None else None
+    if name is None:
+        if stamp is not None:
+            name = f"tiny-{stamp['model']}"
+        elif folder is not None and Path(folder).is_dir():
+            name = Path(folder).resolve().name
+        else:
+            name = str(folder) if folder is not None else "unknown"
+    return {"name": name, "dtype": dtype, "device": device, "random": stamp is not None}

@@ -43,6 +43,7 @@ from jobhive.protocol import (
     WORKER_RESULTS_PATH,
     Grant,
     ProtocolError,
+    progress_delta,
 )
 from workers.runtime import continuous, delivery
 from workers.runtime.delivery import Chunk
@@ -369,21 +370,22 @@ class Runner:
             latest = relay.take()
             now = time.monotonic()
             reports = []
+            whole: dict[str, dict[str, Any]] = {}  # the outputs of each report, texts whole
             for job in jobs:
                 if job.id in latest:
                     percent, outputs = latest[job.id]
-                    reports.append(
-                        {
-                            "job_id": job.id,
-                            "lease_id": job.lease_id,
-                            "progress": percent,
-                            "outputs": outputs,
-                        }
-                    )
+                    report = {"job_id": job.id, "lease_id": job.lease_id, "progress": percent,
+                              "outputs": outputs}
+                    if outputs:  # the texts the server holds go as their new parts
+                        whole[job.id] = outputs
+                        report["outputs"], offsets = progress_delta(job.server_texts, outputs)
+                        if offsets:
+                            report["offsets"] = offsets
+                    reports.append(report)
                 elif now - sent_at[job.id] >= heartbeat_s and not job.canceled and relay.lively:
                     reports.append({"job_id": job.id, "lease_id": job.lease_id})
             if reports:
-                await self._send_progress(jobs, reports)
+                await self._send_progress(jobs, reports, whole)
                 for report in reports:  # (a job that ended meanwhile is gone from sent_at)
                     if report["job_id"] in sent_at:
                         sent_at[report["job_id"]] = now
@@ -392,7 +394,11 @@ class Runner:
                 async with asyncio.timeout(self.settings.progress_interval_s):
                     await relay.first.wait()
 
-    async def _send_progress(self, jobs: list[Job], reports: list[dict[str, Any]]) -> None:
+    async def _send_progress(
+        self, jobs: list[Job], reports: list[dict[str, Any]], whole: dict[str, dict[str, Any]]
+    ) -> None:
+        """Posts progress reports; marks the jobs the server stops (canceled, lease lost) and
+        notes the texts it now holds of each job's `whole` outputs (Job.server_texts)."""
         moves = self._link.moves
         try:
             try:
@@ -406,7 +412,9 @@ class Runner:
                 if data is not None or status != 413:
                     log.warning("progress refused (413: %s); sending it without its outputs",
                                 delivery.reason(status, data))
-                reports = [{**r, "outputs": None} for r in reports]
+                reports = [{"job_id": r["job_id"], "lease_id": r["lease_id"],
+                            "progress": r.get("progress")} for r in reports]
+                whole = {}
                 status, data = await self._link.post(WORKER_PROGRESS_PATH, {"reports": reports}, 30)
         except RETRYABLE as e:
             log.warning("progress not delivered (%s); the lease renews with the next one",
@@ -422,7 +430,11 @@ class Runner:
         by_id = {job.id: job for job in jobs}
         for answer in _answers(data):
             job = by_id.get(answer.get("job_id"))
-            if job is not None and (not answer.get("ok") or answer.get("canceled")):
+            if job is None:
+                continue
+            if job.id in whole:
+                job.server_texts = _texts_held(whole[job.id], answer.get("offsets"))
+            if not answer.get("ok") or answer.get("canceled"):
                 if not job.canceled:
                     log.info("job %s stops: %s", job.id, answer.get("error") or "canceled")
                 job.canceled = True
@@ -589,6 +601,19 @@ class Runner:
         log.error("result of job %s refused (%d: %s): the job fails with that reason",
                   report["job_id"], status, why)
         return [Chunk([replacement], chunk.maybe_taken)]
+
+
+def _texts_held(outputs: dict[str, Any], lengths: Any) -> dict[str, str]:
+    """The texts a server holds of the whole `outputs` it was sent, from its answer's lengths
+    (none where it gave none: an older server, or a refusal; the next report sends them whole)."""
+    if not isinstance(lengths, dict):
+        return {}
+    held = {}
+    for key, length in lengths.items():
+        text = outputs.get(key)
+        if isinstance(text, str) and isinstance(length, int) and 0 < length <= len(text):
+            held[key] = text[:length]
+    return held
 
 
 def _answers(data: Any) -> list[dict[str, Any]]:

@@ -19,7 +19,8 @@ through the supervisor, not twice (a second signal would hand its running jobs b
 
 It prints one line on stderr per child start and exit, like jobhive-worker's own messages:
 `jobhive-worker: started sd3 child gpu0 (pid 123, worker id box-gpu0, CUDA_VISIBLE_DEVICES=0)`,
-`jobhive-worker: child gpu0 (pid 123) exited with status 3; restarting in 1.0 s`.
+`jobhive-worker: child gpu0 (pid 123) exited with status 3; restarting in 1.0 s`; with
+`--log-format json`, as JSON lines of logger `jobhive.supervisor` (the children log JSON too).
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from jobhive.logs import json_line
+
 # jobhive-worker's exit statuses besides 0 (stopped cleanly) and 1 (a crash): 2, the server
 # refused the worker (wrong key, unknown job type; also argparse's status for a wrong command
 # line), so a restart will not help; 3, the model stalled (no sign of life for --stall-s): a
@@ -48,8 +51,11 @@ HEALTHY_AFTER_S = 60.0  # a child that ran this long before failing restarts aft
 PROC_GPUS = Path("/proc/driver/nvidia/gpus")  # one folder per GPU the NVIDIA driver drives
 
 
-def say(message: str) -> None:
-    print(f"jobhive-worker: {message}", file=sys.stderr, flush=True)
+def say(message: str, log_format: str = "text", level: str = "INFO") -> None:
+    """One line of the supervisor's on stderr, as text or (log_format json) a JSON line."""
+    line = (json_line(level, "jobhive.supervisor", message) if log_format == "json"
+            else f"jobhive-worker: {message}")
+    print(line, file=sys.stderr, flush=True)
 
 
 @dataclass(frozen=True)
@@ -182,12 +188,15 @@ class Supervisor:
         kind (str): the worker type (sd3, noop...), for the supervisor's lines.
         command (list[str]): a child's command line, less its --worker-id (child_command).
         children (list[Child]): the children to run (plan_children).
+        log_format (str): text or json, the format of its lines (say).
     """
 
-    def __init__(self, kind: str, command: list[str], children: list[Child]) -> None:
+    def __init__(self, kind: str, command: list[str], children: list[Child],
+                 log_format: str = "text") -> None:
         self.kind = kind
         self.command = command
         self.children = children
+        self.log_format = log_format
         self._running: dict[str, asyncio.subprocess.Process] = {}
         self._stopping = asyncio.Event()  # a signal came, or a child was refused
         self._signals_sent: set[int] = set()  # a child they killed (still loading) stopped fine
@@ -203,11 +212,11 @@ class Supervisor:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, self._pass_on, signum)
-        say(f"supervising {len(self.children)} {self.kind} children "
+        self._say(f"supervising {len(self.children)} {self.kind} children "
             f"({', '.join(c.label for c in self.children)}); SIGINT/SIGTERM stops them")
         clean = await asyncio.gather(*(self._keep(child) for child in self.children))
         status = EXIT_REFUSED if self._refused else 0 if all(clean) else 1
-        say(f"all children have exited; exiting with status {status}")
+        self._say(f"all children have exited; exiting with status {status}")
         return status
 
     async def _keep(self, child: Child) -> bool:
@@ -222,22 +231,23 @@ class Supervisor:
             ended = f"child {child.label} (pid {process.pid}) {_exit_text(status)}"
             if status == EXIT_REFUSED:
                 first, self._refused = not self._refused, True
-                say(f"{ended}: a configuration error (the server refused its key or job type, "
-                    "see above): not restarted" + ("; stopping all children" if first else ""))
+                self._say(f"{ended}: a configuration error (the server refused its key or job "
+                          "type, see above): not restarted"
+                          + ("; stopping all children" if first else ""), "ERROR")
                 if first:  # once: a second SIGTERM would make the others hand their jobs back
                     self._stop_all(signal.SIGTERM)
                 return False
             if status == 0 or self._stopping.is_set():
-                say(ended)
+                self._say(ended)
                 return status == 0 or -status in self._signals_sent
             if time.monotonic() - started >= HEALTHY_AFTER_S:
                 wait_s = RESTART_FIRST_S
-            say(f"{ended}; restarting in {wait_s:.1f} s")
+            self._say(f"{ended}; restarting in {wait_s:.1f} s", "WARNING")
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(wait_s):
                     await self._stopping.wait()
             if self._stopping.is_set():
-                say(f"child {child.label} not restarted: stopping")
+                self._say(f"child {child.label} not restarted: stopping")
                 return True
             wait_s = min(RESTART_MAX_S, wait_s * 2)
 
@@ -251,18 +261,21 @@ class Supervisor:
         if self._stopping.is_set():  # the stop came while it was being started
             process.send_signal(signal.SIGTERM)
         gpu = child.env.get("CUDA_VISIBLE_DEVICES")
-        say(f"started {self.kind} child {child.label} (pid {process.pid}, worker id "
+        self._say(f"started {self.kind} child {child.label} (pid {process.pid}, worker id "
             f"{child.worker_id}{f', CUDA_VISIBLE_DEVICES={gpu}' if gpu is not None else ''})")
         return process
+
+    def _say(self, message: str, level: str = "INFO") -> None:
+        say(message, self.log_format, level)
 
     def _pass_on(self, signum: int) -> None:
         """SIGINT/SIGTERM: the first asks each child to finish its batch, the second to hand
         its running jobs back (the runner's shut-down)."""
         name = signal.Signals(signum).name
         if self._stopping.is_set():
-            say(f"{name}: passed on to the children (they hand their running jobs back)")
+            self._say(f"{name}: passed on to the children (they hand their running jobs back)")
         else:
-            say(f"{name}: stopping the children (they finish their running batch; "
+            self._say(f"{name}: stopping the children (they finish their running batch; "
                 "signal again to hand it back)")
         self._stop_all(signum)
 
@@ -274,6 +287,8 @@ class Supervisor:
                 process.send_signal(signum)
 
 
-def supervise(kind: str, command: list[str], children: list[Child]) -> int:
+def supervise(
+    kind: str, command: list[str], children: list[Child], log_format: str = "text"
+) -> int:
     """Runs the children until all have stopped (see Supervisor); returns the exit status."""
-    return asyncio.run(Supervisor(kind, command, children).run())
+    return asyncio.run(Supervisor(kind, command, children, log_format).run())

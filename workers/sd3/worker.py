@@ -30,7 +30,7 @@ from PIL import Image, PngImagePlugin
 
 from workers.runtime.images import data_url, decode_image
 from workers.runtime.media import MediaFile
-from workers.runtime.model import Job, ModelWorker, Progress
+from workers.runtime.model import Job, ModelWorker, Progress, describe_model
 
 log = logging.getLogger("jobhive.worker.sd3")
 
@@ -398,6 +398,8 @@ class SD3Worker(ModelWorker):
             pipe.transformer = torch.compile(pipe.transformer)
         pipe.set_progress_bar_config(disable=True)
         self.pipe = pipe
+        self.loaded_models = [describe_model(settings.model, dtype=str(self.dtype)[6:],
+                                             device=str(self.device))]
         self.img2img = StableDiffusion3Img2ImgPipeline(**pipe.components)  # shares the modules
         self.img2img.set_progress_bar_config(disable=True)
         self.align = pipe.vae_scale_factor * pipe.patch_size
@@ -418,7 +420,7 @@ class SD3Worker(ModelWorker):
     def info(self) -> dict[str, Any]:
         s = self.settings
         return {"model": "tiny (random weights)" if s.tiny else str(s.model), "device": s.device,
-                "dtype": s.dtype}
+                "dtype": s.dtype, **super().info()}
 
     # ----- running a batch
 

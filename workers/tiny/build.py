@@ -4,7 +4,8 @@ published.
 A build is a folder with a stamp file, `jobhive-tiny.json`, naming the model, its builder's
 VERSION and the parameters it was built with. A folder whose stamp says anything else (an older
 VERSION, other parameters, no stamp: a half-copied folder) is rebuilt whole. Bump a builder's
-VERSION whenever what it builds changes.
+VERSION whenever what it builds changes. The stamp is also how a worker knows its weights are
+random (`workers.runtime.model.tiny_stamp`): real weights never carry one.
 """
 
 from __future__ import annotations
@@ -19,9 +20,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from workers.runtime.model import TINY_STAMP
+
 log = logging.getLogger("jobhive.tiny")
 
-STAMP = "jobhive-tiny.json"
 CACHE_DIR = Path.home() / ".cache" / "jobhive"
 
 
@@ -54,7 +56,7 @@ def ensure_built(
 
     def is_built() -> bool:
         try:
-            return json.loads((target / STAMP).read_text()) == wanted
+            return json.loads((target / TINY_STAMP).read_text()) == wanted
         except (OSError, ValueError):
             return False
 
@@ -65,7 +67,7 @@ def ensure_built(
 
     def save_stamped(staging: Path) -> None:
         save(staging)
-        (staging / STAMP).write_text(json.dumps(wanted))  # last: a stamped folder is whole
+        (staging / TINY_STAMP).write_text(json.dumps(wanted))  # last: a stamped folder is whole
 
     return _publish_folder(target, save_stamped, is_built)
 
