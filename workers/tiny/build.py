@@ -10,11 +10,11 @@ random (`workers.runtime.model.tiny_stamp`): real weights never carry one.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -73,13 +73,13 @@ def ensure_built(
 
 
 def _quiet_progress_bars() -> None:
-    """No per-shard progress bars on the terminal: a tiny build takes a second."""
+    """No per-shard progress bars on the terminal: a tiny build takes a second. (diffusers only
+    where it is imported already: importing it costs seconds of CPU a Llama or CLIP build does
+    not need, and saving a pipeline shows no bar.)"""
     import transformers
 
     transformers.utils.logging.disable_progress_bar()
-    with contextlib.suppress(ImportError):
-        import diffusers
-
+    if (diffusers := sys.modules.get("diffusers")) is not None:
         diffusers.utils.logging.disable_progress_bar()
 
 
