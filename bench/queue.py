@@ -11,6 +11,7 @@ process spent per job (servers, workers, clients, and Redis).
     python bench/queue.py --against d8342ed    # each scenario on that version too, side by side
     python bench/queue.py --store redis --servers 3            # three servers on one Redis
     python bench/queue.py --stores sqlite:1,redis:1,redis:2,redis:3   # side by side
+    python bench/queue.py --clients 64 --workers 2 --batch 8 --scrape-every-s 1   # metrics' cost
 
 With several servers, clients and workers are spread over them round robin (each worker is
 given every server's URL, its own first). Redis runs as Debian's `redis-server` with an
@@ -101,7 +102,18 @@ async def client(http: aiohttp.ClientSession, url: str, stop_at: float, out: lis
         out.append(time.perf_counter() - started)
 
 
-async def measure(base_urls: list[str], clients: int, duration_s: float) -> list[float]:
+async def scraper(http: aiohttp.ClientSession, base_urls: list[str], every_s: float,
+                  stop_at: float) -> None:
+    """GET /metrics of every server every `every_s`, as Prometheus would, until stop_at."""
+    while time.perf_counter() < stop_at:
+        for base in base_urls:
+            async with http.get(f"{base}/metrics") as reply:
+                await reply.read()
+        await asyncio.sleep(every_s)
+
+
+async def measure(base_urls: list[str], clients: int, duration_s: float,
+                  scrape_every_s: float = 0.0) -> list[float]:
     urls = [f"{base}/api/v1/endpoints/echo/jobs?wait=30" for base in base_urls]
     latencies: list[float] = []
     connector = aiohttp.TCPConnector(limit=0)
@@ -110,8 +122,9 @@ async def measure(base_urls: list[str], clients: int, duration_s: float) -> list
         await asyncio.gather(*(client(http, urls[i % len(urls)], warm_until, [])
                                for i in range(clients)))
         stop_at = time.perf_counter() + duration_s
+        scraping = [scraper(http, base_urls, scrape_every_s, stop_at)] if scrape_every_s else []
         await asyncio.gather(*(client(http, urls[i % len(urls)], stop_at, latencies)
-                               for i in range(clients)))
+                               for i in range(clients)), *scraping)
     return latencies
 
 
@@ -136,7 +149,7 @@ def redis_server(folder: Path) -> Iterator[tuple[subprocess.Popen[str], str]]:
 
 
 def run(scenario: Scenario, deployment: Deployment, duration_s: float, log_level: str,
-        tree: Path, version: str) -> None:
+        tree: Path, version: str, scrape_every_s: float = 0.0) -> None:
     with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
         if deployment.store == "redis":
             redis, store = stack.enter_context(redis_server(Path(tmp)))
@@ -158,7 +171,7 @@ def run(scenario: Scenario, deployment: Deployment, duration_s: float, log_level
         try:
             cpu_before = [cpu_s(p.pid) for p in processes] + [own_cpu_s()]
             started = time.perf_counter()
-            latencies = run_loop(measure(urls, scenario.clients, duration_s))
+            latencies = run_loop(measure(urls, scenario.clients, duration_s, scrape_every_s))
             elapsed_s = time.perf_counter() - started - 1.0
             cpu_after = [cpu_s(p.pid) for p in processes] + [own_cpu_s()]
         finally:
@@ -198,6 +211,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1,
                         help="runs of each scenario (each round runs the versions and stores "
                         "in the other order: the machine drifts between runs)")
+    parser.add_argument("--scrape-every-s", type=float, default=0.0, metavar="S",
+                        help="also run each deployment with /metrics scraped every S seconds "
+                        "(its rows' version ends in +m)")
     args = parser.parse_args()
     scenarios = (
         [Scenario(args.clients, args.workers, args.batch)] if args.clients else STANDARD
@@ -222,13 +238,14 @@ def main() -> None:
             for round_ in range(args.rounds):  # (each round in the other order: drift)
                 # (an earlier version may have no Redis store; with fewer clients than
                 # servers, some servers would get none: not a deployment of N servers)
-                runs = [(d, v) for d in deployments for v in versions
+                scrapes = [0.0] + ([args.scrape_every_s] if args.scrape_every_s else [])
+                runs = [(d, v, s) for d in deployments for v in versions for s in scrapes
                         if (d.store == "sqlite" or (v[0] / REDIS_STORE).exists())
                         and d.servers <= scenario.clients]
-                for deployment, (tree, version) in runs[::-1] if round_ % 2 else runs:
+                for deployment, (tree, version), scrape_s in runs[::-1] if round_ % 2 else runs:
                     with contextlib.suppress(KeyboardInterrupt):
                         run(scenario, deployment, args.duration_s, args.log_level, tree,
-                            version)
+                            version + ("+m" if scrape_s else ""), scrape_s)
 
 
 if __name__ == "__main__":

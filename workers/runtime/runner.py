@@ -141,7 +141,7 @@ class Runner:
             log.warning("stopping: delivering %d results first (signal again to give up)",
                         self._unsent)
         else:
-            log.warning("stopping: no job is running")
+            log.info("stopping: no job is running")  # (nothing to wait for: no warning)
         self._stopping.set_result(None)
 
     async def serve(self) -> None:
