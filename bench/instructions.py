@@ -49,23 +49,24 @@ WORKER_KEY = "echo-worker-key"
 JSON = {"Content-Type": "application/json"}
 
 
+async def submit(http: aiohttp.ClientSession, url: str) -> None:
+    """One echo job, held open by ?wait= until it is done."""
+    async with http.post(f"{url}/api/v1/endpoints/echo/jobs?wait=60", headers=JSON,
+                         data=b'{"inputs": {"text": "benchmark"}}') as reply:
+        await reply.read()
+        if reply.status != 200:
+            raise RuntimeError(f"job not finished: {reply.status}")
+
+
 async def rounds(url: str, count: int, batch: int, settle_s: float) -> None:
     """`count` lockstep rounds of `batch` jobs: submits (held open by ?wait=), a pause for them
     to be queued, one poll that must take them all, one results post that finishes them."""
     worker = {**JSON, "Authorization": f"Bearer {WORKER_KEY}"}
     poll = {"worker_id": "bench", "job_types": ["echo"], "max_batch": batch, "wait_s": 0}
-    body = b'{"inputs": {"text": "benchmark"}}'
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
 
-        async def submit() -> None:
-            url_ = f"{url}/api/v1/endpoints/echo/jobs?wait=60"
-            async with http.post(url_, data=body, headers=JSON) as reply:
-                await reply.read()
-                if reply.status != 200:
-                    raise RuntimeError(f"job not finished: {reply.status}")
-
         for _ in range(count):
-            submits = [asyncio.ensure_future(submit()) for _ in range(batch)]
+            submits = [asyncio.ensure_future(submit(http, url)) for _ in range(batch)]
             await asyncio.sleep(settle_s)  # (under callgrind the server is ~50x slower)
             async with http.post(f"{url}/api/v1/worker/jobs", json=poll, headers=worker) as r:
                 jobs = (await r.json())["jobs"] if r.status == 200 else []
@@ -86,15 +87,7 @@ async def handover_rounds(url: str, count: int, batch: int, settle_s: float) -> 
     that queues it (bench/queue.py's scenarios); the worker stops polling after the last."""
     worker = {**JSON, "Authorization": f"Bearer {WORKER_KEY}"}
     poll = {"worker_id": "bench", "job_types": ["echo"], "max_batch": batch, "wait_s": 20}
-    body = b'{"inputs": {"text": "benchmark"}}'
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
-
-        async def submit() -> None:
-            url_ = f"{url}/api/v1/endpoints/echo/jobs?wait=60"
-            async with http.post(url_, data=body, headers=JSON) as reply:
-                await reply.read()
-                if reply.status != 200:
-                    raise RuntimeError(f"job not finished: {reply.status}")
 
         async def work() -> None:
             done, jobs = 0, []
@@ -120,7 +113,7 @@ async def handover_rounds(url: str, count: int, batch: int, settle_s: float) -> 
         working = asyncio.ensure_future(work())
         await asyncio.sleep(settle_s)  # (its poll waiting on the server)
         for _ in range(count):
-            await asyncio.gather(*(submit() for _ in range(batch)))
+            await asyncio.gather(*(submit(http, url) for _ in range(batch)))
         await working
 
 

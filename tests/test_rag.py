@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import base64
 import io
+import signal
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from conftest import wait_until
 from e2e_http import assert_declared, assert_error, explained, read_events
 from PIL import Image
 
@@ -101,11 +104,21 @@ def test_a_query_image_that_is_not_an_image_is_refused(rag_server, http):
 def test_rag_chat_streams_an_answer_with_numbered_sources(rag_server, http):
     server, _, chat_worker = rag_server
     chat = [{"role": "user", "content": "How do I bake sourdough with a crackling crust?"}]
-    with explained(server, chat_worker):
-        reply = http.post(f"{server.url}/api/v1/endpoints/rag_chat/jobs", json={"inputs": {
-            "chat_context": chat, "num_sources": 3, "max_new_tokens": 24, "seed": 3}})
-        assert reply.status_code == 202, reply.text
-        events = read_events(f"{server.url}/api/v1/jobs/{reply.json()['job_id']}/events")
+    with explained(server, chat_worker), ThreadPoolExecutor(1) as pool:
+        # The worker paused until the stream is open: a short reply could otherwise end before
+        # the stream began, and the stream would hold only its result.
+        chat_worker.proc.send_signal(signal.SIGSTOP)
+        try:
+            reply = http.post(f"{server.url}/api/v1/endpoints/rag_chat/jobs", json={"inputs": {
+                "chat_context": chat, "num_sources": 3, "max_new_tokens": 24, "seed": 3}})
+            assert reply.status_code == 202, reply.text
+            collected: list = []
+            following = pool.submit(read_events, f"{server.url}/api/v1/jobs/"
+                                    f"{reply.json()['job_id']}/events", collected=collected)
+            wait_until(lambda: collected)  # (its first event: queued, or taken)
+        finally:
+            chat_worker.proc.send_signal(signal.SIGCONT)
+        events = following.result(timeout=60)
     assert events[-1].event == "result", events[-1]
     outputs = events[-1].data["outputs"]
     sources = outputs["sources"]

@@ -541,18 +541,23 @@ async def test_redis_a_poll_that_does_not_wait_finds_a_job_queued_after_a_drain(
     assert grant.job_id == job.id
 
 
+async def assert_a_claim_wakes_a_waiter(store, echo) -> None:
+    """A job's waiter is woken by its claim's event (well before its own timeout)."""
+    job = await submit(store, echo)
+    waiting = asyncio.ensure_future(store.wait_for_change(job.id, job.version, 5))
+    await asyncio.sleep(0.2)  # (its first read done: it waits for the event)
+    await claim(store, echo)
+    changed = await asyncio.wait_for(waiting, 2)  # (woken by the event, not the timeout)
+    assert changed.status is JobStatus.RUNNING
+
+
 async def test_redis_events_survive_a_message_they_do_not_understand(redis_store, echo,
                                                                      redis_url):
     import redis.asyncio
 
     async with redis.asyncio.Redis.from_url(redis_url) as client:
         await client.publish("jobhive:{echo}:ev", b"not an event")
-        job = await submit(redis_store, echo)
-        waiting = asyncio.ensure_future(redis_store.wait_for_change(job.id, job.version, 5))
-        await asyncio.sleep(0.2)  # (its first read done: it waits for the event)
-        await claim(redis_store, echo)
-        changed = await asyncio.wait_for(waiting, 2)  # (woken by the event, not the timeout)
-    assert changed.status is JobStatus.RUNNING
+    await assert_a_claim_wakes_a_waiter(redis_store, echo)
 
 
 async def test_redis_a_wait_submit_is_answered_with_the_job_its_end_carries(redis_store, echo):
@@ -638,12 +643,7 @@ async def test_redis_events_are_followed_again_after_their_connection_is_killed(
     async with redis.asyncio.Redis.from_url(redis_url) as client:
         assert await client.client_kill_filter(_type="pubsub") == 1
     await until(lambda: "Redis events followed again" in caplog.text)  # (after 0.1 s)
-    job = await submit(redis_store, echo)
-    waiting = asyncio.ensure_future(redis_store.wait_for_change(job.id, job.version, 5))
-    await asyncio.sleep(0.2)  # (its first read done: it waits for the event)
-    await claim(redis_store, echo)
-    changed = await asyncio.wait_for(waiting, 2)  # (woken by the event, not the timeout)
-    assert changed.status is JobStatus.RUNNING
+    await assert_a_claim_wakes_a_waiter(redis_store, echo)
 
 
 async def test_redis_link_a_silent_redis_is_an_error_within_the_timeout():

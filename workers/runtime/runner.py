@@ -433,7 +433,7 @@ class Runner:
             if job is None:
                 continue
             if job.id in whole:
-                job.server_texts = _texts_held(whole[job.id], answer.get("offsets"))
+                job.server_texts = _server_texts(whole[job.id], answer.get("offsets"))
             if not answer.get("ok") or answer.get("canceled"):
                 if not job.canceled:
                     log.info("job %s stops: %s", job.id, answer.get("error") or "canceled")
@@ -603,7 +603,7 @@ class Runner:
         return [Chunk([replacement], chunk.maybe_taken)]
 
 
-def _texts_held(outputs: dict[str, Any], lengths: Any) -> dict[str, str]:
+def _server_texts(outputs: dict[str, Any], lengths: Any) -> dict[str, str]:
     """The texts a server holds of the whole `outputs` it was sent, from its answer's lengths
     (none where it gave none: an older server, or a refusal; the next report sends them whole)."""
     if not isinstance(lengths, dict):
